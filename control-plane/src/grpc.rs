@@ -1,0 +1,396 @@
+//! The proxies' gRPC service (mutual TLS only) and the snapshot hub that feeds it.
+//!
+//! The hub rebuilds a full snapshot from the store after every mutation, opening sealed provider
+//! keys with the keyring, and publishes it through a `watch` channel. Each `Watch` stream starts
+//! with the current snapshot and then follows the channel, so a proxy always converges on the
+//! newest state after a reconnect.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use futures_util::{Stream, StreamExt};
+use llmhub_proto::v1::{self as pb, ProviderKind};
+use llmhub_proto::{ControlPlane, ControlPlaneServer};
+use sea_orm::ActiveValue::Set;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_stream::wrappers::{ReceiverStream, WatchStream};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status, Streaming};
+use zeroize::Zeroize;
+
+use crate::config::TlsFiles;
+use crate::keyring::{Keyring, provider_key_aad, sealed_version};
+use crate::store::entities::routing_records;
+use crate::store::{Store, StoreError, parse_list};
+use crate::vault::HashSecret;
+
+/// A published snapshot. Its secrets are wiped from memory when the last holder drops it.
+pub struct Published(pub pb::Snapshot);
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        for k in &mut self.0.provider_keys {
+            k.secret.zeroize();
+        }
+        self.0.client_key_hash_secret.zeroize();
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectedProxy {
+    pub proxy_id: String,
+    pub peer: String,
+    pub connected_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct RpcCounters {
+    pub watch_calls: u64,
+    pub report_calls: u64,
+}
+
+pub struct SnapshotHub {
+    store: Store,
+    keyring: Arc<Keyring>,
+    hash_secret: Arc<HashSecret>,
+    tx: watch::Sender<Option<Arc<Published>>>,
+    version: AtomicU64,
+    /// Serialises rebuilds so versions are published in the order they were built.
+    rebuild: tokio::sync::Mutex<()>,
+    proxies: Mutex<HashMap<u64, ConnectedProxy>>,
+    next_conn: AtomicU64,
+    watch_calls: AtomicU64,
+    report_calls: AtomicU64,
+}
+
+fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn from_ts(t: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
+    t.and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+}
+
+impl SnapshotHub {
+    pub fn new(store: Store, keyring: Arc<Keyring>, hash_secret: Arc<HashSecret>) -> Arc<Self> {
+        let (tx, _) = watch::channel(None);
+        // Seeded from the clock so a restarted control plane keeps versions increasing.
+        let seed = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(1);
+        Arc::new(SnapshotHub {
+            store,
+            keyring,
+            hash_secret,
+            tx,
+            version: AtomicU64::new(seed),
+            rebuild: tokio::sync::Mutex::new(()),
+            proxies: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(0),
+            watch_calls: AtomicU64::new(0),
+            report_calls: AtomicU64::new(0),
+        })
+    }
+
+    pub fn current_version(&self) -> u64 {
+        self.tx.borrow().as_ref().map_or(0, |s| s.0.version)
+    }
+
+    pub fn connected(&self) -> Vec<ConnectedProxy> {
+        let map = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = map.values().cloned().collect();
+        v.sort_by(|a, b| a.proxy_id.cmp(&b.proxy_id));
+        v
+    }
+
+    pub fn counters(&self) -> RpcCounters {
+        RpcCounters {
+            watch_calls: self.watch_calls.load(Ordering::Relaxed),
+            report_calls: self.report_calls.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Refuses to run when any sealed row names a master-key version the keyring lacks: such a
+    /// row could never be opened, and the operator must restore the key rather than lose data.
+    pub async fn check_key_versions(store: &Store, keyring: &Keyring) -> anyhow::Result<()> {
+        for k in store.provider_keys().await? {
+            let v = sealed_version(&k.sealed).map_err(|e| anyhow::anyhow!("provider key {}: {e}", k.id))?;
+            if !keyring.has_version(v) {
+                anyhow::bail!(
+                    "provider key {} is sealed with master key version {v}, which is not configured",
+                    k.id
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the snapshot from the store and publishes it.
+    pub async fn rebuild(&self) -> Result<u64, StoreError> {
+        let _guard = self.rebuild.lock().await;
+        let providers = self.store.providers().await?;
+        let keys = self.store.provider_keys().await?;
+        let client_keys = self.store.client_keys().await?;
+        let routes = self.store.routes().await?;
+        let now = Utc::now();
+
+        let mut snap = pb::Snapshot {
+            version: 0,
+            generated_at: Some(ts(now)),
+            client_key_hash_secret: self.hash_secret.bytes().to_vec(),
+            ..Default::default()
+        };
+        snap.providers = providers
+            .into_iter()
+            .map(|p| pb::Provider {
+                kind: ProviderKind::from_slug(&p.kind).unwrap_or(ProviderKind::Unspecified) as i32,
+                id: p.id,
+                name: p.name,
+                base_url: p.base_url,
+                enabled: p.enabled,
+                request_timeout_ms: u32::try_from(p.request_timeout_ms).unwrap_or(60_000),
+            })
+            .collect();
+        for k in keys {
+            let aad = provider_key_aad(&k.id, k.owner_user_id.as_deref(), &k.provider_id);
+            let secret = match self.keyring.open(&k.sealed, &aad) {
+                Ok(s) => s,
+                Err(e) => {
+                    // Fails closed: the key is left out of the snapshot and the cause is logged.
+                    tracing::error!(key_id = %k.id, fingerprint = %k.fingerprint, error = %e, "cannot open provider key; excluded from snapshot");
+                    continue;
+                }
+            };
+            let status = match k.state.as_str() {
+                "disabled" => pb::KeyStatus::Disabled,
+                _ => pb::KeyStatus::Active,
+            };
+            snap.provider_keys.push(pb::ProviderKey {
+                id: k.id,
+                provider_id: k.provider_id,
+                owner_user_id: k.owner_user_id.unwrap_or_default(),
+                secret: secret.to_vec(),
+                fingerprint: k.fingerprint,
+                label: k.label,
+                weight: u32::try_from(k.weight).unwrap_or(1),
+                allowed_models: parse_list(&k.allowed_models),
+                state: Some(pb::KeyState {
+                    status: status as i32,
+                    ..Default::default()
+                }),
+            });
+        }
+        snap.client_keys = client_keys
+            .into_iter()
+            .filter(|c| c.enabled && c.revoked_at.is_none())
+            .map(|c| pb::ClientKey {
+                id: c.id,
+                user_id: c.user_id,
+                key_hash: c.key_hash,
+                prefix: c.prefix,
+                allowed_models: parse_list(&c.allowed_models),
+                enabled: c.enabled,
+                expires_at: c.expires_at.map(ts),
+                use_shared_pool: c.use_shared_pool,
+            })
+            .collect();
+        snap.routes = routes
+            .into_iter()
+            .map(|r| pb::Route {
+                public_model: r.route.public_model,
+                targets: r
+                    .targets
+                    .into_iter()
+                    .map(|t| pb::RouteTarget {
+                        provider_id: t.provider_id,
+                        upstream_model: t.upstream_model,
+                        weight: u32::try_from(t.weight).unwrap_or(1),
+                        priority: u32::try_from(t.priority).unwrap_or(0),
+                    })
+                    .collect(),
+            })
+            .collect();
+
+        let seed = u64::try_from(now.timestamp_millis()).unwrap_or(0);
+        let version = self
+            .version
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| Some((v + 1).max(seed)))
+            .map(|prev| (prev + 1).max(seed))
+            .unwrap_or(seed);
+        snap.version = version;
+        self.tx.send_replace(Some(Arc::new(Published(snap))));
+        tracing::info!(version, "snapshot published");
+        Ok(version)
+    }
+
+    async fn store_batch(&self, batch: &pb::ReportBatch) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let records = batch
+            .records
+            .iter()
+            .map(|r| routing_records::ActiveModel {
+                request_id: Set(r.request_id.chars().take(64).collect()),
+                proxy_id: Set(batch.proxy_id.chars().take(64).collect()),
+                started_at: Set(from_ts(r.started_at.as_ref()).unwrap_or(now)),
+                user_id: Set(r.user_id.chars().take(36).collect()),
+                client_key_prefix: Set(r.client_key_prefix.chars().take(16).collect()),
+                public_model: Set(r.public_model.chars().take(128).collect()),
+                status: Set(i32::try_from(r.status).unwrap_or(0)),
+                latency_ms: Set(i32::try_from(r.latency_ms).unwrap_or(i32::MAX)),
+                stream: Set(r.stream),
+                detail: Set(serde_json::json!({
+                    "attempts": r.attempts.iter().map(|a| serde_json::json!({
+                        "provider_id": a.provider_id,
+                        "key_fingerprint": a.key_fingerprint,
+                        "upstream_model": a.upstream_model,
+                        "status": a.status,
+                        "latency_ms": a.latency_ms,
+                        "class": a.class,
+                    })).collect::<Vec<_>>(),
+                    "skipped": r.skipped,
+                })
+                .to_string()),
+                received_at: Set(now),
+            })
+            .collect();
+        self.store.insert_routing_records(records).await?;
+        for o in &batch.outcomes {
+            let at = from_ts(o.observed_at.as_ref()).unwrap_or(now);
+            let class = (o.class != "ok").then_some(o.class.as_str());
+            self.store.touch_provider_key(&o.key_id, at, class).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The tonic service. Only reachable through the mTLS listener built by [`serve`].
+pub struct ControlPlaneService {
+    hub: Arc<SnapshotHub>,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Removes a proxy from the connected list when its Watch stream ends.
+struct ConnGuard {
+    hub: Arc<SnapshotHub>,
+    id: u64,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut map = self.hub.proxies.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = map.remove(&self.id) {
+            tracing::info!(proxy_id = %p.proxy_id, "proxy disconnected");
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ControlPlane for ControlPlaneService {
+    type WatchStream = BoxStream<pb::WatchEvent>;
+    type ReportStream = BoxStream<pb::ReportAck>;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.hub.watch_calls.fetch_add(1, Ordering::Relaxed);
+        let peer = req
+            .remote_addr()
+            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let proxy_id: String = req.get_ref().proxy_id.chars().take(64).collect();
+        if proxy_id.is_empty() {
+            return Err(Status::invalid_argument("proxy_id is required"));
+        }
+        let id = self.hub.next_conn.fetch_add(1, Ordering::Relaxed);
+        self.hub
+            .proxies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                id,
+                ConnectedProxy {
+                    proxy_id: proxy_id.clone(),
+                    peer: peer.clone(),
+                    connected_at: Utc::now(),
+                },
+            );
+        tracing::info!(%proxy_id, %peer, "proxy connected");
+        let guard = ConnGuard {
+            hub: self.hub.clone(),
+            id,
+        };
+        let stream = WatchStream::new(self.hub.tx.subscribe()).filter_map(move |snap| {
+            let _alive = &guard;
+            std::future::ready(snap.map(|s| {
+                Ok(pb::WatchEvent {
+                    event: Some(pb::watch_event::Event::Snapshot(s.0.clone())),
+                })
+            }))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn report(
+        &self,
+        req: Request<Streaming<pb::ReportBatch>>,
+    ) -> Result<Response<Self::ReportStream>, Status> {
+        self.hub.report_calls.fetch_add(1, Ordering::Relaxed);
+        let mut inbound = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let hub = self.hub.clone();
+        tokio::spawn(async move {
+            loop {
+                let batch = match inbound.message().await {
+                    Ok(Some(b)) => b,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "report stream ended");
+                        break;
+                    }
+                };
+                // Acknowledge only what is stored; on a store error the proxy keeps the batch
+                // and resends it after reconnecting.
+                let reply = match hub.store_batch(&batch).await {
+                    Ok(()) => Ok(pb::ReportAck { seq: batch.seq }),
+                    Err(e) => {
+                        tracing::error!(error = %e, "storing report batch failed");
+                        Err(Status::unavailable("report not stored"))
+                    }
+                };
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Serves the gRPC API on `listener`, requiring a client certificate signed by the configured CA.
+pub async fn serve(
+    hub: Arc<SnapshotHub>,
+    tls: TlsFiles,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let tls_config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+        .client_ca_root(Certificate::from_pem(&tls.ca_cert_pem))
+        .client_auth_optional(false)
+        .timeout(std::time::Duration::from_secs(10));
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    Server::builder()
+        .tls_config(tls_config)?
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        .add_service(ControlPlaneServer::new(ControlPlaneService { hub }))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}

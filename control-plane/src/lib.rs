@@ -1,0 +1,182 @@
+//! llm-hub control plane: accounts, the provider-key vault, routes, and the mTLS gRPC service
+//! that streams snapshots to proxies. `main.rs` is a thin CLI over this library; the end-to-end
+//! tests run the same binary.
+
+pub mod api;
+pub mod auth;
+pub mod certs;
+pub mod config;
+pub mod embedded;
+pub mod grpc;
+pub mod keyring;
+pub mod store;
+pub mod vault;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use zeroize::Zeroizing;
+
+use crate::auth::{PasswordHasherPool, Role, TokenIssuer};
+use crate::config::{Config, LogFormat};
+use crate::grpc::SnapshotHub;
+use crate::store::Store;
+use crate::vault::HashSecret;
+
+/// Exit status for bad configuration or usage (BSD `EX_USAGE`/`EX_CONFIG` family).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Logs go to stderr; stdout is reserved for the machine-readable start-up lines
+/// (`listening`, `bootstrap_admin`) that launchers and tests read.
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// A control plane connected to its store, with its first snapshot built.
+pub struct App {
+    pub state: api::AppState,
+}
+
+impl App {
+    pub async fn open(config: &Config) -> anyhow::Result<App> {
+        let store = Store::connect(&config.database_url)
+            .await
+            .context("cannot connect to the database")?;
+        let pending = store.pending_migrations().await?;
+        if !pending.is_empty() {
+            anyhow::bail!(
+                "database schema is not up to date ({} pending migrations): run `llmhub-control migrate` first",
+                pending.len()
+            );
+        }
+        let keyring = config.keyring.clone();
+        SnapshotHub::check_key_versions(&store, &keyring).await?;
+        let hash_secret = Arc::new(HashSecret::load_or_create(&store, &keyring).await?);
+        let hub = SnapshotHub::new(store.clone(), keyring.clone(), hash_secret.clone());
+        hub.rebuild().await?;
+        let tokens = Arc::new(TokenIssuer::new(
+            secrecy::ExposeSecret::expose_secret(&config.jwt_secret),
+            config.access_token_ttl,
+        )?);
+        let hasher = PasswordHasherPool::new(4)?;
+        Ok(App {
+            state: api::AppState {
+                store,
+                hub,
+                tokens,
+                hasher,
+                keyring,
+                hash_secret,
+            },
+        })
+    }
+
+    /// Creates `admin` with a random one-time password when no user exists yet. Returns the
+    /// credentials so the caller can show them once; they are never logged.
+    pub async fn bootstrap_admin(&self) -> anyhow::Result<Option<(String, Zeroizing<String>)>> {
+        let s = &self.state;
+        if s.store.count_users().await? > 0 {
+            return Ok(None);
+        }
+        let password = Zeroizing::new(auth::random_password());
+        let hash = s.hasher.hash(&password).await?;
+        match s.store.create_user("admin", &hash, Role::Admin.as_str()).await {
+            Ok(_) => Ok(Some(("admin".into(), password))),
+            // Another replica bootstrapped first.
+            Err(store::StoreError::Conflict(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates an admin account with a random password and returns the password.
+    pub async fn create_admin(&self, username: &str) -> anyhow::Result<Zeroizing<String>> {
+        if username.is_empty() || username.len() > 64 {
+            anyhow::bail!("username must be 1-64 characters");
+        }
+        let password = Zeroizing::new(auth::random_password());
+        let hash = self.state.hasher.hash(&password).await?;
+        self.state
+            .store
+            .create_user(username, &hash, Role::Admin.as_str())
+            .await?;
+        Ok(password)
+    }
+
+    /// Serves the admin API and the gRPC service until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        config: &Config,
+        admin: TcpListener,
+        grpc: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|v| *v).await;
+        };
+        let grpc_task = tokio::spawn(grpc::serve(
+            self.state.hub.clone(),
+            config.tls.clone(),
+            grpc,
+            wait(stop_rx.clone()),
+        ));
+        let router = api::router(self.state);
+        let admin_task = tokio::spawn(async move {
+            axum::serve(admin, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+                .with_graceful_shutdown(wait(stop_rx))
+                .await
+        });
+        let mut grpc_task = grpc_task;
+        let mut admin_task = admin_task;
+        let outcome: anyhow::Result<()> = tokio::select! {
+            () = shutdown => Ok(()),
+            r = &mut grpc_task => Err(match r {
+                Ok(Ok(())) => anyhow::anyhow!("grpc server stopped unexpectedly"),
+                Ok(Err(e)) => e.context("grpc server failed"),
+                Err(e) => anyhow::Error::from(e).context("grpc server panicked"),
+            }),
+            r = &mut admin_task => Err(match r {
+                Ok(Ok(())) => anyhow::anyhow!("admin server stopped unexpectedly"),
+                Ok(Err(e)) => anyhow::Error::from(e).context("admin server failed"),
+                Err(e) => anyhow::Error::from(e).context("admin server panicked"),
+            }),
+        };
+        let _ = stop_tx.send(true);
+        if outcome.is_ok() {
+            grpc_task.await??;
+            admin_task.await??;
+        }
+        outcome
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

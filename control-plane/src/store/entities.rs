@@ -1,0 +1,170 @@
+//! sea-orm entities, one module per table of `migrations/`. Only `store` uses them.
+
+macro_rules! no_relations {
+    () => {
+        #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+        pub enum Relation {}
+        impl ActiveModelBehavior for ActiveModel {}
+    };
+}
+
+pub mod users {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "users")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub username: String,
+        pub email: Option<String>,
+        /// argon2id PHC string; not a secret by itself but never leaves the store.
+        pub password_hash: String,
+        pub role: String,
+        pub status: String,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+    no_relations!();
+}
+
+pub mod providers {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "providers")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub name: String,
+        pub kind: String,
+        pub base_url: String,
+        pub enabled: bool,
+        pub request_timeout_ms: i32,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+    no_relations!();
+}
+
+pub mod provider_keys {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "provider_keys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub provider_id: String,
+        pub owner_user_id: Option<String>,
+        /// `keyring` output: version ‖ nonce ‖ ciphertext+tag, bound to (id, owner, provider).
+        pub sealed: Vec<u8>,
+        pub key_version: i32,
+        pub fingerprint: String,
+        /// Display form such as `sk-****abcd`; at most the last four characters of the key.
+        pub mask: String,
+        pub label: String,
+        pub weight: i32,
+        /// JSON array of upstream model names; empty means all.
+        pub allowed_models: String,
+        pub state: String,
+        pub last_used_at: Option<DateTimeUtc>,
+        pub last_error_class: Option<String>,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+    no_relations!();
+}
+
+pub mod client_keys {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "client_keys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub user_id: String,
+        pub name: String,
+        /// HMAC-SHA256 of the full key under the sealed `client_key_hash_secret` setting.
+        pub key_hash: Vec<u8>,
+        pub prefix: String,
+        pub allowed_models: String,
+        pub enabled: bool,
+        pub use_shared_pool: bool,
+        pub expires_at: Option<DateTimeUtc>,
+        pub created_at: DateTimeUtc,
+        pub revoked_at: Option<DateTimeUtc>,
+    }
+    no_relations!();
+}
+
+pub mod routes {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "routes")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub public_model: String,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+    no_relations!();
+}
+
+pub mod route_targets {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "route_targets")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub route_id: String,
+        pub provider_id: String,
+        pub upstream_model: String,
+        pub weight: i32,
+        pub priority: i32,
+    }
+    no_relations!();
+}
+
+pub mod settings {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "settings")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        pub sealed: Vec<u8>,
+        pub key_version: i32,
+        pub updated_at: DateTimeUtc,
+    }
+    no_relations!();
+}
+
+pub mod routing_records {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "routing_records")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub request_id: String,
+        pub proxy_id: String,
+        pub started_at: DateTimeUtc,
+        pub user_id: String,
+        pub client_key_prefix: String,
+        pub public_model: String,
+        pub status: i32,
+        pub latency_ms: i32,
+        pub stream: bool,
+        /// JSON: attempts and skipped candidates.
+        pub detail: String,
+        pub received_at: DateTimeUtc,
+    }
+    no_relations!();
+}

@@ -1,0 +1,458 @@
+//! The only module that talks SQL. Postgres and SQLite run the same code and the same migrations.
+
+pub mod entities;
+
+use chrono::{DateTime, Utc};
+use llmhub_migrations::{Migrator, MigratorTrait};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectOptions, Database, DatabaseConnection,
+    DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, SqlErr, TransactionTrait,
+};
+
+use entities::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    #[error("not found")]
+    NotFound,
+    #[error("database error: {0}")]
+    Db(DbErr),
+}
+
+impl From<DbErr> for StoreError {
+    fn from(e: DbErr) -> Self {
+        match e.sql_err() {
+            Some(SqlErr::UniqueConstraintViolation(_)) => StoreError::Conflict("record"),
+            _ => StoreError::Db(e),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+/// A new provider-key row; `sealed` was produced with this row's id, owner and provider as AAD.
+pub struct NewProviderKey {
+    pub id: String,
+    pub provider_id: String,
+    pub owner_user_id: Option<String>,
+    pub sealed: Vec<u8>,
+    pub key_version: u32,
+    pub fingerprint: String,
+    pub mask: String,
+    pub label: String,
+    pub weight: u32,
+    pub allowed_models: Vec<String>,
+}
+
+pub struct NewClientKey {
+    pub id: String,
+    pub user_id: String,
+    pub name: String,
+    pub key_hash: Vec<u8>,
+    pub prefix: String,
+    pub allowed_models: Vec<String>,
+    pub use_shared_pool: bool,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+pub struct NewRouteTarget {
+    pub provider_id: String,
+    pub upstream_model: String,
+    pub weight: u32,
+    pub priority: u32,
+}
+
+pub struct RouteWithTargets {
+    pub route: routes::Model,
+    pub targets: Vec<route_targets::Model>,
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn json_list(v: &[String]) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
+}
+
+/// Parses a JSON list column; a corrupt value reads as empty rather than failing the snapshot.
+pub fn parse_list(s: &str) -> Vec<String> {
+    serde_json::from_str(s).unwrap_or_default()
+}
+
+impl Store {
+    pub async fn connect(url: &str) -> Result<Self> {
+        let mut opts = ConnectOptions::new(url.to_owned());
+        opts.max_connections(if url.starts_with("sqlite:") { 1 } else { 10 })
+            .sqlx_logging(false);
+        let db = Database::connect(opts).await?;
+        Ok(Store { db })
+    }
+
+    /// Applies pending migrations. Called only by the explicit `migrate` step.
+    pub async fn migrate(&self) -> Result<()> {
+        Migrator::up(&self.db, None).await?;
+        Ok(())
+    }
+
+    /// Names of migrations not yet applied; `serve` refuses to start when this is not empty.
+    pub async fn pending_migrations(&self) -> Result<Vec<String>> {
+        Ok(Migrator::get_pending_migrations(&self.db)
+            .await?
+            .iter()
+            .map(|m| m.name().to_owned())
+            .collect())
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        self.db.ping().await?;
+        Ok(())
+    }
+
+    // ---- users ----
+
+    pub async fn count_users(&self) -> Result<u64> {
+        Ok(users::Entity::find().count(&self.db).await?)
+    }
+
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        role: &str,
+    ) -> Result<users::Model> {
+        let now = Utc::now();
+        let m = users::ActiveModel {
+            id: Set(new_id()),
+            username: Set(username.to_owned()),
+            email: Set(None),
+            password_hash: Set(password_hash.to_owned()),
+            role: Set(role.to_owned()),
+            status: Set("active".into()),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        users::Entity::insert(m)
+            .exec_with_returning(&self.db)
+            .await
+            .map_err(|e| match StoreError::from(e) {
+                StoreError::Conflict(_) => StoreError::Conflict("user"),
+                e => e,
+            })
+    }
+
+    pub async fn user_by_username(&self, username: &str) -> Result<Option<users::Model>> {
+        Ok(users::Entity::find()
+            .filter(users::Column::Username.eq(username))
+            .one(&self.db)
+            .await?)
+    }
+
+    pub async fn user_by_id(&self, id: &str) -> Result<Option<users::Model>> {
+        Ok(users::Entity::find_by_id(id.to_owned()).one(&self.db).await?)
+    }
+
+    // ---- providers ----
+
+    pub async fn create_provider(
+        &self,
+        name: &str,
+        kind: &str,
+        base_url: &str,
+        enabled: bool,
+        request_timeout_ms: u32,
+    ) -> Result<providers::Model> {
+        let now = Utc::now();
+        let m = providers::ActiveModel {
+            id: Set(new_id()),
+            name: Set(name.to_owned()),
+            kind: Set(kind.to_owned()),
+            base_url: Set(base_url.to_owned()),
+            enabled: Set(enabled),
+            request_timeout_ms: Set(i32::try_from(request_timeout_ms).unwrap_or(i32::MAX)),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        providers::Entity::insert(m)
+            .exec_with_returning(&self.db)
+            .await
+            .map_err(|e| match StoreError::from(e) {
+                StoreError::Conflict(_) => StoreError::Conflict("provider"),
+                e => e,
+            })
+    }
+
+    pub async fn providers(&self) -> Result<Vec<providers::Model>> {
+        Ok(providers::Entity::find()
+            .order_by_asc(providers::Column::Name)
+            .all(&self.db)
+            .await?)
+    }
+
+    pub async fn provider(&self, id: &str) -> Result<providers::Model> {
+        providers::Entity::find_by_id(id.to_owned())
+            .one(&self.db)
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
+    // ---- provider keys ----
+
+    pub async fn insert_provider_key(&self, k: NewProviderKey) -> Result<provider_keys::Model> {
+        let now = Utc::now();
+        let m = provider_keys::ActiveModel {
+            id: Set(k.id),
+            provider_id: Set(k.provider_id),
+            owner_user_id: Set(k.owner_user_id),
+            sealed: Set(k.sealed),
+            key_version: Set(i32::try_from(k.key_version).unwrap_or(i32::MAX)),
+            fingerprint: Set(k.fingerprint),
+            mask: Set(k.mask),
+            label: Set(k.label),
+            weight: Set(i32::try_from(k.weight).unwrap_or(i32::MAX)),
+            allowed_models: Set(json_list(&k.allowed_models)),
+            state: Set("active".into()),
+            last_used_at: Set(None),
+            last_error_class: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        Ok(provider_keys::Entity::insert(m)
+            .exec_with_returning(&self.db)
+            .await?)
+    }
+
+    pub async fn provider_keys(&self) -> Result<Vec<provider_keys::Model>> {
+        Ok(provider_keys::Entity::find()
+            .order_by_asc(provider_keys::Column::CreatedAt)
+            .all(&self.db)
+            .await?)
+    }
+
+    pub async fn provider_keys_of(&self, provider_id: &str) -> Result<Vec<provider_keys::Model>> {
+        Ok(provider_keys::Entity::find()
+            .filter(provider_keys::Column::ProviderId.eq(provider_id))
+            .order_by_asc(provider_keys::Column::CreatedAt)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Records the latest outcome a proxy reported for a key.
+    pub async fn touch_provider_key(
+        &self,
+        key_id: &str,
+        at: DateTime<Utc>,
+        error_class: Option<&str>,
+    ) -> Result<()> {
+        let m = provider_keys::ActiveModel {
+            last_used_at: Set(Some(at)),
+            last_error_class: Set(error_class.map(str::to_owned)),
+            ..Default::default()
+        };
+        provider_keys::Entity::update_many()
+            .set(m)
+            .filter(provider_keys::Column::Id.eq(key_id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    // ---- client keys ----
+
+    pub async fn insert_client_key(&self, k: NewClientKey) -> Result<client_keys::Model> {
+        let m = client_keys::ActiveModel {
+            id: Set(k.id),
+            user_id: Set(k.user_id),
+            name: Set(k.name),
+            key_hash: Set(k.key_hash),
+            prefix: Set(k.prefix),
+            allowed_models: Set(json_list(&k.allowed_models)),
+            enabled: Set(true),
+            use_shared_pool: Set(k.use_shared_pool),
+            expires_at: Set(k.expires_at),
+            created_at: Set(Utc::now()),
+            revoked_at: Set(None),
+        };
+        Ok(client_keys::Entity::insert(m)
+            .exec_with_returning(&self.db)
+            .await?)
+    }
+
+    pub async fn client_keys(&self) -> Result<Vec<client_keys::Model>> {
+        Ok(client_keys::Entity::find()
+            .order_by_asc(client_keys::Column::CreatedAt)
+            .all(&self.db)
+            .await?)
+    }
+
+    pub async fn client_keys_of(&self, user_id: &str) -> Result<Vec<client_keys::Model>> {
+        Ok(client_keys::Entity::find()
+            .filter(client_keys::Column::UserId.eq(user_id))
+            .order_by_asc(client_keys::Column::CreatedAt)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Revokes a client key owned by `user_id`; another user's key is `NotFound`.
+    pub async fn revoke_client_key(&self, user_id: &str, id: &str) -> Result<()> {
+        let m = client_keys::ActiveModel {
+            enabled: Set(false),
+            revoked_at: Set(Some(Utc::now())),
+            ..Default::default()
+        };
+        let res = client_keys::Entity::update_many()
+            .set(m)
+            .filter(client_keys::Column::Id.eq(id))
+            .filter(client_keys::Column::UserId.eq(user_id))
+            .filter(client_keys::Column::RevokedAt.is_null())
+            .exec(&self.db)
+            .await?;
+        if res.rows_affected == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    // ---- routes ----
+
+    pub async fn create_route(
+        &self,
+        public_model: &str,
+        targets: Vec<NewRouteTarget>,
+    ) -> Result<RouteWithTargets> {
+        let now = Utc::now();
+        let txn = self.db.begin().await?;
+        let route = routes::Entity::insert(routes::ActiveModel {
+            id: Set(new_id()),
+            public_model: Set(public_model.to_owned()),
+            created_at: Set(now),
+            updated_at: Set(now),
+        })
+        .exec_with_returning(&txn)
+        .await
+        .map_err(|e| match StoreError::from(e) {
+            StoreError::Conflict(_) => StoreError::Conflict("route"),
+            e => e,
+        })?;
+        let mut rows = Vec::with_capacity(targets.len());
+        for t in targets {
+            let row = route_targets::Entity::insert(route_targets::ActiveModel {
+                id: Set(new_id()),
+                route_id: Set(route.id.clone()),
+                provider_id: Set(t.provider_id),
+                upstream_model: Set(t.upstream_model),
+                weight: Set(i32::try_from(t.weight).unwrap_or(i32::MAX)),
+                priority: Set(i32::try_from(t.priority).unwrap_or(i32::MAX)),
+            })
+            .exec_with_returning(&txn)
+            .await?;
+            rows.push(row);
+        }
+        txn.commit().await?;
+        Ok(RouteWithTargets {
+            route,
+            targets: rows,
+        })
+    }
+
+    pub async fn routes(&self) -> Result<Vec<RouteWithTargets>> {
+        let routes = routes::Entity::find()
+            .order_by_asc(routes::Column::PublicModel)
+            .all(&self.db)
+            .await?;
+        let mut targets = route_targets::Entity::find()
+            .order_by_asc(route_targets::Column::Priority)
+            .all(&self.db)
+            .await?;
+        Ok(routes
+            .into_iter()
+            .map(|route| {
+                let (mine, rest): (Vec<_>, Vec<_>) =
+                    targets.drain(..).partition(|t| t.route_id == route.id);
+                targets = rest;
+                RouteWithTargets {
+                    route,
+                    targets: mine,
+                }
+            })
+            .collect())
+    }
+
+    // ---- settings (sealed) ----
+
+    pub async fn setting(&self, name: &str) -> Result<Option<settings::Model>> {
+        Ok(settings::Entity::find_by_id(name.to_owned())
+            .one(&self.db)
+            .await?)
+    }
+
+    /// Inserts a setting unless one exists (several replicas may race at first start; the first
+    /// writer wins and everyone reads back the same row).
+    pub async fn insert_setting_if_absent(
+        &self,
+        name: &str,
+        sealed: Vec<u8>,
+        key_version: u32,
+    ) -> Result<settings::Model> {
+        let m = settings::ActiveModel {
+            name: Set(name.to_owned()),
+            sealed: Set(sealed),
+            key_version: Set(i32::try_from(key_version).unwrap_or(i32::MAX)),
+            updated_at: Set(Utc::now()),
+        };
+        settings::Entity::insert(m)
+            .on_conflict_do_nothing()
+            .exec(&self.db)
+            .await?;
+        self.setting(name).await?.ok_or(StoreError::NotFound)
+    }
+
+    // ---- routing records ----
+
+    /// Stores records, ignoring request ids already stored (at-least-once delivery).
+    pub async fn insert_routing_records(
+        &self,
+        records: Vec<routing_records::ActiveModel>,
+    ) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin().await?;
+        for r in records {
+            routing_records::Entity::insert(r)
+                .on_conflict_do_nothing()
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    pub async fn routing_records(
+        &self,
+        user_id: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<routing_records::Model>> {
+        let mut q = routing_records::Entity::find();
+        if let Some(u) = user_id {
+            q = q.filter(routing_records::Column::UserId.eq(u));
+        }
+        use sea_orm::QuerySelect;
+        Ok(q.order_by_desc(routing_records::Column::StartedAt)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// The backend in use, for tests and diagnostics.
+    pub fn backend(&self) -> sea_orm::DbBackend {
+        self.db.get_database_backend()
+    }
+}

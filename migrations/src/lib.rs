@@ -1,0 +1,18 @@
+//! Schema migrations for `llmhub-control`, shared by Postgres and SQLite.
+//!
+//! Applied only by the control plane's explicit `migrate` subcommand (or the embedded `up`
+//! launcher), never implicitly at connect time: several control-plane replicas starting together
+//! must not race to change the schema.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261129_000001_initial;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261129_000001_initial::Migration)]
+    }
+}
