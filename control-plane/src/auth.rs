@@ -226,10 +226,19 @@ mod tests {
         let pool = PasswordHasherPool::new(2).unwrap();
         let h = pool.hash("correct horse battery").await.unwrap();
         assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
-        assert!(pool.verify("correct horse battery", Some(&h)).await.unwrap());
+        assert!(
+            pool.verify("correct horse battery", Some(&h))
+                .await
+                .unwrap()
+        );
         assert!(!pool.verify("wrong", Some(&h)).await.unwrap());
         assert!(!pool.verify("anything", None).await.unwrap());
-        assert!(!pool.verify(&"x".repeat(MAX_PASSWORD_BYTES + 1), Some(&h)).await.unwrap());
+        assert!(
+            !pool
+                .verify(&"x".repeat(MAX_PASSWORD_BYTES + 1), Some(&h))
+                .await
+                .unwrap()
+        );
     }
 
     #[test]
@@ -256,7 +265,10 @@ mod tests {
         let good = serde_json::json!({"sub":"u1","role":"admin","iss":ISSUER,"aud":AUDIENCE,
             "typ":"access","iat":now,"exp":now+60,"jti":"x"});
         // alg none
-        assert!(t.verify(&forge(r#"{"alg":"none","typ":"JWT"}"#, good.clone(), "")).is_err());
+        assert!(
+            t.verify(&forge(r#"{"alg":"none","typ":"JWT"}"#, good.clone(), ""))
+                .is_err()
+        );
         // another algorithm, signed with the same secret
         let hs512 = jsonwebtoken::encode(
             &Header::new(jsonwebtoken::Algorithm::HS512),

@@ -6,8 +6,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -20,7 +20,9 @@ pub const SERVER_NAME: &str = "llmhub-control";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
-    #[error("{0} already exists; pass --force to replace the CA (every certificate must then be reissued)")]
+    #[error(
+        "{0} already exists; pass --force to replace the CA (every certificate must then be reissued)"
+    )]
     Exists(PathBuf),
     #[error("io error on {path}: {source}")]
     Io {
@@ -115,7 +117,11 @@ pub fn init(dir: &Path, extra_sans: &[String], force: bool) -> Result<(), CertEr
 }
 
 /// Issues a proxy client certificate `<name>.pem` / `<name>.key` signed by the CA in `dir`.
-pub fn issue_proxy(dir: &Path, proxy_name: &str, days: i64) -> Result<(PathBuf, PathBuf), CertError> {
+pub fn issue_proxy(
+    dir: &Path,
+    proxy_name: &str,
+    days: i64,
+) -> Result<(PathBuf, PathBuf), CertError> {
     if proxy_name.is_empty()
         || proxy_name.len() > 64
         || !proxy_name
@@ -161,7 +167,13 @@ mod tests {
             }
         }
         // A second init without --force refuses to replace the CA.
-        assert!(matches!(init(dir.path(), &[], false), Err(CertError::Exists(_))));
-        assert!(matches!(issue_proxy(dir.path(), "../x", 1), Err(CertError::BadName(_))));
+        assert!(matches!(
+            init(dir.path(), &[], false),
+            Err(CertError::Exists(_))
+        ));
+        assert!(matches!(
+            issue_proxy(dir.path(), "../x", 1),
+            Err(CertError::BadName(_))
+        ));
     }
 }

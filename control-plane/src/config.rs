@@ -135,7 +135,10 @@ impl RawConfig {
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig = fig.merge(Env::prefixed("LLMHUB_").filter(|k| ENV_KEYS.contains(&k.as_str())));
+        fig = fig.merge(
+            Env::prefixed("LLMHUB_")
+                .filter(|k| ENV_KEYS.contains(&k.as_str().to_ascii_lowercase().as_str())),
+        );
         fig.extract::<RawConfig>()
             .map_err(|e| ConfigError::Parse(e.to_string()))
     }
@@ -319,17 +322,44 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cases: Vec<(Box<dyn Fn(&mut RawConfig)>, &str)> = vec![
             (Box::new(|c| c.database_url = None), "database_url"),
-            (Box::new(|c| c.database_url = Some("mysql://x".into())), "database_url"),
-            (Box::new(|c| c.admin_listen = Some("nope".into())), "admin_listen"),
-            (Box::new(|c| c.tls_cert = Some("/nonexistent".into())), "tls_cert"),
+            (
+                Box::new(|c| c.database_url = Some("mysql://x".into())),
+                "database_url",
+            ),
+            (
+                Box::new(|c| c.admin_listen = Some("nope".into())),
+                "admin_listen",
+            ),
+            (
+                Box::new(|c| c.tls_cert = Some("/nonexistent".into())),
+                "tls_cert",
+            ),
             (Box::new(|c| c.master_keys = None), "master_keys"),
-            (Box::new(|c| c.master_keys = Some("1:short".into())), "master_keys"),
-            (Box::new(|c| c.master_key_current = Some(9)), "master_key_current"),
+            (
+                Box::new(|c| c.master_keys = Some("1:short".into())),
+                "master_keys",
+            ),
+            (
+                Box::new(|c| c.master_key_current = Some(9)),
+                "master_key_current",
+            ),
             (Box::new(|c| c.jwt_secret = None), "jwt_secret"),
-            (Box::new(|c| c.jwt_secret = Some("short".into())), "jwt_secret"),
-            (Box::new(|c| c.jwt_secret = Some("a".repeat(40))), "jwt_secret"),
-            (Box::new(|c| c.access_token_ttl_secs = Some(3600)), "access_token_ttl_secs"),
-            (Box::new(|c| c.log_format = Some("xml".into())), "log_format"),
+            (
+                Box::new(|c| c.jwt_secret = Some("short".into())),
+                "jwt_secret",
+            ),
+            (
+                Box::new(|c| c.jwt_secret = Some("a".repeat(40))),
+                "jwt_secret",
+            ),
+            (
+                Box::new(|c| c.access_token_ttl_secs = Some(3600)),
+                "access_token_ttl_secs",
+            ),
+            (
+                Box::new(|c| c.log_format = Some("xml".into())),
+                "log_format",
+            ),
         ];
         for (mutate, field) in cases {
             let mut raw = base(dir.path());

@@ -152,6 +152,8 @@ pub async fn up(args: UpArgs) -> Result<(), UpError> {
     cmd.arg("proxy")
         .arg("--config")
         .arg(&proxy_config)
+        .arg("--exit-on-stdin-eof")
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true);
     for (k, _) in std::env::vars_os() {
@@ -175,7 +177,9 @@ pub async fn up(args: UpArgs) -> Result<(), UpError> {
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
     println!();
-    println!("  llm-hub is running (development mode: SQLite, in-process counters, dev certificates)");
+    println!(
+        "  llm-hub is running (development mode: SQLite, in-process counters, dev certificates)"
+    );
     println!("  admin API : http://{admin_addr}");
     println!("  proxy     : http://{proxy_addr}/v1");
     println!("  gRPC      : https://{grpc_addr} (mTLS)");
@@ -183,7 +187,10 @@ pub async fn up(args: UpArgs) -> Result<(), UpError> {
     match &credentials {
         Some((user, password)) => {
             println!("  admin user: {user}");
-            println!("  password  : {}   <- shown once; store it now", password.as_str());
+            println!(
+                "  password  : {}   <- shown once; store it now",
+                password.as_str()
+            );
         }
         None => println!("  admin user: already created on an earlier run"),
     }

@@ -119,7 +119,8 @@ impl SnapshotHub {
     /// row could never be opened, and the operator must restore the key rather than lose data.
     pub async fn check_key_versions(store: &Store, keyring: &Keyring) -> anyhow::Result<()> {
         for k in store.provider_keys().await? {
-            let v = sealed_version(&k.sealed).map_err(|e| anyhow::anyhow!("provider key {}: {e}", k.id))?;
+            let v = sealed_version(&k.sealed)
+                .map_err(|e| anyhow::anyhow!("provider key {}: {e}", k.id))?;
             if !keyring.has_version(v) {
                 anyhow::bail!(
                     "provider key {} is sealed with master key version {v}, which is not configured",
@@ -219,7 +220,9 @@ impl SnapshotHub {
         let seed = u64::try_from(now.timestamp_millis()).unwrap_or(0);
         let version = self
             .version
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| Some((v + 1).max(seed)))
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                Some((v + 1).max(seed))
+            })
             .map(|prev| (prev + 1).max(seed))
             .unwrap_or(seed);
         snap.version = version;

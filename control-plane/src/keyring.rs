@@ -75,7 +75,10 @@ impl Keyring {
             .enumerate()
         {
             let (v, k) = entry.split_once(':').ok_or(KeyringError::BadEntry(i + 1))?;
-            let version: u32 = v.trim().parse().map_err(|_| KeyringError::BadEntry(i + 1))?;
+            let version: u32 = v
+                .trim()
+                .parse()
+                .map_err(|_| KeyringError::BadEntry(i + 1))?;
             let bytes = Zeroizing::new(
                 B64.decode(k.trim())
                     .map_err(|_| KeyringError::BadEntry(i + 1))?,
@@ -154,7 +157,9 @@ pub fn sealed_version(sealed: &[u8]) -> Result<u32, KeyringError> {
     if sealed.len() < HEADER_LEN + 16 {
         return Err(KeyringError::Malformed);
     }
-    Ok(u32::from_be_bytes([sealed[0], sealed[1], sealed[2], sealed[3]]))
+    Ok(u32::from_be_bytes([
+        sealed[0], sealed[1], sealed[2], sealed[3],
+    ]))
 }
 
 /// Associated data for a provider key row.
@@ -202,7 +207,10 @@ mod tests {
             provider_key_aad("k1", None, "p1"),
             provider_key_aad("k1", Some("u1"), "p2"),
         ] {
-            assert_eq!(k.open(&a, &other).unwrap_err(), KeyringError::Authentication);
+            assert_eq!(
+                k.open(&a, &other).unwrap_err(),
+                KeyringError::Authentication
+            );
         }
     }
 
@@ -214,10 +222,16 @@ mod tests {
             for bit in [0u8, 7] {
                 let mut t = sealed.clone();
                 t[i] ^= 1 << bit;
-                assert_eq!(k.open(&t, b"aad").unwrap_err(), KeyringError::Authentication);
+                assert_eq!(
+                    k.open(&t, b"aad").unwrap_err(),
+                    KeyringError::Authentication
+                );
             }
         }
-        assert_eq!(k.open(&sealed[..20], b"aad").unwrap_err(), KeyringError::Malformed);
+        assert_eq!(
+            k.open(&sealed[..20], b"aad").unwrap_err(),
+            KeyringError::Malformed
+        );
     }
 
     #[test]
@@ -230,7 +244,10 @@ mod tests {
         assert_eq!(both.open(&s1, b"a").unwrap().as_slice(), b"x");
         let s2 = both.seal(b"y", b"a");
         assert_eq!(sealed_version(&s2).unwrap(), 2);
-        assert_eq!(old.open(&s2, b"a").unwrap_err(), KeyringError::MissingVersion(2));
+        assert_eq!(
+            old.open(&s2, b"a").unwrap_err(),
+            KeyringError::MissingVersion(2)
+        );
         let pinned = ring(&[(1, 1), (2, 2)], Some(1));
         assert_eq!(sealed_version(&pinned.seal(b"z", b"a")).unwrap(), 1);
     }
@@ -238,7 +255,10 @@ mod tests {
     #[test]
     fn parse_errors() {
         assert_eq!(Keyring::parse("", None).unwrap_err(), KeyringError::Empty);
-        assert_eq!(Keyring::parse("1:abc", None).unwrap_err(), KeyringError::BadEntry(1));
+        assert_eq!(
+            Keyring::parse("1:abc", None).unwrap_err(),
+            KeyringError::BadEntry(1)
+        );
         let e = encode_key(&[1; 32]);
         assert_eq!(
             Keyring::parse(&format!("1:{e},1:{e}"), None).unwrap_err(),

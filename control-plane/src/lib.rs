@@ -90,7 +90,11 @@ impl App {
         }
         let password = Zeroizing::new(auth::random_password());
         let hash = s.hasher.hash(&password).await?;
-        match s.store.create_user("admin", &hash, Role::Admin.as_str()).await {
+        match s
+            .store
+            .create_user("admin", &hash, Role::Admin.as_str())
+            .await
+        {
             Ok(_) => Ok(Some(("admin".into(), password))),
             // Another replica bootstrapped first.
             Err(store::StoreError::Conflict(_)) => Ok(None),
@@ -132,9 +136,12 @@ impl App {
         ));
         let router = api::router(self.state);
         let admin_task = tokio::spawn(async move {
-            axum::serve(admin, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-                .with_graceful_shutdown(wait(stop_rx))
-                .await
+            axum::serve(
+                admin,
+                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(wait(stop_rx))
+            .await
         });
         let mut grpc_task = grpc_task;
         let mut admin_task = admin_task;
@@ -167,8 +174,7 @@ pub async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         {
             s.recv().await;
         }

@@ -51,6 +51,9 @@ enum Command {
     Proxy {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Exit when stdin closes (the launcher holds the other end).
+        #[arg(long)]
+        exit_on_stdin_eof: bool,
     },
 }
 
@@ -91,7 +94,10 @@ fn fail(e: anyhow::Error) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Proxy { config } => llmhub_proxy::cli::run_from_config_file(config.as_deref()),
+        Command::Proxy {
+            config,
+            exit_on_stdin_eof,
+        } => llmhub_proxy::cli::run_from_config_file(config.as_deref(), exit_on_stdin_eof),
         Command::GenMasterKey { version } => {
             println!("{}", keyring::generate_entry(version).as_str());
             ExitCode::SUCCESS
@@ -170,7 +176,10 @@ async fn async_main(command: Command) -> ExitCode {
             let r = async {
                 let app = App::open(&config).await?;
                 let password = app.create_admin(&username).await?;
-                println!("created admin {username:?}; password (shown once): {}", password.as_str());
+                println!(
+                    "created admin {username:?}; password (shown once): {}",
+                    password.as_str()
+                );
                 anyhow::Ok(())
             }
             .await;
@@ -210,5 +219,6 @@ async fn serve(config: llmhub_control::config::Config) -> anyhow::Result<()> {
             "grpc": grpc.local_addr()?.to_string()})
     );
     tracing::info!(admin = %admin.local_addr()?, grpc = %grpc.local_addr()?, "control plane listening");
-    app.serve(&config, admin, grpc, llmhub_control::shutdown_signal()).await
+    app.serve(&config, admin, grpc, llmhub_control::shutdown_signal())
+        .await
 }

@@ -114,15 +114,25 @@ enum RoutingRecords {
 }
 
 fn id(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col).string_len(36).not_null().primary_key().to_owned()
+    ColumnDef::new(col)
+        .string_len(36)
+        .not_null()
+        .primary_key()
+        .to_owned()
 }
 
 fn ts(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col).timestamp_with_time_zone().not_null().to_owned()
+    ColumnDef::new(col)
+        .timestamp_with_time_zone()
+        .not_null()
+        .to_owned()
 }
 
 fn ts_null(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col).timestamp_with_time_zone().null().to_owned()
+    ColumnDef::new(col)
+        .timestamp_with_time_zone()
+        .null()
+        .to_owned()
 }
 
 #[async_trait::async_trait]
@@ -132,8 +142,18 @@ impl MigrationTrait for Migration {
             Table::create()
                 .table(Users::Table)
                 .col(id(Users::Id))
-                .col(ColumnDef::new(Users::Username).string_len(64).not_null().unique_key())
-                .col(ColumnDef::new(Users::Email).string_len(254).null().unique_key())
+                .col(
+                    ColumnDef::new(Users::Username)
+                        .string_len(64)
+                        .not_null()
+                        .unique_key(),
+                )
+                .col(
+                    ColumnDef::new(Users::Email)
+                        .string_len(254)
+                        .null()
+                        .unique_key(),
+                )
                 .col(ColumnDef::new(Users::PasswordHash).text().not_null())
                 .col(ColumnDef::new(Users::Role).string_len(16).not_null())
                 .col(ColumnDef::new(Users::Status).string_len(16).not_null())
@@ -147,11 +167,20 @@ impl MigrationTrait for Migration {
             Table::create()
                 .table(Providers::Table)
                 .col(id(Providers::Id))
-                .col(ColumnDef::new(Providers::Name).string_len(64).not_null().unique_key())
+                .col(
+                    ColumnDef::new(Providers::Name)
+                        .string_len(64)
+                        .not_null()
+                        .unique_key(),
+                )
                 .col(ColumnDef::new(Providers::Kind).string_len(32).not_null())
                 .col(ColumnDef::new(Providers::BaseUrl).text().not_null())
                 .col(ColumnDef::new(Providers::Enabled).boolean().not_null())
-                .col(ColumnDef::new(Providers::RequestTimeoutMs).integer().not_null())
+                .col(
+                    ColumnDef::new(Providers::RequestTimeoutMs)
+                        .integer()
+                        .not_null(),
+                )
                 .col(ts(Providers::CreatedAt))
                 .col(ts(Providers::UpdatedAt))
                 .to_owned(),
@@ -162,18 +191,50 @@ impl MigrationTrait for Migration {
             Table::create()
                 .table(ProviderKeys::Table)
                 .col(id(ProviderKeys::Id))
-                .col(ColumnDef::new(ProviderKeys::ProviderId).string_len(36).not_null())
-                .col(ColumnDef::new(ProviderKeys::OwnerUserId).string_len(36).null())
+                .col(
+                    ColumnDef::new(ProviderKeys::ProviderId)
+                        .string_len(36)
+                        .not_null(),
+                )
+                .col(
+                    ColumnDef::new(ProviderKeys::OwnerUserId)
+                        .string_len(36)
+                        .null(),
+                )
                 .col(ColumnDef::new(ProviderKeys::Sealed).blob().not_null())
-                .col(ColumnDef::new(ProviderKeys::KeyVersion).integer().not_null())
-                .col(ColumnDef::new(ProviderKeys::Fingerprint).string_len(64).not_null())
+                .col(
+                    ColumnDef::new(ProviderKeys::KeyVersion)
+                        .integer()
+                        .not_null(),
+                )
+                .col(
+                    ColumnDef::new(ProviderKeys::Fingerprint)
+                        .string_len(64)
+                        .not_null(),
+                )
                 .col(ColumnDef::new(ProviderKeys::Mask).string_len(24).not_null())
-                .col(ColumnDef::new(ProviderKeys::Label).string_len(128).not_null())
+                .col(
+                    ColumnDef::new(ProviderKeys::Label)
+                        .string_len(128)
+                        .not_null(),
+                )
                 .col(ColumnDef::new(ProviderKeys::Weight).integer().not_null())
-                .col(ColumnDef::new(ProviderKeys::AllowedModels).text().not_null())
-                .col(ColumnDef::new(ProviderKeys::State).string_len(32).not_null())
+                .col(
+                    ColumnDef::new(ProviderKeys::AllowedModels)
+                        .text()
+                        .not_null(),
+                )
+                .col(
+                    ColumnDef::new(ProviderKeys::State)
+                        .string_len(32)
+                        .not_null(),
+                )
                 .col(ts_null(ProviderKeys::LastUsedAt))
-                .col(ColumnDef::new(ProviderKeys::LastErrorClass).string_len(32).null())
+                .col(
+                    ColumnDef::new(ProviderKeys::LastErrorClass)
+                        .string_len(32)
+                        .null(),
+                )
                 .col(ts(ProviderKeys::CreatedAt))
                 .col(ts(ProviderKeys::UpdatedAt))
                 .foreign_key(
@@ -206,11 +267,20 @@ impl MigrationTrait for Migration {
                 .col(id(ClientKeys::Id))
                 .col(ColumnDef::new(ClientKeys::UserId).string_len(36).not_null())
                 .col(ColumnDef::new(ClientKeys::Name).string_len(128).not_null())
-                .col(ColumnDef::new(ClientKeys::KeyHash).blob().not_null().unique_key())
+                .col(
+                    ColumnDef::new(ClientKeys::KeyHash)
+                        .blob()
+                        .not_null()
+                        .unique_key(),
+                )
                 .col(ColumnDef::new(ClientKeys::Prefix).string_len(16).not_null())
                 .col(ColumnDef::new(ClientKeys::AllowedModels).text().not_null())
                 .col(ColumnDef::new(ClientKeys::Enabled).boolean().not_null())
-                .col(ColumnDef::new(ClientKeys::UseSharedPool).boolean().not_null())
+                .col(
+                    ColumnDef::new(ClientKeys::UseSharedPool)
+                        .boolean()
+                        .not_null(),
+                )
                 .col(ts_null(ClientKeys::ExpiresAt))
                 .col(ts(ClientKeys::CreatedAt))
                 .col(ts_null(ClientKeys::RevokedAt))
@@ -228,7 +298,12 @@ impl MigrationTrait for Migration {
             Table::create()
                 .table(Routes::Table)
                 .col(id(Routes::Id))
-                .col(ColumnDef::new(Routes::PublicModel).string_len(128).not_null().unique_key())
+                .col(
+                    ColumnDef::new(Routes::PublicModel)
+                        .string_len(128)
+                        .not_null()
+                        .unique_key(),
+                )
                 .col(ts(Routes::CreatedAt))
                 .col(ts(Routes::UpdatedAt))
                 .to_owned(),
@@ -239,9 +314,21 @@ impl MigrationTrait for Migration {
             Table::create()
                 .table(RouteTargets::Table)
                 .col(id(RouteTargets::Id))
-                .col(ColumnDef::new(RouteTargets::RouteId).string_len(36).not_null())
-                .col(ColumnDef::new(RouteTargets::ProviderId).string_len(36).not_null())
-                .col(ColumnDef::new(RouteTargets::UpstreamModel).string_len(128).not_null())
+                .col(
+                    ColumnDef::new(RouteTargets::RouteId)
+                        .string_len(36)
+                        .not_null(),
+                )
+                .col(
+                    ColumnDef::new(RouteTargets::ProviderId)
+                        .string_len(36)
+                        .not_null(),
+                )
+                .col(
+                    ColumnDef::new(RouteTargets::UpstreamModel)
+                        .string_len(128)
+                        .not_null(),
+                )
                 .col(ColumnDef::new(RouteTargets::Weight).integer().not_null())
                 .col(ColumnDef::new(RouteTargets::Priority).integer().not_null())
                 .foreign_key(
@@ -285,13 +372,33 @@ impl MigrationTrait for Migration {
                         .not_null()
                         .primary_key(),
                 )
-                .col(ColumnDef::new(RoutingRecords::ProxyId).string_len(64).not_null())
+                .col(
+                    ColumnDef::new(RoutingRecords::ProxyId)
+                        .string_len(64)
+                        .not_null(),
+                )
                 .col(ts(RoutingRecords::StartedAt))
-                .col(ColumnDef::new(RoutingRecords::UserId).string_len(36).not_null())
-                .col(ColumnDef::new(RoutingRecords::ClientKeyPrefix).string_len(16).not_null())
-                .col(ColumnDef::new(RoutingRecords::PublicModel).string_len(128).not_null())
+                .col(
+                    ColumnDef::new(RoutingRecords::UserId)
+                        .string_len(36)
+                        .not_null(),
+                )
+                .col(
+                    ColumnDef::new(RoutingRecords::ClientKeyPrefix)
+                        .string_len(16)
+                        .not_null(),
+                )
+                .col(
+                    ColumnDef::new(RoutingRecords::PublicModel)
+                        .string_len(128)
+                        .not_null(),
+                )
                 .col(ColumnDef::new(RoutingRecords::Status).integer().not_null())
-                .col(ColumnDef::new(RoutingRecords::LatencyMs).integer().not_null())
+                .col(
+                    ColumnDef::new(RoutingRecords::LatencyMs)
+                        .integer()
+                        .not_null(),
+                )
                 .col(ColumnDef::new(RoutingRecords::Stream).boolean().not_null())
                 .col(ColumnDef::new(RoutingRecords::Detail).text().not_null())
                 .col(ts(RoutingRecords::ReceivedAt))

@@ -39,7 +39,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/auth/login", post(login))
         .route("/api/v1/me", get(me))
-        .route("/api/v1/providers", get(list_providers).post(create_provider))
+        .route(
+            "/api/v1/providers",
+            get(list_providers).post(create_provider),
+        )
         .route(
             "/api/v1/providers/{id}/keys",
             get(list_provider_keys).post(add_provider_key),
@@ -109,7 +112,9 @@ impl FromRequestParts<AppState> for AdminUser {
 
 async fn readyz(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     s.store.ping().await?;
-    Ok(Json(json!({"ready": true, "snapshot_version": s.hub.current_version()})))
+    Ok(Json(
+        json!({"ready": true, "snapshot_version": s.hub.current_version()}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -126,7 +131,10 @@ async fn login(
     // Unknown users are verified against a dummy hash so timing does not reveal them.
     let ok = s
         .hasher
-        .verify(&body.password, user.as_ref().map(|u| u.password_hash.as_str()))
+        .verify(
+            &body.password,
+            user.as_ref().map(|u| u.password_hash.as_str()),
+        )
         .await
         .map_err(|e| match e {
             AuthError::Busy => ApiError::Busy,
@@ -153,8 +161,14 @@ async fn login(
 }
 
 async fn me(State(s): State<AppState>, user: AuthUser) -> Result<Json<Value>, ApiError> {
-    let u = s.store.user_by_id(&user.id).await?.ok_or(ApiError::NotFound)?;
-    Ok(Json(json!({"id": u.id, "username": u.username, "role": u.role})))
+    let u = s
+        .store
+        .user_by_id(&user.id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(
+        json!({"id": u.id, "username": u.username, "role": u.role}),
+    ))
 }
 
 fn provider_view(p: &providers::Model) -> Value {
@@ -166,7 +180,13 @@ fn provider_view(p: &providers::Model) -> Value {
 }
 
 async fn list_providers(State(s): State<AppState>, _u: AuthUser) -> Result<Json<Value>, ApiError> {
-    let list: Vec<Value> = s.store.providers().await?.iter().map(provider_view).collect();
+    let list: Vec<Value> = s
+        .store
+        .providers()
+        .await?
+        .iter()
+        .map(provider_view)
+        .collect();
     Ok(Json(json!({ "data": list })))
 }
 
@@ -198,10 +218,14 @@ fn validate_base_url(raw: &str) -> Result<String, ApiError> {
     let url = url::Url::parse(raw)
         .map_err(|_| ApiError::BadRequest("base_url: not a valid URL".into()))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(ApiError::BadRequest("base_url: scheme must be http or https".into()));
+        return Err(ApiError::BadRequest(
+            "base_url: scheme must be http or https".into(),
+        ));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(ApiError::BadRequest("base_url: must not contain credentials".into()));
+        return Err(ApiError::BadRequest(
+            "base_url: must not contain credentials".into(),
+        ));
     }
     if url.query().is_some() || url.fragment().is_some() || url.host_str().is_none() {
         return Err(ApiError::BadRequest(
@@ -312,7 +336,9 @@ async fn add_provider_key(
     }
     let weight = body.weight.unwrap_or(1);
     if !(1..=1000).contains(&weight) {
-        return Err(ApiError::BadRequest("weight: must be between 1 and 1000".into()));
+        return Err(ApiError::BadRequest(
+            "weight: must be between 1 and 1000".into(),
+        ));
     }
     if body.allowed_models.len() > 256 || !body.allowed_models.iter().all(|m| valid_name(m, 128)) {
         return Err(ApiError::BadRequest(
@@ -403,10 +429,14 @@ async fn create_client_key(
         return Err(ApiError::BadRequest("name: 1-128 characters".into()));
     }
     if body.allowed_models.len() > 256 || !body.allowed_models.iter().all(|m| valid_name(m, 128)) {
-        return Err(ApiError::BadRequest("allowed_models: up to 256 model names".into()));
+        return Err(ApiError::BadRequest(
+            "allowed_models: up to 256 model names".into(),
+        ));
     }
     if body.expires_at.is_some_and(|t| t <= chrono::Utc::now()) {
-        return Err(ApiError::BadRequest("expires_at: must be in the future".into()));
+        return Err(ApiError::BadRequest(
+            "expires_at: must be in the future".into(),
+        ));
     }
     let (key, prefix) = generate_client_key();
     let row = s
@@ -485,7 +515,9 @@ async fn create_route(
         ));
     }
     if body.targets.is_empty() || body.targets.len() > 16 {
-        return Err(ApiError::BadRequest("targets: between 1 and 16 targets".into()));
+        return Err(ApiError::BadRequest(
+            "targets: between 1 and 16 targets".into(),
+        ));
     }
     let mut targets = Vec::with_capacity(body.targets.len());
     for (i, t) in body.targets.into_iter().enumerate() {
@@ -516,11 +548,13 @@ async fn create_route(
     s.hub.rebuild().await?;
     Ok((
         http::StatusCode::CREATED,
-        Json(json!({"id": r.route.id, "public_model": r.route.public_model,
+        Json(
+            json!({"id": r.route.id, "public_model": r.route.public_model,
             "targets": r.targets.iter().map(|t| json!({
                 "provider_id": t.provider_id, "upstream_model": t.upstream_model,
                 "weight": t.weight, "priority": t.priority,
-            })).collect::<Vec<_>>()})),
+            })).collect::<Vec<_>>()}),
+        ),
     ))
 }
 

@@ -5,8 +5,8 @@ pub mod entities;
 use chrono::{DateTime, Utc};
 use llmhub_migrations::{Migrator, MigratorTrait};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectOptions, Database, DatabaseConnection,
-    DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, SqlErr, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbErr,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, SqlErr, TransactionTrait,
 };
 
 use entities::*;
@@ -156,7 +156,9 @@ impl Store {
     }
 
     pub async fn user_by_id(&self, id: &str) -> Result<Option<users::Model>> {
-        Ok(users::Entity::find_by_id(id.to_owned()).one(&self.db).await?)
+        Ok(users::Entity::find_by_id(id.to_owned())
+            .one(&self.db)
+            .await?)
     }
 
     // ---- providers ----

@@ -1,0 +1,235 @@
+//! Static configuration of the proxy: a TOML file, then `LLMHUB_…` environment variables.
+//!
+//! Dynamic configuration (providers, keys, routes, client keys) never comes from here: it arrives
+//! from the control plane as snapshots.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+/// Environment keys the proxy reads, without the `LLMHUB_` prefix. The control plane shares the
+/// prefix, so other `LLMHUB_…` variables are ignored rather than refused.
+const ENV_KEYS: &[&str] = &[
+    "listen",
+    "internal_listen",
+    "control_plane_url",
+    "control_plane_server_name",
+    "tls_ca_cert",
+    "tls_cert",
+    "tls_key",
+    "proxy_id",
+    "max_body_bytes",
+    "log_format",
+    "report_queue",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    #[error("invalid configuration: `{field}`: {reason}")]
+    Field { field: &'static str, reason: String },
+}
+
+fn field(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        field,
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Public LLM API listener.
+    pub listen: Option<String>,
+    /// `/healthz` and `/readyz`; keep it off the public network.
+    pub internal_listen: Option<String>,
+    /// `https://host:port` of the control plane's gRPC listener.
+    pub control_plane_url: Option<String>,
+    /// Name expected on the control plane's certificate (default `llmhub-control`).
+    pub control_plane_server_name: Option<String>,
+    /// CA that signed the control plane's certificate.
+    pub tls_ca_cert: Option<PathBuf>,
+    /// This proxy's client certificate, signed by the same private CA.
+    pub tls_cert: Option<PathBuf>,
+    /// This proxy's client private key.
+    pub tls_key: Option<PathBuf>,
+    /// Identity reported to the control plane (default: a random `proxy-…`).
+    pub proxy_id: Option<String>,
+    /// Largest accepted request body (default 8 MiB).
+    pub max_body_bytes: Option<u64>,
+    /// `json` (default) or `text`.
+    pub log_format: Option<String>,
+    /// Routing records buffered while the control plane is unreachable (default 10000).
+    pub report_queue: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub internal_listen: SocketAddr,
+    pub control_plane_url: String,
+    pub control_plane_server_name: String,
+    pub ca_cert_pem: Vec<u8>,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub proxy_id: String,
+    pub max_body_bytes: usize,
+    pub log_format: LogFormat,
+    pub report_queue: usize,
+    pub header_read_timeout: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("internal_listen", &self.internal_listen)
+            .field("control_plane_url", &self.control_plane_url)
+            .field("proxy_id", &self.proxy_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RawConfig {
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::new();
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Parse(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig.merge(
+            Env::prefixed("LLMHUB_")
+                .filter(|k| ENV_KEYS.contains(&k.as_str().to_ascii_lowercase().as_str())),
+        );
+        fig.extract().map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let addr =
+            |name: &'static str, v: Option<String>, d: &str| -> Result<SocketAddr, ConfigError> {
+                v.as_deref()
+                    .unwrap_or(d)
+                    .parse()
+                    .map_err(|_| field(name, "must be an address like 127.0.0.1:8000"))
+            };
+        let listen = addr("listen", self.listen, "127.0.0.1:8000")?;
+        let internal_listen = addr("internal_listen", self.internal_listen, "127.0.0.1:8001")?;
+        let control_plane_url = self
+            .control_plane_url
+            .unwrap_or_else(|| "https://127.0.0.1:8443".into());
+        if !control_plane_url.starts_with("https://") {
+            return Err(field(
+                "control_plane_url",
+                "must start with https:// (the control plane is reached only over mutual TLS)",
+            ));
+        }
+        let read = |name: &'static str, p: Option<PathBuf>| -> Result<Vec<u8>, ConfigError> {
+            let p = p.ok_or_else(|| field(name, "is required"))?;
+            std::fs::read(&p).map_err(|e| field(name, format!("cannot read {}: {e}", p.display())))
+        };
+        let ca_cert_pem = read("tls_ca_cert", self.tls_ca_cert)?;
+        let cert_pem = read("tls_cert", self.tls_cert)?;
+        let key_pem = read("tls_key", self.tls_key)?;
+        let proxy_id = match self.proxy_id {
+            Some(id) if !id.is_empty() && id.len() <= 64 => id,
+            Some(_) => return Err(field("proxy_id", "must be 1-64 characters")),
+            None => format!("proxy-{:08x}", rand::random::<u32>()),
+        };
+        let max_body = self.max_body_bytes.unwrap_or(8 * 1024 * 1024);
+        if !(1024..=256 * 1024 * 1024).contains(&max_body) {
+            return Err(field("max_body_bytes", "must be between 1 KiB and 256 MiB"));
+        }
+        let log_format = match self.log_format.as_deref().unwrap_or("json") {
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            other => {
+                return Err(field(
+                    "log_format",
+                    format!("must be json or text, not {other:?}"),
+                ));
+            }
+        };
+        let report_queue = self.report_queue.unwrap_or(10_000);
+        if report_queue == 0 {
+            return Err(field("report_queue", "must be at least 1"));
+        }
+        Ok(Config {
+            listen,
+            internal_listen,
+            control_plane_url,
+            control_plane_server_name: self
+                .control_plane_server_name
+                .unwrap_or_else(|| "llmhub-control".into()),
+            ca_cert_pem,
+            cert_pem,
+            key_pem,
+            proxy_id,
+            max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
+            log_format,
+            report_queue,
+            header_read_timeout: Duration::from_secs(30),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(dir: &Path) -> RawConfig {
+        for f in ["ca.pem", "c.pem", "k.pem"] {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        RawConfig {
+            tls_ca_cert: Some(dir.join("ca.pem")),
+            tls_cert: Some(dir.join("c.pem")),
+            tls_key: Some(dir.join("k.pem")),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(base(dir.path()).validate().is_ok());
+        let cases: Vec<(Box<dyn Fn(&mut RawConfig)>, &str)> = vec![
+            (Box::new(|c| c.listen = Some("x".into())), "listen"),
+            (
+                Box::new(|c| c.control_plane_url = Some("http://h:1".into())),
+                "control_plane_url",
+            ),
+            (Box::new(|c| c.tls_cert = None), "tls_cert"),
+            (Box::new(|c| c.tls_key = Some("/nope".into())), "tls_key"),
+            (Box::new(|c| c.max_body_bytes = Some(1)), "max_body_bytes"),
+            (
+                Box::new(|c| c.log_format = Some("yaml".into())),
+                "log_format",
+            ),
+        ];
+        for (m, name) in cases {
+            let mut raw = base(dir.path());
+            m(&mut raw);
+            match raw.validate() {
+                Err(ConfigError::Field { field, .. }) => assert_eq!(field, name),
+                other => panic!("{name}: {:?}", other.err()),
+            }
+        }
+    }
+}

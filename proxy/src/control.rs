@@ -1,0 +1,260 @@
+//! The proxy's link to the control plane: the `Watch` stream that feeds snapshots and the
+//! `Report` stream that carries routing records back. Both run over one mutual-TLS channel and
+//! reconnect with jittered exponential backoff; while disconnected the proxy keeps serving its last
+//! good snapshot and buffers reports (bounded).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use llmhub_proto::ControlPlaneClient;
+use llmhub_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::config::Config;
+use crate::snapshot::{Snapshot, SnapshotCell};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("invalid control plane endpoint: {0}")]
+    Endpoint(String),
+}
+
+/// Builds the mTLS endpoint. There is no plaintext variant.
+pub fn endpoint(config: &Config) -> Result<Endpoint, ControlError> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&config.ca_cert_pem))
+        .identity(Identity::from_pem(&config.cert_pem, &config.key_pem))
+        .domain_name(config.control_plane_server_name.clone());
+    Endpoint::from_shared(config.control_plane_url.clone())
+        .map_err(|e| ControlError::Endpoint(e.to_string()))?
+        .tls_config(tls)
+        .map_err(|e| ControlError::Endpoint(e.to_string()))
+        .map(|e| {
+            e.connect_timeout(Duration::from_secs(5))
+                .http2_keep_alive_interval(Duration::from_secs(20))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .keep_alive_while_idle(true)
+        })
+}
+
+/// Health of the control-plane link, shown on `/readyz`.
+#[derive(Default)]
+pub struct LinkStatus {
+    pub connected: AtomicBool,
+    pub snapshots_applied: AtomicU64,
+    pub snapshots_rejected: AtomicU64,
+    pub reports_dropped: AtomicU64,
+}
+
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(10);
+
+    fn new() -> Self {
+        Backoff { next: Self::MIN }
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
+
+    /// Full jitter, so a fleet of proxies does not reconnect in lockstep after an outage.
+    async fn wait(&mut self) {
+        let max_ms = u64::try_from(self.next.as_millis()).unwrap_or(10_000);
+        let ms = rand::random_range(max_ms / 2..=max_ms);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        self.next = (self.next * 2).min(Self::MAX);
+    }
+}
+
+/// Follows the Watch stream forever, installing every valid snapshot.
+pub async fn watch_loop(
+    endpoint: Endpoint,
+    proxy_id: String,
+    cell: Arc<SnapshotCell>,
+    status: Arc<LinkStatus>,
+) {
+    let mut backoff = Backoff::new();
+    loop {
+        match watch_once(&endpoint, &proxy_id, &cell, &status, &mut backoff).await {
+            Ok(()) => tracing::warn!("control plane closed the watch stream"),
+            Err(e) => {
+                tracing::warn!(error = %e, "control plane watch failed; serving last snapshot")
+            }
+        }
+        status.connected.store(false, Ordering::Relaxed);
+        backoff.wait().await;
+    }
+}
+
+async fn watch_once(
+    endpoint: &Endpoint,
+    proxy_id: &str,
+    cell: &SnapshotCell,
+    status: &LinkStatus,
+    backoff: &mut Backoff,
+) -> Result<(), tonic::Status> {
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("connect: {}", error_chain(&e))))?;
+    let mut client = ControlPlaneClient::new(channel);
+    let mut stream = client
+        .watch(pb::WatchRequest {
+            proxy_id: proxy_id.to_owned(),
+            known_version: cell.version(),
+        })
+        .await?
+        .into_inner();
+    status.connected.store(true, Ordering::Relaxed);
+    tracing::info!("connected to control plane");
+    backoff.reset();
+    while let Some(event) = stream.message().await? {
+        match event.event {
+            Some(pb::watch_event::Event::Snapshot(msg)) => {
+                let version = msg.version;
+                match Snapshot::from_proto(msg) {
+                    Ok(snap) => {
+                        if cell.store(snap) {
+                            status.snapshots_applied.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(version, "snapshot applied");
+                        }
+                    }
+                    Err(e) => {
+                        status.snapshots_rejected.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(version, error = %e, "snapshot rejected; keeping the last good one");
+                    }
+                }
+            }
+            Some(pb::watch_event::Event::Delta(d)) => {
+                // Deltas arrive with fleet-wide cooldowns; until then a delta we cannot apply
+                // means our view is stale, so ask for a fresh snapshot by reconnecting.
+                tracing::warn!(
+                    base = d.base_version,
+                    version = d.version,
+                    "unsupported delta; resubscribing"
+                );
+                return Ok(());
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// Queue for routing records; `try_send` never blocks a request.
+#[derive(Clone)]
+pub struct Reporter {
+    tx: mpsc::Sender<pb::RoutingRecord>,
+    status: Arc<LinkStatus>,
+}
+
+impl Reporter {
+    pub fn new(
+        capacity: usize,
+        status: Arc<LinkStatus>,
+    ) -> (Self, mpsc::Receiver<pb::RoutingRecord>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Reporter { tx, status }, rx)
+    }
+
+    pub fn record(&self, r: pb::RoutingRecord) {
+        if self.tx.try_send(r).is_err() {
+            self.status.reports_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("routing record dropped: report queue full");
+        }
+    }
+}
+
+const MAX_BATCH: usize = 200;
+/// Unacknowledged batches held for resending. When full the proxy stops draining the record
+/// queue, which then fills and drops (and counts) new records rather than growing without bound.
+const MAX_PENDING_BATCHES: usize = 500;
+
+/// Sends routing records over the Report stream, resending unacknowledged batches after a
+/// reconnect (at-least-once; the control plane deduplicates by request id).
+pub async fn report_loop(
+    endpoint: Endpoint,
+    proxy_id: String,
+    mut rx: mpsc::Receiver<pb::RoutingRecord>,
+) {
+    let mut pending: BTreeMap<u64, pb::ReportBatch> = BTreeMap::new();
+    let mut seq = 0u64;
+    let mut backoff = Backoff::new();
+    loop {
+        let channel: Channel = match endpoint.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %error_chain(&e), "report connect failed");
+                backoff.wait().await;
+                continue;
+            }
+        };
+        let (out_tx, out_rx) = mpsc::channel::<pb::ReportBatch>(16);
+        let mut client = ControlPlaneClient::new(channel);
+        let mut acks = match client
+            .report(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                tracing::debug!(error = %e, "report stream failed");
+                backoff.wait().await;
+                continue;
+            }
+        };
+        backoff.reset();
+        // Everything not yet acknowledged is sent again, oldest first.
+        let mut to_send: VecDeque<u64> = pending.keys().copied().collect();
+        loop {
+            tokio::select! {
+                permit = out_tx.reserve(), if !to_send.is_empty() => {
+                    let Ok(permit) = permit else { break };
+                    if let Some(b) = to_send.pop_front().and_then(|s| pending.get(&s)) {
+                        permit.send(b.clone());
+                    }
+                }
+                first = rx.recv(), if pending.len() < MAX_PENDING_BATCHES => {
+                    let Some(first) = first else { return };
+                    let mut records = vec![first];
+                    while records.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(r) => records.push(r),
+                            Err(_) => break,
+                        }
+                    }
+                    seq += 1;
+                    pending.insert(seq, pb::ReportBatch { seq, proxy_id: proxy_id.clone(), records, outcomes: vec![] });
+                    to_send.push_back(seq);
+                }
+                ack = acks.message() => match ack {
+                    Ok(Some(a)) => { pending.remove(&a.seq); }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "report stream ended");
+                        break;
+                    }
+                },
+            }
+        }
+        backoff.wait().await;
+    }
+}

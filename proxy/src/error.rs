@@ -1,0 +1,131 @@
+//! The proxy's error type and its one mapping to the client's API dialect (OpenAI for now).
+//!
+//! Messages never name a provider key, its fingerprint or the upstream's own error text for
+//! credential failures; 5xx bodies are generic and the detail is logged once.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use serde_json::json;
+
+use crate::server::{Body, full};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("missing or invalid API key")]
+    InvalidApiKey,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body too large (limit {0} bytes)")]
+    PayloadTooLarge(usize),
+    #[error("unknown route {0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("the model `{0}` does not exist or you do not have access to it")]
+    ModelNotFound(String),
+    #[error("no provider key is available for this model right now")]
+    NoKeyAvailable,
+    #[error("the gateway is starting and has no configuration yet")]
+    NotReady,
+    #[error("the provider is rate limiting requests; retry later")]
+    UpstreamRateLimited { retry_after: Option<HeaderValue> },
+    #[error("the provider rejected the gateway's credentials")]
+    UpstreamAuth,
+    #[error("the provider is unavailable")]
+    UpstreamUnavailable(String),
+    #[error("the provider did not answer in time")]
+    UpstreamTimeout,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::NotFound(_) | ProxyError::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::NoKeyAvailable | ProxyError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::UpstreamAuth | ProxyError::UpstreamUnavailable(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// `(type, code)` as OpenAI uses them.
+    fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            ProxyError::InvalidApiKey => ("invalid_request_error", "invalid_api_key"),
+            ProxyError::BadRequest(_) => ("invalid_request_error", "invalid_request"),
+            ProxyError::PayloadTooLarge(_) => ("invalid_request_error", "request_too_large"),
+            ProxyError::NotFound(_) => ("invalid_request_error", "unknown_url"),
+            ProxyError::MethodNotAllowed => ("invalid_request_error", "method_not_allowed"),
+            ProxyError::ModelNotFound(_) => ("invalid_request_error", "model_not_found"),
+            ProxyError::NoKeyAvailable => ("server_error", "no_key_available"),
+            ProxyError::NotReady => ("server_error", "not_ready"),
+            ProxyError::UpstreamRateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
+            ProxyError::UpstreamAuth => ("server_error", "upstream_auth_failed"),
+            ProxyError::UpstreamUnavailable(_) => ("server_error", "upstream_unavailable"),
+            ProxyError::UpstreamTimeout => ("server_error", "upstream_timeout"),
+        }
+    }
+
+    /// The error as an OpenAI-style JSON body.
+    pub fn openai_json(&self) -> Bytes {
+        let (ty, code) = self.kind();
+        let message = match self {
+            // The detail is for the log, not the client.
+            ProxyError::UpstreamUnavailable(_) => "the provider is unavailable".to_owned(),
+            other => other.to_string(),
+        };
+        Bytes::from(
+            json!({"error": {"message": message, "type": ty, "param": null, "code": code}})
+                .to_string(),
+        )
+    }
+
+    pub fn into_response(self, request_id: &HeaderValue) -> Response<Body> {
+        let mut resp = Response::new(full(self.openai_json()));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert("x-request-id", request_id.clone());
+        if let ProxyError::UpstreamRateLimited {
+            retry_after: Some(v),
+        } = &self
+        {
+            h.insert(http::header::RETRY_AFTER, v.clone());
+        }
+        if matches!(self, ProxyError::InvalidApiKey) {
+            h.insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_shape() {
+        let e = ProxyError::ModelNotFound("gpt-9".into());
+        let v: serde_json::Value = serde_json::from_slice(&e.openai_json()).unwrap();
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert!(v["error"]["message"].as_str().unwrap().contains("gpt-9"));
+        assert!(v["error"]["param"].is_null());
+        let e = ProxyError::UpstreamUnavailable("connect refused to 10.0.0.1 key=x".into());
+        let body = String::from_utf8(e.openai_json().to_vec()).unwrap();
+        assert!(!body.contains("10.0.0.1"), "{body}");
+        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+    }
+}

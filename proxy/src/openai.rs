@@ -1,0 +1,426 @@
+//! The OpenAI-compatible surface: `POST /v1/chat/completions` and `GET /v1/models`.
+//!
+//! Bodies are relayed chunk by chunk; nothing is buffered whole except the (bounded) request and
+//! the small error bodies that are inspected before being passed on.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use http::header::{ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use llmhub_proto::v1 as pb;
+use secrecy::ExposeSecret;
+use serde_json::{Map, Value, json};
+
+use crate::control::Reporter;
+use crate::error::ProxyError;
+use crate::server::{Body, BoxError, Proxy, RequestLog, full};
+use crate::snapshot::{ClientKey, Snapshot};
+
+/// Attempts per request before giving up (each on a different key or provider).
+const MAX_ATTEMPTS: usize = 3;
+/// Largest upstream error body read for inspection.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn authenticate<'s>(snap: &'s Snapshot, headers: &HeaderMap) -> Result<&'s ClientKey, ProxyError> {
+    let token = bearer(headers).ok_or(ProxyError::InvalidApiKey)?;
+    snap.authenticate(token).ok_or(ProxyError::InvalidApiKey)
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    let mut r = Response::new(full(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn model_object(id: &str) -> Value {
+    json!({"id": id, "object": "model", "created": 0, "owned_by": "llm-hub"})
+}
+
+pub fn list_models(p: &Proxy, req: &Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    let snap = p.cell.load().ok_or(ProxyError::NotReady)?;
+    let client = authenticate(&snap, req.headers())?;
+    let data: Vec<Value> = snap
+        .models_for(client)
+        .into_iter()
+        .map(model_object)
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"object": "list", "data": data}),
+    ))
+}
+
+pub fn get_model(
+    p: &Proxy,
+    req: &Request<Incoming>,
+    id: &str,
+) -> Result<Response<Body>, ProxyError> {
+    let snap = p.cell.load().ok_or(ProxyError::NotReady)?;
+    let client = authenticate(&snap, req.headers())?;
+    if !snap.routes.contains_key(id) || !client.may_use(id) {
+        return Err(ProxyError::ModelNotFound(id.to_owned()));
+    }
+    Ok(json_response(StatusCode::OK, &model_object(id)))
+}
+
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ProxyError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ProxyError::PayloadTooLarge(limit));
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ProxyError::PayloadTooLarge(limit))
+        }
+        Err(_) => Err(ProxyError::BadRequest(
+            "could not read the request body".into(),
+        )),
+    }
+}
+
+/// Sends the routing record exactly once: when the response (or stream) completes, or when it is
+/// dropped early because the client went away.
+struct Recorder {
+    reporter: Reporter,
+    record: Option<pb::RoutingRecord>,
+    started: Instant,
+}
+
+impl Recorder {
+    fn finish(&mut self, status: u32) {
+        if let Some(mut r) = self.record.take() {
+            r.status = status;
+            r.latency_ms = u32::try_from(self.started.elapsed().as_millis()).unwrap_or(u32::MAX);
+            self.reporter.record(r);
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        // 499: the client closed the connection before the body was complete.
+        self.finish(499);
+    }
+}
+
+fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(0),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+pub async fn chat_completions(
+    p: &Proxy,
+    req: Request<Incoming>,
+    rid: &HeaderValue,
+    log: &mut RequestLog,
+) -> Result<Response<Body>, ProxyError> {
+    let started = Instant::now();
+    let snap: Arc<Snapshot> = p.cell.load().ok_or(ProxyError::NotReady)?;
+    let client = authenticate(&snap, req.headers())?;
+    log.client_prefix = Some(client.prefix.clone());
+
+    let body = read_body(req, p.max_body_bytes).await?;
+    let mut payload: Map<String, Value> = serde_json::from_slice(&body)
+        .map_err(|e| ProxyError::BadRequest(format!("request body must be a JSON object: {e}")))?;
+    let model = match payload.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        _ => {
+            return Err(ProxyError::BadRequest(
+                "`model` is required and must be a string".into(),
+            ));
+        }
+    };
+    log.model = Some(model.clone());
+    let stream = match payload.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ProxyError::BadRequest("`stream` must be a boolean".into())),
+    };
+    if !matches!(payload.get("messages"), Some(Value::Array(m)) if !m.is_empty()) {
+        return Err(ProxyError::BadRequest(
+            "`messages` is required and must be a non-empty array".into(),
+        ));
+    }
+    let route = snap
+        .routes
+        .get(&model)
+        .filter(|_| client.may_use(&model))
+        .ok_or_else(|| ProxyError::ModelNotFound(model.clone()))?;
+
+    let (candidates, skipped) = snap.candidates(route, client);
+    let mut recorder = Recorder {
+        reporter: p.reporter.clone(),
+        record: Some(pb::RoutingRecord {
+            request_id: rid.to_str().unwrap_or_default().to_owned(),
+            started_at: Some(timestamp(SystemTime::now())),
+            user_id: client.user_id.clone(),
+            client_key_prefix: client.prefix.clone(),
+            public_model: model.clone(),
+            stream,
+            skipped,
+            ..Default::default()
+        }),
+        started,
+    };
+    let mut last_error = ProxyError::NoKeyAvailable;
+    for (target, provider, key) in candidates.into_iter().take(MAX_ATTEMPTS) {
+        log.attempts += 1;
+        log.provider = Some(provider.name.clone());
+        log.key_fingerprint = Some(key.fingerprint.clone());
+        payload.insert("model".into(), Value::String(target.upstream_model.clone()));
+        let bytes =
+            serde_json::to_vec(&payload).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        let url = format!("{}/chat/completions", provider.base_url);
+        let attempt_started = Instant::now();
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", key.secret.expose_secret()))
+            .map_err(|_| ProxyError::UpstreamAuth)?;
+        auth.set_sensitive(true);
+        let send = p
+            .http
+            .post(url)
+            .header(AUTHORIZATION, auth)
+            .header(CONTENT_TYPE, "application/json")
+            .header(
+                ACCEPT,
+                if stream {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                },
+            )
+            .body(bytes)
+            .send();
+        let outcome = tokio::time::timeout(provider.request_timeout, send).await;
+        let mut attempt = pb::Attempt {
+            provider_id: provider.id.clone(),
+            key_fingerprint: key.fingerprint.clone(),
+            upstream_model: target.upstream_model.clone(),
+            latency_ms: u32::try_from(attempt_started.elapsed().as_millis()).unwrap_or(u32::MAX),
+            ..Default::default()
+        };
+        let resp = match outcome {
+            Err(_) => {
+                attempt.class = "timeout".into();
+                push_attempt(&mut recorder, attempt);
+                last_error = ProxyError::UpstreamTimeout;
+                continue;
+            }
+            Ok(Err(e)) => {
+                attempt.class = "provider_unavailable".into();
+                push_attempt(&mut recorder, attempt);
+                last_error = ProxyError::UpstreamUnavailable(format!(
+                    "provider {}: {}",
+                    provider.name,
+                    e.without_url()
+                ));
+                continue;
+            }
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status();
+        attempt.status = u32::from(status.as_u16());
+        if status.is_success() {
+            attempt.class = "ok".into();
+            push_attempt(&mut recorder, attempt);
+            return Ok(relay(resp, stream, recorder));
+        }
+        match status.as_u16() {
+            429 => {
+                attempt.class = "rate_limited".into();
+                last_error = ProxyError::UpstreamRateLimited {
+                    retry_after: resp.headers().get(http::header::RETRY_AFTER).cloned(),
+                };
+            }
+            401 | 403 => {
+                attempt.class = "invalid_key".into();
+                last_error = ProxyError::UpstreamAuth;
+            }
+            s if s >= 500 => {
+                attempt.class = "provider_unavailable".into();
+                last_error = ProxyError::UpstreamUnavailable(format!(
+                    "provider {} answered {s}",
+                    provider.name
+                ));
+            }
+            _ => {
+                // A client error: the request itself is wrong, so no other key would do better.
+                attempt.class = "client_error".into();
+                push_attempt(&mut recorder, attempt);
+                let body = read_error_body(resp).await;
+                let body = redact(body, key.secret.expose_secret());
+                recorder.finish(u32::from(status.as_u16()));
+                let mut r = Response::new(full(body));
+                *r.status_mut() = status;
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                return Ok(r);
+            }
+        }
+        push_attempt(&mut recorder, attempt);
+        // The error body is drained and dropped: it may quote the key.
+        drop(resp);
+    }
+    recorder.finish(u32::from(last_error.status().as_u16()));
+    Err(last_error)
+}
+
+fn push_attempt(recorder: &mut Recorder, a: pb::Attempt) {
+    if let Some(r) = recorder.record.as_mut() {
+        r.attempts.push(a);
+    }
+}
+
+async fn read_error_body(resp: reqwest::Response) -> Bytes {
+    let mut out = Vec::new();
+    let mut stream = resp.bytes_stream();
+    use futures_util::StreamExt;
+    while let Some(Ok(chunk)) = stream.next().await {
+        let room = MAX_ERROR_BODY.saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() >= MAX_ERROR_BODY {
+            break;
+        }
+    }
+    Bytes::from(out)
+}
+
+/// Replaces an upstream body that quotes the provider key with a generic error.
+fn redact(body: Bytes, secret: &str) -> Bytes {
+    let contains = !secret.is_empty() && body.windows(secret.len()).any(|w| w == secret.as_bytes());
+    if contains || serde_json::from_slice::<Value>(&body).is_err() {
+        return Bytes::from(
+            json!({"error": {"message": "the provider rejected the request", "type": "invalid_request_error", "param": null, "code": "upstream_client_error"}})
+                .to_string(),
+        );
+    }
+    body
+}
+
+/// Relays an upstream success response chunk by chunk.
+fn relay(resp: reqwest::Response, sse: bool, recorder: Recorder) -> Response<Body> {
+    let status = resp.status();
+    let content_type = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_static(if sse {
+                "text/event-stream"
+            } else {
+                "application/json"
+            })
+        });
+    let sse = sse
+        || content_type
+            .to_str()
+            .is_ok_and(|c| c.starts_with("text/event-stream"));
+    let relay = Relay {
+        inner: Box::pin(resp.bytes_stream()),
+        sse,
+        done: false,
+        recorder,
+        status: u32::from(status.as_u16()),
+    };
+    let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(relay)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, content_type);
+    if sse {
+        r.headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    r
+}
+
+type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+struct Relay {
+    inner: ByteStream,
+    sse: bool,
+    done: bool,
+    recorder: Recorder,
+    status: u32,
+}
+
+/// Error event that ends an interrupted stream, in the OpenAI dialect.
+const SSE_INTERRUPTED: &[u8] = b"data: {\"error\":{\"message\":\"the provider stream was interrupted\",\"type\":\"server_error\",\"param\":null,\"code\":\"upstream_interrupted\"}}\n\n";
+
+impl Stream for Relay {
+    type Item = Result<Frame<Bytes>, BoxError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.inner.as_mut().poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(chunk))) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+            Poll::Ready(Some(Err(e))) => {
+                self.done = true;
+                tracing::warn!(error = %e.without_url(), "upstream body interrupted");
+                self.recorder.finish(502);
+                if self.sse {
+                    Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(SSE_INTERRUPTED)))))
+                } else {
+                    Poll::Ready(Some(Err("upstream body interrupted".into())))
+                }
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                let status = self.status;
+                self.recorder.finish(status);
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer lh-abc"));
+        assert_eq!(bearer(&h), Some("lh-abc"));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("bearer  lh-abc "));
+        assert_eq!(bearer(&h), Some("lh-abc"));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Basic xyz"));
+        assert_eq!(bearer(&h), None);
+    }
+
+    #[test]
+    fn redacts_bodies_that_quote_the_key() {
+        let b = Bytes::from_static(br#"{"error":{"message":"bad key sk-secret-123"}}"#);
+        let out = redact(b, "sk-secret-123");
+        assert!(!String::from_utf8_lossy(&out).contains("sk-secret"));
+        let ok = Bytes::from_static(br#"{"error":{"message":"context too long"}}"#);
+        assert_eq!(redact(ok.clone(), "sk-secret-123"), ok);
+        let html = Bytes::from_static(b"<html>oops</html>");
+        assert!(String::from_utf8_lossy(&redact(html, "k")).contains("upstream_client_error"));
+    }
+}

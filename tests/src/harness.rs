@@ -1,0 +1,504 @@
+//! Process harness. Every child is killed when its handle drops; every child's stdout and stderr
+//! are captured so tests can assert that no secret was ever logged.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+
+/// Where the workspace's binaries are: `LLMHUB_BIN_DIR`, else the target directory this test
+/// executable was built into (`target/<profile>/deps/..`).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("LLMHUB_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let deps = exe.parent().expect("deps dir");
+    deps.parent().expect("profile dir").to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} not found; run `cargo test --workspace` (it builds every binary) or set LLMHUB_BIN_DIR",
+        p.display()
+    );
+    p
+}
+
+/// Captured output of every child process of a test.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<String>>);
+
+impl Logs {
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn push(&self, who: &str, line: &str) {
+        let mut s = self.0.lock().unwrap();
+        s.push_str(who);
+        s.push_str(": ");
+        s.push_str(line);
+        s.push('\n');
+    }
+
+    /// Waits until `count` lines from `who` (a process name) contain `needle`.
+    pub async fn wait_for(
+        &self,
+        who: &str,
+        needle: &str,
+        count: usize,
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        let prefix = format!("{who}[");
+        loop {
+            let n = self
+                .text()
+                .lines()
+                .filter(|l| l.starts_with(&prefix) && l.contains(needle))
+                .count();
+            if n >= count {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "timed out waiting for {count}x {needle:?} in logs:\n{}",
+                    self.text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn capture(logs: &Logs, who: String, r: impl AsyncRead + Unpin + Send + 'static) {
+    let logs = logs.clone();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(r).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            logs.push(&who, &line);
+        }
+    });
+}
+
+/// Spawns `cmd`, captures stderr, and reads stdout until a JSON line with `"event":"listening"`.
+/// Returns the child, that line, and any JSON lines printed before it.
+async fn spawn_until_listening(
+    mut cmd: Command,
+    who: &str,
+    logs: &Logs,
+) -> anyhow::Result<(Child, Value, Vec<Value>)> {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().with_context(|| format!("spawning {who}"))?;
+    capture(
+        logs,
+        format!("{who}[stderr]"),
+        child.stderr.take().context("stderr")?,
+    );
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let mut before = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            logs.push(&format!("{who}[stdout]"), &line);
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v["event"] == "listening" {
+                    return anyhow::Ok(Some(v));
+                }
+                before.push(v);
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .context("timed out waiting for the listening line")??;
+    let Some(listening) = found else {
+        let status = child.wait().await?;
+        bail!(
+            "{who} exited ({status}) before listening; logs:\n{}",
+            logs.text()
+        );
+    };
+    let logs2 = logs.clone();
+    let who2 = format!("{who}[stdout]");
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            logs2.push(&who2, &line);
+        }
+    });
+    Ok((child, listening, before))
+}
+
+/// Runs a command to completion, returning stdout (error with output on failure).
+pub async fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.stdin(Stdio::null()).output().await?;
+    if !out.status.success() {
+        bail!(
+            "command failed ({}): {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database for one test: a SQLite file, or a uniquely named Postgres database dropped at the end.
+pub struct Database {
+    pub url: String,
+    pg_name: Option<String>,
+}
+
+/// Base URL of the Postgres server used for tests (`LLMHUB_TEST_PG_URL`).
+pub fn pg_admin_url() -> String {
+    std::env::var("LLMHUB_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn pg_url_for(db: &str) -> String {
+    let base = pg_admin_url();
+    let (head, _) = base.rsplit_once('/').expect("postgres url has a database");
+    format!("{head}/{db}")
+}
+
+impl Database {
+    pub async fn create(backend: Backend, dir: &Path) -> anyhow::Result<Self> {
+        match backend {
+            Backend::Sqlite => Ok(Database {
+                url: format!("sqlite://{}?mode=rwc", dir.join("llmhub.db").display()),
+                pg_name: None,
+            }),
+            Backend::Postgres => {
+                use sea_orm::ConnectionTrait;
+                let name = format!("llmhub_e2e_{}", uuid::Uuid::new_v4().simple());
+                let admin = sea_orm::Database::connect(pg_admin_url())
+                    .await
+                    .context("connecting to Postgres (set LLMHUB_TEST_PG_URL)")?;
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                    .await?;
+                admin.close().await?;
+                Ok(Database {
+                    url: pg_url_for(&name),
+                    pg_name: Some(name),
+                })
+            }
+        }
+    }
+
+    /// Every byte the database holds, for leak checks: the SQLite file (and its WAL), or every
+    /// row of every table as JSON for Postgres.
+    pub async fn dump(&self) -> anyhow::Result<Vec<u8>> {
+        use sea_orm::{ConnectionTrait, Statement};
+        if let Some(path) = self.url.strip_prefix("sqlite://") {
+            let path = path.split('?').next().unwrap_or(path);
+            let mut out = std::fs::read(path)?;
+            for suffix in ["-wal", "-journal"] {
+                if let Ok(b) = std::fs::read(format!("{path}{suffix}")) {
+                    out.extend(b);
+                }
+            }
+            return Ok(out);
+        }
+        let db = sea_orm::Database::connect(&self.url).await?;
+        let backend = db.get_database_backend();
+        let tables = db
+            .query_all_raw(Statement::from_string(
+                backend,
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'",
+            ))
+            .await?;
+        let mut out = Vec::new();
+        for t in tables {
+            let name: String = t.try_get("", "tablename")?;
+            let rows = db
+                .query_all_raw(Statement::from_string(
+                    backend,
+                    format!("SELECT row_to_json(t)::text AS r FROM \"{name}\" t"),
+                ))
+                .await?;
+            for row in rows {
+                let r: String = row.try_get("", "r")?;
+                out.extend_from_slice(r.as_bytes());
+                out.push(b'\n');
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else {
+            return;
+        };
+        // Dropping runs outside the test's runtime, on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                use sea_orm::ConnectionTrait;
+                let admin = sea_orm::Database::connect(pg_admin_url()).await?;
+                admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .await?;
+                anyhow::Ok(())
+            })
+        })
+        .join();
+    }
+}
+
+/// A running control plane with its CA and a valid proxy certificate.
+pub struct ControlPlane {
+    pub dir: tempfile::TempDir,
+    pub db: Database,
+    pub admin_url: String,
+    pub grpc_addr: String,
+    pub admin_password: String,
+    pub logs: Logs,
+    pub http: reqwest::Client,
+    child: Child,
+    token: Mutex<Option<String>>,
+}
+
+pub fn certs_dir(dir: &Path) -> PathBuf {
+    dir.join("certs")
+}
+
+impl ControlPlane {
+    pub async fn start(backend: Backend) -> anyhow::Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir()?;
+        let db = Database::create(backend, dir.path()).await?;
+        let certs = certs_dir(dir.path());
+        run_ok(
+            Command::new(bin("llmhub-control"))
+                .args(["certs", "init", "--dir"])
+                .arg(&certs),
+        )
+        .await?;
+        run_ok(
+            Command::new(bin("llmhub-control"))
+                .args(["certs", "proxy", "--name", "proxy-1", "--dir"])
+                .arg(&certs),
+        )
+        .await?;
+        let master = format!("1:{}", base64_32(7));
+        let config = format!(
+            "database_url = {:?}\nadmin_listen = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\n\
+             tls_ca_cert = {:?}\ntls_cert = {:?}\ntls_key = {:?}\nmaster_keys = {master:?}\n\
+             jwt_secret = \"e2e-jwt-secret-0123456789abcdefghijklmnop\"\n",
+            db.url,
+            certs.join("ca.pem"),
+            certs.join("control.pem"),
+            certs.join("control.key"),
+        );
+        let config_path = dir.path().join("control.toml");
+        std::fs::write(&config_path, config)?;
+        run_ok(
+            Command::new(bin("llmhub-control"))
+                .arg("migrate")
+                .arg("--config")
+                .arg(&config_path),
+        )
+        .await?;
+
+        let logs = Logs::default();
+        let mut cmd = Command::new(bin("llmhub-control"));
+        cmd.arg("serve").arg("--config").arg(&config_path);
+        clear_llmhub_env(&mut cmd);
+        let (child, listening, before) = spawn_until_listening(cmd, "control", &logs).await?;
+        let boot = before
+            .iter()
+            .find(|v| v["event"] == "bootstrap_admin")
+            .context("no bootstrap_admin line on first start")?;
+        Ok(ControlPlane {
+            admin_url: format!("http://{}", listening["admin"].as_str().context("admin")?),
+            grpc_addr: listening["grpc"].as_str().context("grpc")?.to_owned(),
+            admin_password: boot["password"].as_str().context("password")?.to_owned(),
+            dir,
+            db,
+            logs,
+            http: reqwest::Client::new(),
+            child,
+            token: Mutex::new(None),
+        })
+    }
+
+    pub fn certs(&self) -> PathBuf {
+        certs_dir(self.dir.path())
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> anyhow::Result<reqwest::Response> {
+        Ok(self
+            .http
+            .post(format!("{}/api/v1/auth/login", self.admin_url))
+            .json(&json!({"username": username, "password": password}))
+            .send()
+            .await?)
+    }
+
+    async fn admin_token(&self) -> anyhow::Result<String> {
+        if let Some(t) = self.token.lock().unwrap().clone() {
+            return Ok(t);
+        }
+        let resp = self.login("admin", &self.admin_password).await?;
+        anyhow::ensure!(
+            resp.status() == 200,
+            "admin login failed: {}",
+            resp.status()
+        );
+        let v: Value = resp.json().await?;
+        let t = v["access_token"].as_str().context("token")?.to_owned();
+        *self.token.lock().unwrap() = Some(t.clone());
+        Ok(t)
+    }
+
+    /// An admin API call as the bootstrap admin; returns (status, JSON body).
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let token = self.admin_token().await?;
+        let mut req = self
+            .http
+            .request(method.parse()?, format!("{}{path}", self.admin_url))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
+    }
+
+    pub async fn snapshot_version(&self) -> anyhow::Result<u64> {
+        let (s, v) = self.api("GET", "/api/v1/fleet", None).await?;
+        anyhow::ensure!(s == 200, "fleet: {s} {v}");
+        v["snapshot_version"].as_u64().context("version")
+    }
+
+    /// Starts a proxy with the given client certificate (or none at all).
+    pub async fn spawn_proxy(
+        &self,
+        name: &str,
+        identity: Option<(&Path, &Path)>,
+    ) -> anyhow::Result<Proxy> {
+        let dir = self.dir.path();
+        let mut toml = format!(
+            "listen = \"127.0.0.1:0\"\ninternal_listen = \"127.0.0.1:0\"\ncontrol_plane_url = \"https://{}\"\n\
+             tls_ca_cert = {:?}\nproxy_id = {name:?}\n",
+            self.grpc_addr,
+            self.certs().join("ca.pem"),
+        );
+        match identity {
+            Some((cert, key)) => {
+                toml.push_str(&format!("tls_cert = {cert:?}\ntls_key = {key:?}\n"))
+            }
+            None => {
+                // The proxy refuses to start without a client certificate; give it an empty one
+                // so the TLS layer, not the config check, is what is tested.
+                let empty = dir.join(format!("{name}-empty.pem"));
+                std::fs::write(&empty, "")?;
+                toml.push_str(&format!("tls_cert = {empty:?}\ntls_key = {empty:?}\n"));
+            }
+        }
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, toml)?;
+        let mut cmd = Command::new(bin("llmhub-proxy"));
+        cmd.arg("--config").arg(&path);
+        clear_llmhub_env(&mut cmd);
+        let (child, listening, _) = spawn_until_listening(cmd, name, &self.logs).await?;
+        Ok(Proxy {
+            url: format!("http://{}", listening["public"].as_str().context("public")?),
+            internal_url: format!(
+                "http://{}",
+                listening["internal"].as_str().context("internal")?
+            ),
+            _child: child,
+        })
+    }
+
+    /// The standard proxy with the valid certificate, once it serves the current snapshot.
+    pub async fn ready_proxy(&self, name: &str) -> anyhow::Result<Proxy> {
+        let certs = self.certs();
+        let p = self
+            .spawn_proxy(
+                name,
+                Some((&certs.join("proxy-1.pem"), &certs.join("proxy-1.key"))),
+            )
+            .await?;
+        p.wait_for_version(self.snapshot_version().await?).await?;
+        Ok(p)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+fn clear_llmhub_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("LLMHUB_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("RUST_LOG", "info");
+}
+
+fn base64_32(byte: u8) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode([byte; 32])
+}
+
+pub struct Proxy {
+    pub url: String,
+    pub internal_url: String,
+    _child: Child,
+}
+
+impl Proxy {
+    pub async fn readyz(&self) -> anyhow::Result<(u16, Value)> {
+        let r = reqwest::get(format!("{}/readyz", self.internal_url)).await?;
+        Ok((r.status().as_u16(), r.json().await?))
+    }
+
+    /// Waits until the proxy serves a snapshot at least as new as `version`.
+    pub async fn wait_for_version(&self, version: u64) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, v) = self.readyz().await?;
+            if v["snapshot_version"].as_u64().unwrap_or(0) >= version {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("proxy never reached snapshot {version}: {v}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}

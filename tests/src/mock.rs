@@ -1,0 +1,261 @@
+//! A mock OpenAI-compatible provider for end-to-end tests.
+//!
+//! Behaviour is chosen by the (upstream) model name, so one mock serves every scenario:
+//!
+//! | model               | behaviour                                                        |
+//! |---------------------|------------------------------------------------------------------|
+//! | `mock-ok` (default) | 200 JSON completion, or SSE when `stream: true`                  |
+//! | `mock-slow`         | like `mock-ok` after 2 s                                         |
+//! | `mock-429`          | 429 with `Retry-After: 7` and an OpenAI rate-limit body          |
+//! | `mock-500`          | 500 with an OpenAI server-error body                             |
+//! | `mock-401`          | 401 whose message quotes the bearer key, as some providers do    |
+//! | `mock-400`          | 400 with an OpenAI invalid-request body                          |
+//! | `mock-stream-cut`   | SSE: two chunks, then the connection is cut without `[DONE]`     |
+//! | `mock-stream-gated` | SSE: one chunk, then waits for [`MockProvider::release`]         |
+//!
+//! Every request is recorded (method, path, headers, body) for assertions.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct Inner {
+    requests: Mutex<Vec<Recorded>>,
+    gate: Notify,
+}
+
+#[derive(Clone)]
+pub struct MockProvider {
+    pub addr: SocketAddr,
+    inner: Arc<Inner>,
+    _shutdown: Arc<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl MockProvider {
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    pub async fn start_on(addr: &str) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let inner = Arc::new(Inner::default());
+        let app = Router::new().fallback(handle).with_state(inner.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Ok(MockProvider {
+            addr,
+            inner,
+            _shutdown: Arc::new(tx),
+        })
+    }
+
+    /// Base URL to register as the provider's `base_url`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.inner.requests.lock().unwrap().clone()
+    }
+
+    /// Lets one waiting `mock-stream-gated` response continue.
+    pub fn release(&self) {
+        self.inner.gate.notify_one();
+    }
+}
+
+fn completion(model: &str) -> Value {
+    json!({
+        "id": "chatcmpl-mock",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello from mock"},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    })
+}
+
+fn chunk(model: &str, content: &str, finish: Option<&str>) -> Bytes {
+    let v = json!({
+        "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
+        "model": model,
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]
+    });
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+fn error(status: StatusCode, message: &str, ty: &str, code: &str) -> Response {
+    (
+        status,
+        [("content-type", "application/json")],
+        json!({"error": {"message": message, "type": ty, "param": null, "code": code}}).to_string(),
+    )
+        .into_response()
+}
+
+fn sse(
+    stream: impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+) -> Response {
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+async fn handle(
+    State(inner): State<Arc<Inner>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    inner.requests.lock().unwrap().push(Recorded {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        headers: headers.clone(),
+        body: parsed.clone(),
+    });
+    if method == Method::GET && uri.path() == "/v1/models" {
+        return axum::Json(
+            json!({"object": "list", "data": [{"id": "mock-ok", "object": "model"}]}),
+        )
+        .into_response();
+    }
+    if uri.path() != "/v1/chat/completions" {
+        return error(
+            StatusCode::NOT_FOUND,
+            "unknown path",
+            "invalid_request_error",
+            "unknown_url",
+        );
+    }
+    let model = parsed["model"].as_str().unwrap_or("mock-ok").to_owned();
+    let stream = parsed["stream"].as_bool().unwrap_or(false);
+    match model.as_str() {
+        "mock-429" => {
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Rate limit reached for requests",
+                "requests",
+                "rate_limit_exceeded",
+            );
+            r.headers_mut().insert("retry-after", "7".parse().unwrap());
+            r
+        }
+        "mock-500" => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The server had an error while processing your request.",
+            "server_error",
+            "server_error",
+        ),
+        "mock-401" => {
+            let key = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .trim_start_matches("Bearer ")
+                .to_owned();
+            error(
+                StatusCode::UNAUTHORIZED,
+                &format!("Incorrect API key provided: {key}."),
+                "invalid_request_error",
+                "invalid_api_key",
+            )
+        }
+        "mock-400" => error(
+            StatusCode::BAD_REQUEST,
+            "This model's maximum context length is 8 tokens.",
+            "invalid_request_error",
+            "context_length_exceeded",
+        ),
+        "mock-slow" => {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            axum::Json(completion(&model)).into_response()
+        }
+        "mock-stream-cut" => {
+            let m = model.clone();
+            let items = vec![
+                Ok(chunk(&m, "Hel", None)),
+                Ok(chunk(&m, "lo", None)),
+                Err(std::io::Error::other("connection cut")),
+            ];
+            // Paced so the headers and first chunks are on the wire before the cut, as when a
+            // real provider's connection drops mid-answer.
+            let s = futures_util::stream::unfold(items.into_iter(), |mut it| async move {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                it.next().map(|item| (item, it))
+            });
+            sse(s)
+        }
+        "mock-stream-gated" => {
+            let m = model.clone();
+            let first = chunk(&m, "first", None);
+            let rest = Bytes::from(
+                [
+                    chunk(&m, " second", None),
+                    chunk(&m, "", Some("stop")),
+                    Bytes::from_static(b"data: [DONE]\n\n"),
+                ]
+                .concat(),
+            );
+            let s = futures_util::stream::unfold(0u8, move |state| {
+                let inner = inner.clone();
+                let first = first.clone();
+                let rest = rest.clone();
+                async move {
+                    match state {
+                        0 => Some((Ok::<_, std::io::Error>(first), 1)),
+                        1 => {
+                            inner.gate.notified().await;
+                            Some((Ok(rest), 2))
+                        }
+                        _ => None,
+                    }
+                }
+            });
+            sse(s)
+        }
+        _ if stream => {
+            let m = model.clone();
+            let parts = vec![
+                Ok::<_, Infallible>(chunk(&m, "hello", None)),
+                Ok(chunk(&m, " from", None)),
+                Ok(chunk(&m, " mock", None)),
+                Ok(chunk(&m, "", Some("stop"))),
+                Ok(Bytes::from_static(b"data: [DONE]\n\n")),
+            ];
+            sse(futures_util::stream::iter(
+                parts.into_iter().map(|r| r.map_err(|e| match e {})),
+            ))
+        }
+        _ => axum::Json(completion(&model)).into_response(),
+    }
+}
