@@ -286,6 +286,8 @@ fn read_file(field: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
 mod tests {
     use super::*;
 
+    type Mutation = Box<dyn Fn(&mut RawConfig)>;
+
     fn base(dir: &Path) -> RawConfig {
         for f in ["ca.pem", "cert.pem", "key.pem"] {
             std::fs::write(dir.join(f), b"pem").unwrap();
@@ -320,7 +322,7 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let dir = tempfile::tempdir().unwrap();
-        let cases: Vec<(Box<dyn Fn(&mut RawConfig)>, &str)> = vec![
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|c| c.database_url = None), "database_url"),
             (
                 Box::new(|c| c.database_url = Some("mysql://x".into())),

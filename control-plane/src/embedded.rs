@@ -162,15 +162,18 @@ pub async fn up(args: UpArgs) -> Result<(), UpError> {
         }
     }
     let mut child = cmd.spawn().context("starting the proxy process")?;
+    // Held open for as long as we run: the proxy exits when this pipe closes, including when
+    // this process is killed without a chance to clean up.
+    let _lifeline = child.stdin.take().context("proxy stdin")?;
     let stdout = child.stdout.take().context("proxy stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let mut proxy_addr = None;
     while let Some(line) = lines.next_line().await.context("reading proxy output")? {
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-            if v["event"] == "listening" {
-                proxy_addr = v["public"].as_str().map(str::to_owned);
-                break;
-            }
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && v["event"] == "listening"
+        {
+            proxy_addr = v["public"].as_str().map(str::to_owned);
+            break;
         }
     }
     let proxy_addr = proxy_addr.context("the proxy exited before it started listening")?;

@@ -203,15 +203,15 @@ async fn serve(config: llmhub_control::config::Config) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(config.admin_listen).await?;
     let grpc = tokio::net::TcpListener::bind(config.grpc_listen).await?;
     let app = App::open(&config).await?;
-    if config.bootstrap_admin {
-        if let Some((user, password)) = app.bootstrap_admin().await? {
-            // Printed once on stdout for the operator; never passed to the logger.
-            println!(
-                "{}",
-                serde_json::json!({"event": "bootstrap_admin", "username": user, "password": password.as_str(),
-                    "note": "one-time password: sign in and change it"})
-            );
-        }
+    if config.bootstrap_admin
+        && let Some((user, password)) = app.bootstrap_admin().await?
+    {
+        // Printed once on stdout for the operator; never passed to the logger.
+        println!(
+            "{}",
+            serde_json::json!({"event": "bootstrap_admin", "username": user, "password": password.as_str(),
+                "note": "one-time password: sign in and change it"})
+        );
     }
     println!(
         "{}",

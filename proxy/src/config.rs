@@ -193,6 +193,8 @@ impl RawConfig {
 mod tests {
     use super::*;
 
+    type Mutation = Box<dyn Fn(&mut RawConfig)>;
+
     fn base(dir: &Path) -> RawConfig {
         for f in ["ca.pem", "c.pem", "k.pem"] {
             std::fs::write(dir.join(f), b"x").unwrap();
@@ -209,7 +211,7 @@ mod tests {
     fn errors_name_the_field() {
         let dir = tempfile::tempdir().unwrap();
         assert!(base(dir.path()).validate().is_ok());
-        let cases: Vec<(Box<dyn Fn(&mut RawConfig)>, &str)> = vec![
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|c| c.listen = Some("x".into())), "listen"),
             (
                 Box::new(|c| c.control_plane_url = Some("http://h:1".into())),

@@ -293,10 +293,7 @@ impl Snapshot {
         &'a self,
         route: &'a Route,
         client: &ClientKey,
-    ) -> (
-        Vec<(&'a Target, &'a Provider, Arc<ProviderKey>)>,
-        Vec<String>,
-    ) {
+    ) -> (Vec<Candidate<'a>>, Vec<String>) {
         let mut out = Vec::new();
         let mut skipped = Vec::new();
         let turn = self.cursor.fetch_add(1, Ordering::Relaxed);
@@ -357,6 +354,9 @@ impl Snapshot {
         (out, skipped)
     }
 }
+
+/// One way to serve a request: a route target, its provider, and a key for it.
+pub type Candidate<'a> = (&'a Target, &'a Provider, Arc<ProviderKey>);
 
 /// The current snapshot, swapped atomically as new ones arrive.
 #[derive(Default)]

@@ -1,5 +1,7 @@
 //! The binary's start-up contract: bad configuration exits with status 64 and names the field.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::process::Command;
 
 fn proxy() -> Command {

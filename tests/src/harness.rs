@@ -32,6 +32,11 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// Installs the process-wide rustls provider (ring) that reqwest and tonic use in tests.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Captured output of every child process of a test.
 #[derive(Clone, Default)]
 pub struct Logs(Arc<Mutex<String>>);
@@ -285,7 +290,7 @@ pub fn certs_dir(dir: &Path) -> PathBuf {
 
 impl ControlPlane {
     pub async fn start(backend: Backend) -> anyhow::Result<Self> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_crypto();
         let dir = tempfile::tempdir()?;
         let db = Database::create(backend, dir.path()).await?;
         let certs = certs_dir(dir.path());

@@ -1,6 +1,8 @@
 //! The walking skeleton end to end, on SQLite and on Postgres: admin API → control plane →
 //! mTLS gRPC snapshot → proxy → mock provider, with the provider key checked never to leak.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::time::Duration;
 
 use llmhub_e2e::harness::{Backend, ControlPlane};

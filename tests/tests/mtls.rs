@@ -1,6 +1,8 @@
 //! The gRPC listener accepts only proxies with a client certificate from the control plane's CA
 //! that is currently valid. Refused proxies never get an RPC through.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::path::Path;
 use std::time::Duration;
 
