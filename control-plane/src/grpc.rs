@@ -59,8 +59,9 @@ pub struct SnapshotHub {
     hash_secret: Arc<HashSecret>,
     tx: watch::Sender<Option<Arc<Published>>>,
     version: AtomicU64,
-    /// Serialises rebuilds so versions are published in the order they were built.
-    rebuild: tokio::sync::Mutex<()>,
+    /// Serialises rebuilds so versions are published in the order they were built; holds the
+    /// digest of the last published content so an unchanged rebuild publishes nothing.
+    rebuild: tokio::sync::Mutex<Option<[u8; 32]>>,
     proxies: Mutex<HashMap<u64, ConnectedProxy>>,
     next_conn: AtomicU64,
     watch_calls: AtomicU64,
@@ -89,7 +90,7 @@ impl SnapshotHub {
             hash_secret,
             tx,
             version: AtomicU64::new(seed),
-            rebuild: tokio::sync::Mutex::new(()),
+            rebuild: tokio::sync::Mutex::new(None),
             proxies: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
             watch_calls: AtomicU64::new(0),
@@ -131,18 +132,20 @@ impl SnapshotHub {
         Ok(())
     }
 
-    /// Rebuilds the snapshot from the store and publishes it.
+    /// Rebuilds the snapshot from the store and publishes it when its content changed.
+    /// Returns the version proxies should converge on.
     pub async fn rebuild(&self) -> Result<u64, StoreError> {
-        let _guard = self.rebuild.lock().await;
+        let mut last_digest = self.rebuild.lock().await;
         let providers = self.store.providers().await?;
         let keys = self.store.provider_keys().await?;
         let client_keys = self.store.client_keys().await?;
         let routes = self.store.routes().await?;
         let now = Utc::now();
 
+        // Version and time stay unset until the content digest is taken.
         let mut snap = pb::Snapshot {
             version: 0,
-            generated_at: Some(ts(now)),
+            generated_at: None,
             client_key_hash_secret: self.hash_secret.bytes().to_vec(),
             ..Default::default()
         };
@@ -217,6 +220,17 @@ impl SnapshotHub {
             })
             .collect();
 
+        let digest: [u8; 32] = {
+            use prost::Message;
+            use sha2::Digest;
+            let mut bytes = zeroize::Zeroizing::new(snap.encode_to_vec());
+            let d = sha2::Sha256::digest(bytes.as_slice()).into();
+            bytes.zeroize();
+            d
+        };
+        if *last_digest == Some(digest) {
+            return Ok(self.current_version());
+        }
         let seed = u64::try_from(now.timestamp_millis()).unwrap_or(0);
         let version = self
             .version
@@ -226,7 +240,9 @@ impl SnapshotHub {
             .map(|prev| (prev + 1).max(seed))
             .unwrap_or(seed);
         snap.version = version;
+        snap.generated_at = Some(ts(now));
         self.tx.send_replace(Some(Arc::new(Published(snap))));
+        *last_digest = Some(digest);
         tracing::info!(version, "snapshot published");
         Ok(version)
     }
@@ -274,6 +290,13 @@ impl SnapshotHub {
 /// The tonic service. Only reachable through the mTLS listener built by [`serve`].
 pub struct ControlPlaneService {
     hub: Arc<SnapshotHub>,
+    /// Flips to true at shutdown so the endless Watch and Report streams end and the server can
+    /// drain instead of waiting on them forever.
+    stop: watch::Receiver<bool>,
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -328,14 +351,16 @@ impl ControlPlane for ControlPlaneService {
             hub: self.hub.clone(),
             id,
         };
-        let stream = WatchStream::new(self.hub.tx.subscribe()).filter_map(move |snap| {
-            let _alive = &guard;
-            std::future::ready(snap.map(|s| {
-                Ok(pb::WatchEvent {
-                    event: Some(pb::watch_event::Event::Snapshot(s.0.clone())),
-                })
-            }))
-        });
+        let stream = WatchStream::new(self.hub.tx.subscribe())
+            .filter_map(move |snap| {
+                let _alive = &guard;
+                std::future::ready(snap.map(|s| {
+                    Ok(pb::WatchEvent {
+                        event: Some(pb::watch_event::Event::Snapshot(s.0.clone())),
+                    })
+                }))
+            })
+            .take_until(stopped(self.stop.clone()));
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -347,9 +372,15 @@ impl ControlPlane for ControlPlaneService {
         let mut inbound = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let hub = self.hub.clone();
+        let stop = stopped(self.stop.clone());
         tokio::spawn(async move {
+            tokio::pin!(stop);
             loop {
-                let batch = match inbound.message().await {
+                let next = tokio::select! {
+                    m = inbound.message() => m,
+                    () = &mut stop => break,
+                };
+                let batch = match next {
                     Ok(Some(b)) => b,
                     Ok(None) => break,
                     Err(e) => {
@@ -381,7 +412,7 @@ pub async fn serve(
     hub: Arc<SnapshotHub>,
     tls: TlsFiles,
     listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let tls_config = ServerTlsConfig::new()
         .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
@@ -392,8 +423,11 @@ pub async fn serve(
     Server::builder()
         .tls_config(tls_config)?
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
-        .add_service(ControlPlaneServer::new(ControlPlaneService { hub }))
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .add_service(ControlPlaneServer::new(ControlPlaneService {
+            hub,
+            stop: stop.clone(),
+        }))
+        .serve_with_incoming_shutdown(incoming, stopped(stop))
         .await?;
     Ok(())
 }

@@ -133,8 +133,27 @@ impl App {
             self.state.hub.clone(),
             config.tls.clone(),
             grpc,
-            wait(stop_rx.clone()),
+            stop_rx.clone(),
         ));
+        // Other replicas may change the store; a periodic rebuild picks that up (and publishes
+        // only when something changed).
+        let hub = self.state.hub.clone();
+        let refresh_stop = wait(stop_rx.clone());
+        let refresh = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tokio::pin!(refresh_stop);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if let Err(e) = hub.rebuild().await {
+                            tracing::warn!(error = %e, "periodic snapshot rebuild failed");
+                        }
+                    }
+                    () = &mut refresh_stop => break,
+                }
+            }
+        });
         let router = api::router(self.state);
         let admin_task = tokio::spawn(async move {
             axum::serve(
@@ -160,9 +179,16 @@ impl App {
             }),
         };
         let _ = stop_tx.send(true);
+        refresh.abort();
         if outcome.is_ok() {
-            grpc_task.await??;
-            admin_task.await??;
+            let drain = std::time::Duration::from_secs(15);
+            match tokio::time::timeout(drain, async { (grpc_task.await, admin_task.await) }).await {
+                Ok((g, a)) => {
+                    g??;
+                    a??;
+                }
+                Err(_) => tracing::warn!("shutdown drain timed out"),
+            }
         }
         outcome
     }

@@ -84,7 +84,9 @@ pub async fn watch_loop(
     let mut backoff = Backoff::new();
     loop {
         match watch_once(&endpoint, &proxy_id, &cell, &status, &mut backoff).await {
-            Ok(()) => tracing::warn!("control plane closed the watch stream"),
+            Ok(()) => {
+                tracing::warn!("control plane closed the watch stream; serving last snapshot")
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "control plane watch failed; serving last snapshot")
             }

@@ -464,6 +464,21 @@ impl ControlPlane {
     pub fn kill(&mut self) {
         let _ = self.child.start_kill();
     }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub async fn terminate(
+        &mut self,
+        within: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().context("already exited")?;
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await?;
+        Ok(tokio::time::timeout(within, self.child.wait())
+            .await
+            .context("did not exit in time after SIGTERM")??)
+    }
 }
 
 fn clear_llmhub_env(cmd: &mut Command) {

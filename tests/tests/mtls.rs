@@ -201,3 +201,22 @@ async fn proxy_keeps_serving_when_control_plane_dies() -> anyhow::Result<()> {
     assert_eq!(ready["control_plane_connected"], false);
     Ok(())
 }
+
+/// SIGTERM ends the endless Watch streams so the control plane exits promptly and cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_shuts_down_with_proxies_connected() -> anyhow::Result<()> {
+    let mut cp = ControlPlane::start(Backend::Sqlite).await?;
+    let proxy = cp.ready_proxy("proxy-1").await?;
+    let status = cp.terminate(Duration::from_secs(10)).await?;
+    assert!(status.success(), "{status}");
+    cp.logs
+        .wait_for(
+            "proxy-1",
+            "serving last snapshot",
+            1,
+            Duration::from_secs(10),
+        )
+        .await?;
+    assert_eq!(proxy.readyz().await?.0, 200, "the proxy keeps its snapshot");
+    Ok(())
+}
