@@ -58,6 +58,7 @@ async fn configure(cp: &ControlPlane, mock: &MockProvider) -> anyhow::Result<Set
         ("gpt-429", "mock-429"),
         ("gpt-401", "mock-401"),
         ("gpt-400", "mock-400"),
+        ("gpt-500", "mock-500"),
     ] {
         let (s, r) = cp
             .api(
@@ -69,6 +70,34 @@ async fn configure(cp: &ControlPlane, mock: &MockProvider) -> anyhow::Result<Set
             .await?;
         assert_eq!(s, 201, "{r}");
     }
+    // A second provider with a short timeout, for the slow-upstream case.
+    let (s, slow) = cp
+        .api(
+            "POST",
+            "/api/v1/providers",
+            Some(json!({"name": "mock-slow", "kind": "openai-compatible",
+                "base_url": mock.base_url(), "request_timeout_ms": 1000})),
+        )
+        .await?;
+    assert_eq!(s, 201, "{slow}");
+    let slow_id = slow["id"].as_str().unwrap();
+    let (s, _) = cp
+        .api(
+            "POST",
+            &format!("/api/v1/providers/{slow_id}/keys"),
+            Some(json!({"key": canary, "shared": true})),
+        )
+        .await?;
+    assert_eq!(s, 201, "the same key may be stored for another provider");
+    let (s, _) = cp
+        .api(
+            "POST",
+            "/api/v1/routes",
+            Some(json!({"public_model": "gpt-slow",
+                "targets": [{"provider_id": slow_id, "upstream_model": "mock-slow"}]})),
+        )
+        .await?;
+    assert_eq!(s, 201);
     let (s, ck) = cp
         .api("POST", "/api/v1/client-keys", Some(json!({"name": "e2e"})))
         .await?;
@@ -204,6 +233,18 @@ async fn full_flow(backend: Backend) -> anyhow::Result<()> {
     let body = r.text().await?;
     assert!(body.contains("upstream_auth_failed"), "{body}");
     seen.0.push_str(&body);
+
+    // Provider 500: a generic 502 in the OpenAI shape.
+    let r = chat(&http, &proxy.url, &setup.client_key, "gpt-500", false).await?;
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().await?;
+    assert_eq!(v["error"]["code"], "upstream_unavailable");
+
+    // A provider slower than its timeout: 504.
+    let r = chat(&http, &proxy.url, &setup.client_key, "gpt-slow", false).await?;
+    assert_eq!(r.status(), 504);
+    let v: Value = r.json().await?;
+    assert_eq!(v["error"]["code"], "upstream_timeout");
 
     // Provider 400 (a client error) is passed through.
     let r = chat(&http, &proxy.url, &setup.client_key, "gpt-400", false).await?;
