@@ -33,6 +33,24 @@ const ENV_KEYS: &[&str] = &[
     "access_token_ttl_secs",
     "log_format",
     "bootstrap_admin",
+    "registration",
+    "argon2_m_kib",
+    "argon2_t",
+    "argon2_p",
+    "hash_concurrency",
+    "refresh_token_ttl_secs",
+    "redis_url",
+    "redis_prefix",
+    "dashboard_origins",
+    "admin_tls_cert",
+    "admin_tls_key",
+    "admin_rate_limit_ip",
+    "admin_rate_limit_user",
+    "login_max_failures",
+    "login_lock_base_secs",
+    "login_lock_max_secs",
+    "login_ip_max_failures",
+    "trust_forwarded_for",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +102,75 @@ pub struct RawConfig {
     pub log_format: Option<String>,
     /// Create an `admin` account with a random one-time password printed once, when no user exists.
     pub bootstrap_admin: Option<bool>,
+    /// Self-service registration: `closed` (default), `open`, or `approval` (an admin activates).
+    pub registration: Option<String>,
+    /// argon2id memory cost in KiB (at least 19456).
+    pub argon2_m_kib: Option<u32>,
+    /// argon2id iterations (at least 2).
+    pub argon2_t: Option<u32>,
+    /// argon2id parallelism (at least 1).
+    pub argon2_p: Option<u32>,
+    /// Password hashes computed at once; more wait briefly, then get 503.
+    pub hash_concurrency: Option<usize>,
+    /// Lifetime of a sign-in session (refresh tokens), in seconds.
+    pub refresh_token_ttl_secs: Option<u64>,
+    /// Redis for login counters and admin rate limits shared by all replicas. Without it the
+    /// counters are in-process (fine for one replica only).
+    pub redis_url: Option<String>,
+    /// Prefix for every Redis key.
+    pub redis_prefix: Option<String>,
+    /// Exact origins allowed to call the admin API from a browser (CORS), e.g.
+    /// `https://hub.example.com`. A list, or one comma-separated string.
+    pub dashboard_origins: Option<StringList>,
+    /// Serve the admin API over TLS with this certificate chain (PEM)...
+    pub admin_tls_cert: Option<PathBuf>,
+    /// ...and this private key (PEM).
+    pub admin_tls_key: Option<PathBuf>,
+    /// Admin API requests per minute from one address.
+    pub admin_rate_limit_ip: Option<u64>,
+    /// Admin API requests per minute for one signed-in user.
+    pub admin_rate_limit_user: Option<u64>,
+    /// Failed logins for one account from one address before a lockout.
+    pub login_max_failures: Option<u64>,
+    /// First lockout in seconds; doubles with each repeat, up to `login_lock_max_secs`.
+    pub login_lock_base_secs: Option<u64>,
+    pub login_lock_max_secs: Option<u64>,
+    /// Failed logins from one address across accounts before the address is throttled.
+    pub login_ip_max_failures: Option<u64>,
+    /// Take the client address from `X-Forwarded-For` (only behind your own reverse proxy).
+    pub trust_forwarded_for: Option<bool>,
+}
+
+/// A list given either as an array or as one comma-separated string (handy in environment
+/// variables).
+#[derive(Debug, Clone, Default)]
+pub struct StringList(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for StringList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(StringList(match Either::deserialize(d)? {
+            Either::One(s) => s
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            Either::Many(v) => v,
+        }))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    Closed,
+    Open,
+    Approval,
 }
 
 impl std::fmt::Debug for RawConfig {
@@ -112,6 +199,19 @@ pub struct Config {
     pub access_token_ttl: Duration,
     pub log_format: LogFormat,
     pub bootstrap_admin: bool,
+    pub registration: Registration,
+    pub hash_cost: crate::auth::HashCost,
+    pub hash_concurrency: usize,
+    pub refresh_ttl: Duration,
+    pub redis_url: Option<String>,
+    pub redis_prefix: String,
+    pub dashboard_origins: Vec<http::HeaderValue>,
+    /// (certificate chain PEM, private key PEM) for the admin listener.
+    pub admin_tls: Option<(Vec<u8>, Vec<u8>)>,
+    pub admin_rate_limit_ip: u64,
+    pub admin_rate_limit_user: u64,
+    pub login_policy: crate::limits::LoginPolicy,
+    pub trust_forwarded_for: bool,
 }
 
 /// PEM contents, read at start so a missing file is a config error, not a runtime surprise.
@@ -241,7 +341,118 @@ impl RawConfig {
                 ));
             }
         };
+        let registration = match self.registration.as_deref().unwrap_or("closed") {
+            "closed" => Registration::Closed,
+            "open" => Registration::Open,
+            "approval" => Registration::Approval,
+            other => {
+                return Err(ConfigError::field(
+                    "registration",
+                    format!("must be closed, open or approval, not {other:?}"),
+                ));
+            }
+        };
+        let min = crate::auth::HashCost::default();
+        let hash_cost = crate::auth::HashCost {
+            m_kib: self.argon2_m_kib.unwrap_or(min.m_kib),
+            t: self.argon2_t.unwrap_or(min.t),
+            p: self.argon2_p.unwrap_or(min.p),
+        };
+        if hash_cost.m_kib < min.m_kib || hash_cost.m_kib > 4 * 1024 * 1024 {
+            return Err(ConfigError::field(
+                "argon2_m_kib",
+                "must be between 19456 and 4194304",
+            ));
+        }
+        if hash_cost.t < min.t || hash_cost.t > 100 {
+            return Err(ConfigError::field("argon2_t", "must be between 2 and 100"));
+        }
+        if hash_cost.p < 1 || hash_cost.p > 64 {
+            return Err(ConfigError::field("argon2_p", "must be between 1 and 64"));
+        }
+        let hash_concurrency = self.hash_concurrency.unwrap_or(4);
+        if !(1..=256).contains(&hash_concurrency) {
+            return Err(ConfigError::field(
+                "hash_concurrency",
+                "must be between 1 and 256",
+            ));
+        }
+        let refresh = self.refresh_token_ttl_secs.unwrap_or(7 * 24 * 3600);
+        if !(300..=90 * 24 * 3600).contains(&refresh) {
+            return Err(ConfigError::field(
+                "refresh_token_ttl_secs",
+                "must be between 300 and 7776000 (90 days)",
+            ));
+        }
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(ConfigError::field(
+                "redis_url",
+                "must start with redis:// or rediss://",
+            ));
+        }
+        let mut dashboard_origins = Vec::new();
+        for o in self.dashboard_origins.unwrap_or_default().0 {
+            dashboard_origins.push(validate_origin(&o)?);
+        }
+        let admin_tls = match (self.admin_tls_cert, self.admin_tls_key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some((
+                read_file("admin_tls_cert", &c)?,
+                read_file("admin_tls_key", &k)?,
+            )),
+            (Some(_), None) => {
+                return Err(ConfigError::field(
+                    "admin_tls_key",
+                    "is required with admin_tls_cert",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::field(
+                    "admin_tls_cert",
+                    "is required with admin_tls_key",
+                ));
+            }
+        };
+        let positive = |field: &'static str, v: Option<u64>, d: u64| -> Result<u64, ConfigError> {
+            match v.unwrap_or(d) {
+                0 => Err(ConfigError::field(field, "must be at least 1")),
+                n => Ok(n),
+            }
+        };
+        let lock_base = positive("login_lock_base_secs", self.login_lock_base_secs, 60)?;
+        let lock_max = positive("login_lock_max_secs", self.login_lock_max_secs, 900)?;
+        if lock_max < lock_base {
+            return Err(ConfigError::field(
+                "login_lock_max_secs",
+                "must be at least login_lock_base_secs",
+            ));
+        }
+        let login_policy = crate::limits::LoginPolicy {
+            max_failures: positive("login_max_failures", self.login_max_failures, 5)?,
+            lock_base: Duration::from_secs(lock_base),
+            lock_max: Duration::from_secs(lock_max),
+            ip_max_failures: positive("login_ip_max_failures", self.login_ip_max_failures, 30)?,
+            ..Default::default()
+        };
         Ok(Config {
+            registration,
+            hash_cost,
+            hash_concurrency,
+            refresh_ttl: Duration::from_secs(refresh),
+            redis_url: self.redis_url,
+            redis_prefix: self.redis_prefix.unwrap_or_else(|| "llmhub:".into()),
+            dashboard_origins,
+            admin_tls,
+            admin_rate_limit_ip: positive("admin_rate_limit_ip", self.admin_rate_limit_ip, 600)?,
+            admin_rate_limit_user: positive(
+                "admin_rate_limit_user",
+                self.admin_rate_limit_user,
+                1200,
+            )?,
+            login_policy,
+            trust_forwarded_for: self.trust_forwarded_for.unwrap_or(false),
             database_url,
             admin_listen,
             grpc_listen,
@@ -265,6 +476,28 @@ fn parse_addr(
         .unwrap_or(default)
         .parse()
         .map_err(|_| ConfigError::field(field, "must be an address like 127.0.0.1:8080"))
+}
+
+/// An exact browser origin: `scheme://host[:port]`, nothing else (no `null`, no wildcard, no path).
+fn validate_origin(o: &str) -> Result<http::HeaderValue, ConfigError> {
+    let bad = || {
+        ConfigError::field(
+            "dashboard_origins",
+            format!("{o:?} is not an exact origin like https://hub.example.com"),
+        )
+    };
+    let url = url::Url::parse(o).map_err(|_| bad())?;
+    if !matches!(url.scheme(), "http" | "https")
+        || url.host_str().is_none()
+        || url.path() != "/"
+        || url.query().is_some()
+        || !url.username().is_empty()
+        || o.ends_with('/')
+        || o.contains('*')
+    {
+        return Err(bad());
+    }
+    http::HeaderValue::from_str(o).map_err(|_| bad())
 }
 
 fn read_required(field: &'static str, path: Option<PathBuf>) -> Result<Vec<u8>, ConfigError> {

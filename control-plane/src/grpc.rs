@@ -139,6 +139,15 @@ impl SnapshotHub {
         let providers = self.store.providers().await?;
         let keys = self.store.provider_keys().await?;
         let client_keys = self.store.client_keys().await?;
+        // Client keys of disabled, pending or deleted users never reach the proxies.
+        let active_users: std::collections::HashSet<String> = self
+            .store
+            .users()
+            .await?
+            .into_iter()
+            .filter(|u| u.status == "active")
+            .map(|u| u.id)
+            .collect();
         let routes = self.store.routes().await?;
         let now = Utc::now();
 
@@ -191,7 +200,7 @@ impl SnapshotHub {
         }
         snap.client_keys = client_keys
             .into_iter()
-            .filter(|c| c.enabled && c.revoked_at.is_none())
+            .filter(|c| c.enabled && c.revoked_at.is_none() && active_users.contains(&c.user_id))
             .map(|c| pb::ClientKey {
                 id: c.id,
                 user_id: c.user_id,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod embedded;
 pub mod grpc;
 pub mod keyring;
+pub mod limits;
 pub mod store;
 pub mod vault;
 
@@ -63,13 +64,34 @@ impl App {
         let keyring = config.keyring.clone();
         SnapshotHub::check_key_versions(&store, &keyring).await?;
         let hash_secret = Arc::new(HashSecret::load_or_create(&store, &keyring).await?);
+        let store = store.with_audit_key(hash_secret.audit_key());
         let hub = SnapshotHub::new(store.clone(), keyring.clone(), hash_secret.clone());
         hub.rebuild().await?;
         let tokens = Arc::new(TokenIssuer::new(
             secrecy::ExposeSecret::expose_secret(&config.jwt_secret),
             config.access_token_ttl,
         )?);
-        let hasher = PasswordHasherPool::new(4)?;
+        let hasher = PasswordHasherPool::new(config.hash_cost, config.hash_concurrency)?;
+        let counters = Arc::new(match &config.redis_url {
+            Some(url) => limits::Counters::redis(url, &config.redis_prefix)
+                .context("redis_url: cannot create a Redis client")?,
+            None => {
+                tracing::warn!(
+                    "no redis_url: login counters and rate limits are kept in this process only; run one replica or configure Redis"
+                );
+                limits::Counters::memory()
+            }
+        });
+        let policy = Arc::new(api::Policy {
+            registration: config.registration,
+            refresh_ttl: config.refresh_ttl,
+            rate_limit_ip: config.admin_rate_limit_ip,
+            rate_limit_user: config.admin_rate_limit_user,
+            trust_forwarded_for: config.trust_forwarded_for,
+            tls: config.admin_tls.is_some(),
+            dashboard_origins: config.dashboard_origins.clone(),
+            counters_shared: counters.is_shared(),
+        });
         Ok(App {
             state: api::AppState {
                 store,
@@ -78,6 +100,15 @@ impl App {
                 hasher,
                 keyring,
                 hash_secret,
+                login_guard: Arc::new(limits::LoginGuard::new(
+                    counters.clone(),
+                    config.login_policy.clone(),
+                )),
+                limiter: Arc::new(limits::RateLimiter::new(
+                    counters,
+                    std::time::Duration::from_secs(60),
+                )),
+                policy,
             },
         })
     }
@@ -91,11 +122,15 @@ impl App {
         }
         let password = Zeroizing::new(auth::random_password());
         let hash = s.hasher.hash(&password).await?;
-        match s
-            .store
-            .create_user("admin", &hash, Role::Admin.as_str())
-            .await
-        {
+        let new = store::NewUser {
+            username: "admin".into(),
+            email: None,
+            password_hash: hash,
+            role: Role::Admin.as_str(),
+            status: "active",
+        };
+        let ev = store::AuditEvent::new(&system_actor(), "user_bootstrapped", "user");
+        match s.store.create_user(new, ev).await {
             Ok(_) => Ok(Some(("admin".into(), password))),
             // Another replica bootstrapped first.
             Err(store::StoreError::Conflict(_)) => Ok(None),
@@ -110,10 +145,15 @@ impl App {
         }
         let password = Zeroizing::new(auth::random_password());
         let hash = self.state.hasher.hash(&password).await?;
-        self.state
-            .store
-            .create_user(username, &hash, Role::Admin.as_str())
-            .await?;
+        let new = store::NewUser {
+            username: username.to_owned(),
+            email: None,
+            password_hash: hash,
+            role: Role::Admin.as_str(),
+            status: "active",
+        };
+        let ev = store::AuditEvent::new(&system_actor(), "user_bootstrapped", "user");
+        self.state.store.create_user(new, ev).await?;
         Ok(password)
     }
 
@@ -191,6 +231,15 @@ impl App {
             }
         }
         outcome
+    }
+}
+
+/// The actor recorded for actions the process takes by itself (bootstrap).
+fn system_actor() -> store::Actor {
+    store::Actor {
+        user_id: None,
+        ip: "local".into(),
+        user_agent: "llmhub-control".into(),
     }
 }
 

@@ -39,6 +39,8 @@ enum Command {
         #[arg(long, default_value = "admin")]
         username: String,
     },
+    /// Print the admin API's endpoint table (method, path, access) as JSON.
+    Routes,
     /// Print a new random master-key entry (`VERSION:BASE64`) for `LLMHUB_MASTER_KEYS`.
     GenMasterKey {
         #[arg(long, default_value_t = 1)]
@@ -98,6 +100,14 @@ fn main() -> ExitCode {
             config,
             exit_on_stdin_eof,
         } => llmhub_proxy::cli::run_from_config_file(config.as_deref(), exit_on_stdin_eof),
+        Command::Routes => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&llmhub_control::api::endpoint_list())
+                    .unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
         Command::GenMasterKey { version } => {
             println!("{}", keyring::generate_entry(version).as_str());
             ExitCode::SUCCESS
@@ -193,7 +203,10 @@ async fn async_main(command: Command) -> ExitCode {
             Err(embedded::UpError::Config(e)) => config_exit(e),
             Err(embedded::UpError::Other(e)) => fail(e),
         },
-        Command::Proxy { .. } | Command::GenMasterKey { .. } | Command::Certs { .. } => {
+        Command::Proxy { .. }
+        | Command::GenMasterKey { .. }
+        | Command::Certs { .. }
+        | Command::Routes => {
             unreachable!("handled before the runtime starts")
         }
     }

@@ -83,6 +83,21 @@ impl HashSecret {
         m.finalize().into_bytes().to_vec()
     }
 
+    /// Keyed hash under which a refresh token is stored.
+    pub fn refresh_token_hash(&self, token: &str) -> Vec<u8> {
+        self.mac(b"llmhub/refresh/v1|", token.as_bytes()).to_vec()
+    }
+
+    /// CSRF token bound to a session (double-submit: cookie and header must both carry it).
+    pub fn csrf_token(&self, session_id: &str) -> String {
+        URL_SAFE_NO_PAD.encode(self.mac(b"llmhub/csrf/v1|", session_id.as_bytes()))
+    }
+
+    /// Key of the audit log's hash chain.
+    pub fn audit_key(&self) -> crate::store::AuditKey {
+        crate::store::AuditKey(Zeroizing::new(self.mac(b"llmhub/audit/v1|", b"")))
+    }
+
     /// Stable, non-reversible identifier of a provider key for logs and duplicate detection.
     pub fn fingerprint(&self, provider_key: &str) -> String {
         let d = self.mac(b"llmhub/fingerprint/v1|", provider_key.as_bytes());
@@ -100,6 +115,13 @@ pub fn generate_client_key() -> (Zeroizing<String>, String) {
     ));
     let prefix = key[..CLIENT_KEY_PREFIX.len() + 6].to_owned();
     (key, prefix)
+}
+
+/// A new opaque refresh token (256 random bits).
+pub fn generate_refresh_token() -> Zeroizing<String> {
+    let mut raw = [0u8; 32];
+    rand::fill(&mut raw);
+    Zeroizing::new(format!("lhr_{}", URL_SAFE_NO_PAD.encode(raw)))
 }
 
 /// Masked display form: `sk-****abcd`. Reveals at most the last four characters, and nothing for

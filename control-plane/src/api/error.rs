@@ -18,6 +18,8 @@ pub enum ApiError {
     InvalidCredentials,
     #[error("forbidden")]
     Forbidden,
+    #[error("{0}")]
+    ForbiddenWith(String),
     #[error("not found")]
     NotFound,
     #[error("{0}")]
@@ -26,6 +28,10 @@ pub enum ApiError {
     Busy,
     #[error("request body too large")]
     PayloadTooLarge,
+    #[error("too many requests; retry later")]
+    TooManyRequests(std::time::Duration),
+    #[error("service temporarily unavailable")]
+    Unavailable,
     #[error("internal error")]
     Internal(String),
 }
@@ -41,6 +47,26 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
             ApiError::PayloadTooLarge
         } else {
             ApiError::BadRequest(r.body_text())
+        }
+    }
+}
+
+impl From<crate::limits::LimitError> for ApiError {
+    fn from(_: crate::limits::LimitError) -> Self {
+        // Fail closed: without the shared counters nothing is let through.
+        ApiError::Unavailable
+    }
+}
+
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError;
+        match e {
+            AuthError::Busy => ApiError::Busy,
+            AuthError::WeakPassword(m) => ApiError::BadRequest(m),
+            AuthError::InvalidCredentials => ApiError::InvalidCredentials,
+            AuthError::InvalidToken => ApiError::Unauthorized,
+            AuthError::Hashing => ApiError::Internal("password hashing failed".into()),
         }
     }
 }
@@ -61,11 +87,15 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
-            ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Forbidden | ApiError::ForbiddenWith(_) => {
+                (StatusCode::FORBIDDEN, "forbidden")
+            }
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(detail) => {
                 // The detail goes to the log once; the client gets a generic message.
                 tracing::error!(error = %detail, "admin api internal error");
@@ -77,6 +107,12 @@ impl IntoResponse for ApiError {
             Json(json!({"error": {"code": code, "message": self.to_string()}})),
         )
             .into_response();
+        if let ApiError::TooManyRequests(d) = &self {
+            let secs = d.as_secs().max(1).to_string();
+            if let Ok(v) = http::HeaderValue::from_str(&secs) {
+                resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+            }
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,

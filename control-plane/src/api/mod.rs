@@ -1,27 +1,43 @@
 //! The admin REST API (axum) on the private admin listener.
 //!
-//! Authorization lives in handler signatures: [`AuthUser`] for any signed-in user, [`AdminUser`]
-//! for admin-only routes. Another user's resource is reported as not found.
+//! Every endpoint is declared once in [`endpoints`] with its access level; the router is built
+//! from that table and the tests walk the same table. Access is enforced by the handler's
+//! extractor types: [`AuthUser`] for any signed-in user, [`AdminUser`] for admins. Another user's
+//! resource is reported as not found.
 
+mod audit;
+mod catalog;
 mod error;
+pub mod serve;
+mod session;
+mod users;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, patch, post};
+use http::{HeaderValue, Method, header};
+use serde::Serialize;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use error::{ApiError, ApiJson};
 
-use crate::auth::{AuthError, PasswordHasherPool, Role, TokenIssuer};
+use crate::auth::{PasswordHasherPool, Role, TokenIssuer};
+use crate::config::Registration;
 use crate::grpc::SnapshotHub;
-use crate::keyring::{Keyring, provider_key_aad};
-use crate::store::entities::{client_keys, provider_keys, providers};
-use crate::store::{NewClientKey, NewProviderKey, NewRouteTarget, Store, parse_list};
-use crate::vault::{HashSecret, generate_client_key, mask};
+use crate::keyring::Keyring;
+use crate::limits::{LoginGuard, RateLimiter};
+use crate::store::{Actor, Store};
+use crate::vault::HashSecret;
+
+/// Largest admin API request body; beyond it requests get 413 before any parsing or hashing.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -31,38 +47,293 @@ pub struct AppState {
     pub hasher: PasswordHasherPool,
     pub keyring: Arc<Keyring>,
     pub hash_secret: Arc<HashSecret>,
+    pub login_guard: Arc<LoginGuard>,
+    pub limiter: Arc<RateLimiter>,
+    pub policy: Arc<Policy>,
+}
+
+/// Request-independent settings the handlers need.
+pub struct Policy {
+    pub registration: Registration,
+    pub refresh_ttl: Duration,
+    pub rate_limit_ip: u64,
+    pub rate_limit_user: u64,
+    pub trust_forwarded_for: bool,
+    pub tls: bool,
+    pub dashboard_origins: Vec<HeaderValue>,
+    pub counters_shared: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    Public,
+    User,
+    Admin,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoint {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub access: Access,
+}
+
+fn ep(method: &'static str, path: &'static str, access: Access) -> Endpoint {
+    Endpoint {
+        method,
+        path,
+        access,
+    }
+}
+
+/// The whole API surface. The access column documents what the handler's extractor enforces;
+/// the end-to-end tests check every row against the running server.
+fn endpoints() -> Vec<(Endpoint, MethodRouter<AppState>)> {
+    use Access::*;
+    vec![
+        (ep("GET", "/healthz", Public), get(|| async { "ok" })),
+        (ep("GET", "/readyz", Public), get(readyz)),
+        (
+            ep("POST", "/api/v1/auth/login", Public),
+            post(session::login),
+        ),
+        (
+            ep("POST", "/api/v1/auth/refresh", Public),
+            post(session::refresh),
+        ),
+        (
+            ep("POST", "/api/v1/auth/register", Public),
+            post(session::register),
+        ),
+        (
+            ep("POST", "/api/v1/auth/logout", User),
+            post(session::logout),
+        ),
+        (ep("GET", "/api/v1/me", User), get(session::me)),
+        (
+            ep("POST", "/api/v1/me/password", User),
+            post(session::change_password),
+        ),
+        (
+            ep("GET", "/api/v1/providers", User),
+            get(catalog::list_providers),
+        ),
+        (
+            ep("POST", "/api/v1/providers", Admin),
+            post(catalog::create_provider),
+        ),
+        (
+            ep("PATCH", "/api/v1/providers/{id}", Admin),
+            patch(catalog::update_provider),
+        ),
+        (
+            ep("GET", "/api/v1/providers/{id}/keys", User),
+            get(catalog::list_provider_keys),
+        ),
+        (
+            ep("POST", "/api/v1/providers/{id}/keys", User),
+            post(catalog::add_provider_key),
+        ),
+        (
+            ep("DELETE", "/api/v1/providers/{id}/keys/{key_id}", User),
+            delete(catalog::delete_provider_key),
+        ),
+        (
+            ep("GET", "/api/v1/client-keys", User),
+            get(catalog::list_client_keys),
+        ),
+        (
+            ep("POST", "/api/v1/client-keys", User),
+            post(catalog::create_client_key),
+        ),
+        (
+            ep("DELETE", "/api/v1/client-keys/{id}", User),
+            delete(catalog::revoke_client_key),
+        ),
+        (ep("GET", "/api/v1/routes", User), get(catalog::list_routes)),
+        (
+            ep("POST", "/api/v1/routes", Admin),
+            post(catalog::create_route),
+        ),
+        (
+            ep("GET", "/api/v1/routing-records", User),
+            get(catalog::list_routing_records),
+        ),
+        (ep("GET", "/api/v1/fleet", Admin), get(catalog::fleet)),
+        (ep("GET", "/api/v1/users", Admin), get(users::list)),
+        (ep("POST", "/api/v1/users", Admin), post(users::create)),
+        (
+            ep("PATCH", "/api/v1/users/{id}", Admin),
+            patch(users::update),
+        ),
+        (
+            ep("DELETE", "/api/v1/users/{id}", Admin),
+            delete(users::remove),
+        ),
+        (
+            ep("GET", "/api/v1/users/{id}/lockouts", Admin),
+            get(users::lockouts),
+        ),
+        (
+            ep("DELETE", "/api/v1/users/{id}/lockouts", Admin),
+            delete(users::clear_lockouts),
+        ),
+        (ep("GET", "/api/v1/audit", Admin), get(audit::list)),
+        (ep("GET", "/api/v1/audit/verify", Admin), get(audit::verify)),
+        (ep("GET", "/api/v1/system/stats", Admin), get(audit::stats)),
+    ]
+}
+
+/// The endpoint table (for `llmhub-control routes` and the tests).
+pub fn endpoint_list() -> Vec<Endpoint> {
+    endpoints().into_iter().map(|(e, _)| e).collect()
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/api/v1/auth/login", post(login))
-        .route("/api/v1/me", get(me))
-        .route(
-            "/api/v1/providers",
-            get(list_providers).post(create_provider),
-        )
-        .route(
-            "/api/v1/providers/{id}/keys",
-            get(list_provider_keys).post(add_provider_key),
-        )
-        .route(
-            "/api/v1/client-keys",
-            get(list_client_keys).post(create_client_key),
-        )
-        .route("/api/v1/client-keys/{id}", delete(revoke_client_key))
-        .route("/api/v1/routes", get(list_routes).post(create_route))
-        .route("/api/v1/routing-records", get(list_routing_records))
-        .route("/api/v1/fleet", get(fleet))
-        .layer(DefaultBodyLimit::max(64 * 1024))
+    let mut r = Router::new();
+    for (e, handler) in endpoints() {
+        r = r.route(e.path, handler);
+    }
+    let policy = state.policy.clone();
+    r.fallback(|| async { ApiError::NotFound })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit_ip,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(cors(&policy))
+        .layer(axum::middleware::from_fn_with_state(
+            policy,
+            security_headers,
+        ))
         .with_state(state)
 }
 
-/// A signed-in, active user, from `Authorization: Bearer <access token>`.
+/// Exact-origin CORS. With no configured origins no CORS header is ever sent, so browsers refuse
+/// every cross-origin call; a listed origin is echoed only when it matches exactly.
+fn cors(policy: &Policy) -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(policy.dashboard_origins.clone()))
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            http::HeaderName::from_static("x-csrf-token"),
+        ])
+        .allow_credentials(true)
+        .max_age(Duration::from_secs(600))
+}
+
+async fn security_headers(State(policy): State<Arc<Policy>>, req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'; base-uri 'none'"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if policy.tls {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+        );
+    }
+    resp
+}
+
+/// The caller's address: the TCP peer, or with `trust_forwarded_for` the last `X-Forwarded-For`
+/// hop (the address our own reverse proxy saw).
+fn client_ip(parts_headers: &http::HeaderMap, peer: Option<SocketAddr>, trust_xff: bool) -> String {
+    if trust_xff
+        && let Some(last) = parts_headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim)
+            .filter(|v| v.parse::<std::net::IpAddr>().is_ok())
+    {
+        return last.to_owned();
+    }
+    peer.map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string())
+}
+
+async fn rate_limit_ip(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if path == "/healthz" || path == "/readyz" {
+        return next.run(req).await;
+    }
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let ip = client_ip(req.headers(), peer, s.policy.trust_forwarded_for);
+    match s.limiter.hit("ip", &ip, s.policy.rate_limit_ip).await {
+        Ok(None) => next.run(req).await,
+        Ok(Some(retry)) => ApiError::TooManyRequests(retry).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// Who is calling from where: address and user agent, for audit rows and login counters.
+pub struct ClientMeta {
+    pub ip: String,
+    pub user_agent: String,
+}
+
+impl ClientMeta {
+    pub fn actor(&self, user_id: Option<&str>) -> Actor {
+        Actor {
+            user_id: user_id.map(str::to_owned),
+            ip: self.ip.clone(),
+            user_agent: self.user_agent.clone(),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for ClientMeta {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        Ok(ClientMeta {
+            ip: client_ip(&parts.headers, peer, state.policy.trust_forwarded_for),
+            user_agent: parts
+                .headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .chars()
+                .take(256)
+                .collect(),
+        })
+    }
+}
+
+/// A signed-in, active user with a live session, from `Authorization: Bearer <access token>`.
 pub struct AuthUser {
     pub id: String,
     pub role: Role,
+    pub session_id: String,
+    pub meta: ClientMeta,
+}
+
+impl AuthUser {
+    pub fn actor(&self) -> Actor {
+        self.meta.actor(Some(&self.id))
+    }
 }
 
 /// A signed-in admin; any other user gets 403.
@@ -72,29 +343,52 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let meta = ClientMeta::from_request_parts(parts, state).await?;
         let header = parts
             .headers
-            .get(http::header::AUTHORIZATION)
+            .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .ok_or(ApiError::Unauthorized)?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .ok_or(ApiError::Unauthorized)?;
+        let (scheme, token) = header.split_once(' ').ok_or(ApiError::Unauthorized)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(ApiError::Unauthorized);
+        }
         let claims = state
             .tokens
             .verify(token.trim())
             .map_err(|_| ApiError::Unauthorized)?;
-        // The token is short-lived, but a disabled or deleted user loses access at once.
+        // Tokens are short-lived, but a disabled user, a changed role or password, or a logout
+        // ends access at once: the user's token version and the session are checked every time.
         let user = state
             .store
             .user_by_id(&claims.sub)
             .await?
             .ok_or(ApiError::Unauthorized)?;
-        if user.status != "active" {
+        if user.status != "active" || i64::from(user.token_version) != claims.ver {
+            return Err(ApiError::Unauthorized);
+        }
+        let session = state
+            .store
+            .session(&claims.sid)
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        if session.revoked_at.is_some() || session.user_id != user.id {
             return Err(ApiError::Unauthorized);
         }
         let role = Role::parse(&user.role).ok_or(ApiError::Unauthorized)?;
-        Ok(AuthUser { id: user.id, role })
+        if let Some(retry) = state
+            .limiter
+            .hit("user", &user.id, state.policy.rate_limit_user)
+            .await?
+        {
+            return Err(ApiError::TooManyRequests(retry));
+        }
+        Ok(AuthUser {
+            id: user.id,
+            role,
+            session_id: session.id,
+            meta,
+        })
     }
 }
 
@@ -110,489 +404,55 @@ impl FromRequestParts<AppState> for AdminUser {
     }
 }
 
-async fn readyz(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
-    s.store.ping().await?;
-    Ok(Json(
-        json!({"ready": true, "snapshot_version": s.hub.current_version()}),
+async fn readyz(State(s): State<AppState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    s.store.ping().await.map_err(|_| ApiError::Unavailable)?;
+    Ok(axum::Json(
+        serde_json::json!({"ready": true, "snapshot_version": s.hub.current_version()}),
     ))
 }
 
-#[derive(Deserialize)]
-struct LoginBody {
-    username: String,
-    password: String,
-}
-
-async fn login(
-    State(s): State<AppState>,
-    ApiJson(body): ApiJson<LoginBody>,
-) -> Result<Json<Value>, ApiError> {
-    let user = s.store.user_by_username(&body.username).await?;
-    // Unknown users are verified against a dummy hash so timing does not reveal them.
-    let ok = s
-        .hasher
-        .verify(
-            &body.password,
-            user.as_ref().map(|u| u.password_hash.as_str()),
-        )
-        .await
-        .map_err(|e| match e {
-            AuthError::Busy => ApiError::Busy,
-            _ => ApiError::Internal("password verification failed".into()),
-        })?;
-    let user = match user {
-        Some(u) if ok && u.status == "active" => u,
-        _ => {
-            tracing::info!(event = "login_failed", "login failed");
-            return Err(ApiError::InvalidCredentials);
-        }
-    };
-    let role = Role::parse(&user.role).ok_or(ApiError::InvalidCredentials)?;
-    let token = s
-        .tokens
-        .issue(&user.id, role)
-        .map_err(|_| ApiError::Internal("token issue failed".into()))?;
-    tracing::info!(event = "login_succeeded", user_id = %user.id, "login succeeded");
-    Ok(Json(json!({
-        "access_token": token,
-        "token_type": "Bearer",
-        "expires_in": s.tokens.ttl().as_secs(),
-    })))
-}
-
-async fn me(State(s): State<AppState>, user: AuthUser) -> Result<Json<Value>, ApiError> {
-    let u = s
-        .store
-        .user_by_id(&user.id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    Ok(Json(
-        json!({"id": u.id, "username": u.username, "role": u.role}),
-    ))
-}
-
-fn provider_view(p: &providers::Model) -> Value {
-    json!({
-        "id": p.id, "name": p.name, "kind": p.kind, "base_url": p.base_url,
-        "enabled": p.enabled, "request_timeout_ms": p.request_timeout_ms,
-        "created_at": p.created_at,
-    })
-}
-
-async fn list_providers(State(s): State<AppState>, _u: AuthUser) -> Result<Json<Value>, ApiError> {
-    let list: Vec<Value> = s
-        .store
-        .providers()
-        .await?
-        .iter()
-        .map(provider_view)
-        .collect();
-    Ok(Json(json!({ "data": list })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateProvider {
-    name: String,
-    kind: String,
-    base_url: String,
-    #[serde(default = "yes")]
-    enabled: bool,
-    request_timeout_ms: Option<u32>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn valid_name(s: &str, max: usize) -> bool {
+/// Checks a name made of letters, digits and `-_.:/`.
+pub(crate) fn valid_name(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'))
 }
 
-/// Accepts only absolute http(s) URLs without credentials, query or fragment: the base URL is
-/// where provider keys are sent, so it must be exactly what the admin meant.
-fn validate_base_url(raw: &str) -> Result<String, ApiError> {
-    let url = url::Url::parse(raw)
-        .map_err(|_| ApiError::BadRequest("base_url: not a valid URL".into()))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(ApiError::BadRequest(
-            "base_url: scheme must be http or https".into(),
-        ));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(ApiError::BadRequest(
-            "base_url: must not contain credentials".into(),
-        ));
-    }
-    if url.query().is_some() || url.fragment().is_some() || url.host_str().is_none() {
-        return Err(ApiError::BadRequest(
-            "base_url: must be scheme://host[:port]/path without query or fragment".into(),
-        ));
-    }
-    Ok(url.as_str().trim_end_matches('/').to_owned())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-async fn create_provider(
-    State(s): State<AppState>,
-    _admin: AdminUser,
-    ApiJson(body): ApiJson<CreateProvider>,
-) -> Result<(http::StatusCode, Json<Value>), ApiError> {
-    if !valid_name(&body.name, 64) {
-        return Err(ApiError::BadRequest(
-            "name: 1-64 characters of letters, digits, '-', '_', '.'".into(),
-        ));
-    }
-    if !matches!(body.kind.as_str(), "openai" | "openai-compatible") {
-        return Err(ApiError::BadRequest(format!(
-            "kind: {:?} is not supported yet; use openai or openai-compatible",
-            body.kind
-        )));
-    }
-    let base_url = validate_base_url(&body.base_url)?;
-    let timeout = body.request_timeout_ms.unwrap_or(120_000);
-    if !(1_000..=600_000).contains(&timeout) {
-        return Err(ApiError::BadRequest(
-            "request_timeout_ms: must be between 1000 and 600000".into(),
-        ));
-    }
-    let p = s
-        .store
-        .create_provider(&body.name, &body.kind, &base_url, body.enabled, timeout)
-        .await?;
-    s.hub.rebuild().await?;
-    Ok((http::StatusCode::CREATED, Json(provider_view(&p))))
-}
-
-/// The only view of a provider key the API ever returns: no plaintext, no ciphertext.
-fn key_view(k: &provider_keys::Model) -> Value {
-    json!({
-        "id": k.id, "provider_id": k.provider_id,
-        "owner": k.owner_user_id.as_deref().map_or("shared", |_| "user"),
-        "owner_user_id": k.owner_user_id,
-        "masked": k.mask, "fingerprint": k.fingerprint, "label": k.label,
-        "weight": k.weight, "allowed_models": parse_list(&k.allowed_models),
-        "state": k.state, "last_used_at": k.last_used_at, "last_error_class": k.last_error_class,
-        "created_at": k.created_at,
-    })
-}
-
-fn visible_to(user: &AuthUser, k: &provider_keys::Model) -> bool {
-    user.role == Role::Admin || k.owner_user_id.as_deref() == Some(user.id.as_str())
-}
-
-async fn list_provider_keys(
-    State(s): State<AppState>,
-    user: AuthUser,
-    Path(provider_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    s.store.provider(&provider_id).await?;
-    let list: Vec<Value> = s
-        .store
-        .provider_keys_of(&provider_id)
-        .await?
-        .iter()
-        .filter(|k| visible_to(&user, k))
-        .map(key_view)
-        .collect();
-    Ok(Json(json!({ "data": list })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddProviderKey {
-    key: secrecy::SecretString,
-    #[serde(default)]
-    label: String,
-    weight: Option<u32>,
-    #[serde(default)]
-    allowed_models: Vec<String>,
-    /// Put the key into the shared pool (admins only) instead of the caller's own pool.
-    #[serde(default)]
-    shared: bool,
-}
-
-async fn add_provider_key(
-    State(s): State<AppState>,
-    user: AuthUser,
-    Path(provider_id): Path<String>,
-    ApiJson(body): ApiJson<AddProviderKey>,
-) -> Result<(http::StatusCode, Json<Value>), ApiError> {
-    let provider = s.store.provider(&provider_id).await?;
-    let key = secrecy::ExposeSecret::expose_secret(&body.key).trim();
-    // Validation messages never quote the key.
-    if key.len() < 8 || key.len() > 512 {
-        return Err(ApiError::BadRequest("key: must be 8-512 characters".into()));
-    }
-    if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(ApiError::BadRequest(
-            "key: must not contain whitespace or control characters".into(),
-        ));
-    }
-    if body.label.len() > 128 {
-        return Err(ApiError::BadRequest("label: at most 128 characters".into()));
-    }
-    let weight = body.weight.unwrap_or(1);
-    if !(1..=1000).contains(&weight) {
-        return Err(ApiError::BadRequest(
-            "weight: must be between 1 and 1000".into(),
-        ));
-    }
-    if body.allowed_models.len() > 256 || !body.allowed_models.iter().all(|m| valid_name(m, 128)) {
-        return Err(ApiError::BadRequest(
-            "allowed_models: up to 256 model names".into(),
-        ));
-    }
-    if body.shared && user.role != Role::Admin {
-        return Err(ApiError::Forbidden);
-    }
-    let owner = (!body.shared).then(|| user.id.clone());
-    let fingerprint = s.hash_secret.fingerprint(key);
-    let duplicate = s
-        .store
-        .provider_keys_of(&provider.id)
-        .await?
-        .iter()
-        .any(|k| k.fingerprint == fingerprint && k.owner_user_id == owner);
-    if duplicate {
-        return Err(ApiError::Conflict(format!(
-            "this key is already stored for this provider (fingerprint {fingerprint})"
-        )));
-    }
-    let id = uuid::Uuid::new_v4().to_string();
-    let sealed = s.keyring.seal(
-        key.as_bytes(),
-        &provider_key_aad(&id, owner.as_deref(), &provider.id),
-    );
-    let row = s
-        .store
-        .insert_provider_key(NewProviderKey {
-            id,
-            provider_id: provider.id,
-            owner_user_id: owner,
-            sealed,
-            key_version: s.keyring.current_version(),
-            fingerprint,
-            mask: mask(key),
-            label: body.label,
-            weight,
-            allowed_models: body.allowed_models,
-        })
-        .await?;
-    tracing::info!(event = "provider_key_created", key_id = %row.id, fingerprint = %row.fingerprint, "provider key stored");
-    s.hub.rebuild().await?;
-    Ok((http::StatusCode::CREATED, Json(key_view(&row))))
-}
-
-fn client_key_view(k: &client_keys::Model) -> Value {
-    json!({
-        "id": k.id, "name": k.name, "prefix": k.prefix,
-        "allowed_models": parse_list(&k.allowed_models), "enabled": k.enabled,
-        "use_shared_pool": k.use_shared_pool, "expires_at": k.expires_at,
-        "created_at": k.created_at, "revoked_at": k.revoked_at,
-    })
-}
-
-async fn list_client_keys(
-    State(s): State<AppState>,
-    user: AuthUser,
-) -> Result<Json<Value>, ApiError> {
-    let list: Vec<Value> = s
-        .store
-        .client_keys_of(&user.id)
-        .await?
-        .iter()
-        .map(client_key_view)
-        .collect();
-    Ok(Json(json!({ "data": list })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateClientKey {
-    name: String,
-    #[serde(default)]
-    allowed_models: Vec<String>,
-    #[serde(default = "yes")]
-    use_shared_pool: bool,
-    expires_at: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-async fn create_client_key(
-    State(s): State<AppState>,
-    user: AuthUser,
-    ApiJson(body): ApiJson<CreateClientKey>,
-) -> Result<(http::StatusCode, Json<Value>), ApiError> {
-    if body.name.trim().is_empty() || body.name.len() > 128 {
-        return Err(ApiError::BadRequest("name: 1-128 characters".into()));
-    }
-    if body.allowed_models.len() > 256 || !body.allowed_models.iter().all(|m| valid_name(m, 128)) {
-        return Err(ApiError::BadRequest(
-            "allowed_models: up to 256 model names".into(),
-        ));
-    }
-    if body.expires_at.is_some_and(|t| t <= chrono::Utc::now()) {
-        return Err(ApiError::BadRequest(
-            "expires_at: must be in the future".into(),
-        ));
-    }
-    let (key, prefix) = generate_client_key();
-    let row = s
-        .store
-        .insert_client_key(NewClientKey {
-            id: uuid::Uuid::new_v4().to_string(),
-            user_id: user.id,
-            name: body.name,
-            key_hash: s.hash_secret.client_key_hash(&key),
-            prefix,
-            allowed_models: body.allowed_models,
-            use_shared_pool: body.use_shared_pool,
-            expires_at: body.expires_at,
-        })
-        .await?;
-    s.hub.rebuild().await?;
-    let mut view = client_key_view(&row);
-    // The only time the full key is ever returned; only its keyed hash is stored.
-    view["key"] = json!(key.as_str());
-    Ok((http::StatusCode::CREATED, Json(view)))
-}
-
-async fn revoke_client_key(
-    State(s): State<AppState>,
-    user: AuthUser,
-    Path(id): Path<String>,
-) -> Result<http::StatusCode, ApiError> {
-    s.store.revoke_client_key(&user.id, &id).await?;
-    s.hub.rebuild().await?;
-    Ok(http::StatusCode::NO_CONTENT)
-}
-
-async fn list_routes(State(s): State<AppState>, _u: AuthUser) -> Result<Json<Value>, ApiError> {
-    let list: Vec<Value> = s
-        .store
-        .routes()
-        .await?
-        .into_iter()
-        .map(|r| {
-            json!({
-                "id": r.route.id, "public_model": r.route.public_model,
-                "targets": r.targets.iter().map(|t| json!({
-                    "provider_id": t.provider_id, "upstream_model": t.upstream_model,
-                    "weight": t.weight, "priority": t.priority,
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "data": list })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateRoute {
-    public_model: String,
-    targets: Vec<CreateTarget>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateTarget {
-    provider_id: String,
-    upstream_model: String,
-    weight: Option<u32>,
-    priority: Option<u32>,
-}
-
-async fn create_route(
-    State(s): State<AppState>,
-    _admin: AdminUser,
-    ApiJson(body): ApiJson<CreateRoute>,
-) -> Result<(http::StatusCode, Json<Value>), ApiError> {
-    if !valid_name(&body.public_model, 128) {
-        return Err(ApiError::BadRequest(
-            "public_model: 1-128 characters without spaces".into(),
-        ));
-    }
-    if body.targets.is_empty() || body.targets.len() > 16 {
-        return Err(ApiError::BadRequest(
-            "targets: between 1 and 16 targets".into(),
-        ));
-    }
-    let mut targets = Vec::with_capacity(body.targets.len());
-    for (i, t) in body.targets.into_iter().enumerate() {
-        if s.store.provider(&t.provider_id).await.is_err() {
-            return Err(ApiError::BadRequest(format!(
-                "targets[{i}].provider_id: no such provider"
-            )));
+    #[test]
+    fn endpoint_table_has_no_duplicates_and_admin_api_is_prefixed() {
+        let list = endpoint_list();
+        let mut seen = std::collections::HashSet::new();
+        for e in &list {
+            assert!(
+                seen.insert((e.method, e.path)),
+                "duplicate {} {}",
+                e.method,
+                e.path
+            );
+            assert!(
+                e.path.starts_with("/api/v1/") || e.access == Access::Public,
+                "{}",
+                e.path
+            );
         }
-        if !valid_name(&t.upstream_model, 128) {
-            return Err(ApiError::BadRequest(format!(
-                "targets[{i}].upstream_model: 1-128 characters without spaces"
-            )));
-        }
-        let weight = t.weight.unwrap_or(1);
-        if !(1..=1000).contains(&weight) {
-            return Err(ApiError::BadRequest(format!(
-                "targets[{i}].weight: must be between 1 and 1000"
-            )));
-        }
-        targets.push(NewRouteTarget {
-            provider_id: t.provider_id,
-            upstream_model: t.upstream_model,
-            weight,
-            priority: t.priority.unwrap_or(u32::try_from(i).unwrap_or(0)),
-        });
     }
-    let r = s.store.create_route(&body.public_model, targets).await?;
-    s.hub.rebuild().await?;
-    Ok((
-        http::StatusCode::CREATED,
-        Json(
-            json!({"id": r.route.id, "public_model": r.route.public_model,
-            "targets": r.targets.iter().map(|t| json!({
-                "provider_id": t.provider_id, "upstream_model": t.upstream_model,
-                "weight": t.weight, "priority": t.priority,
-            })).collect::<Vec<_>>()}),
-        ),
-    ))
-}
 
-#[derive(Deserialize)]
-struct RecordQuery {
-    limit: Option<u64>,
-}
-
-async fn list_routing_records(
-    State(s): State<AppState>,
-    user: AuthUser,
-    Query(q): Query<RecordQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let only = (user.role != Role::Admin).then_some(user.id.as_str());
-    let list: Vec<Value> = s
-        .store
-        .routing_records(only, limit)
-        .await?
-        .into_iter()
-        .map(|r| {
-            json!({
-                "request_id": r.request_id, "proxy_id": r.proxy_id, "started_at": r.started_at,
-                "user_id": r.user_id, "client_key_prefix": r.client_key_prefix,
-                "public_model": r.public_model, "status": r.status, "latency_ms": r.latency_ms,
-                "stream": r.stream,
-                "detail": serde_json::from_str::<Value>(&r.detail).unwrap_or(Value::Null),
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "data": list })))
-}
-
-/// Connected proxies and gRPC call counters, for operators and the mTLS tests.
-async fn fleet(State(s): State<AppState>, _admin: AdminUser) -> Json<Value> {
-    Json(json!({
-        "snapshot_version": s.hub.current_version(),
-        "proxies": s.hub.connected(),
-        "rpc": s.hub.counters(),
-    }))
+    #[test]
+    fn forwarded_for_is_only_used_when_trusted() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.1.1.1, 10.0.0.9"),
+        );
+        let peer = Some(SocketAddr::from(([127, 0, 0, 1], 5)));
+        assert_eq!(client_ip(&h, peer, false), "127.0.0.1");
+        assert_eq!(client_ip(&h, peer, true), "10.0.0.9");
+        h.insert("x-forwarded-for", HeaderValue::from_static("garbage"));
+        assert_eq!(client_ip(&h, peer, true), "127.0.0.1");
+    }
 }

@@ -24,6 +24,86 @@ pub mod users {
         pub status: String,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
+        /// Bumped on password change, role change and disabling: access tokens carry the version
+        /// they were issued under and stop working when it moves.
+        pub token_version: i32,
+    }
+    no_relations!();
+}
+
+pub mod sessions {
+    use sea_orm::entity::prelude::*;
+
+    /// One sign-in: a family of refresh tokens; access tokens name it in `sid`.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "sessions")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub user_id: String,
+        pub created_at: DateTimeUtc,
+        pub last_used_at: DateTimeUtc,
+        pub expires_at: DateTimeUtc,
+        pub revoked_at: Option<DateTimeUtc>,
+        pub revoked_reason: Option<String>,
+        pub ip: String,
+        pub user_agent: String,
+    }
+    no_relations!();
+}
+
+pub mod refresh_tokens {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "refresh_tokens")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub session_id: String,
+        /// Keyed hash of the opaque token; the token itself is never stored.
+        pub token_hash: Vec<u8>,
+        pub created_at: DateTimeUtc,
+        pub expires_at: DateTimeUtc,
+        /// Set when the token is exchanged; a second exchange is reuse.
+        pub used_at: Option<DateTimeUtc>,
+    }
+    no_relations!();
+}
+
+pub mod audit_log {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "audit_log")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub seq: i64,
+        pub at: DateTimeUtc,
+        pub actor_user_id: Option<String>,
+        pub actor_ip: String,
+        pub user_agent: String,
+        pub action: String,
+        pub target_type: String,
+        pub target_id: String,
+        pub outcome: String,
+        pub detail: String,
+        pub prev_hash: Vec<u8>,
+        pub hash: Vec<u8>,
+    }
+    no_relations!();
+}
+
+pub mod audit_head {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "audit_head")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: i32,
+        pub seq: i64,
+        pub hash: Vec<u8>,
     }
     no_relations!();
 }

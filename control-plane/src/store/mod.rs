@@ -1,12 +1,17 @@
 //! The only module that talks SQL. Postgres and SQLite run the same code and the same migrations.
 
+pub mod audit;
 pub mod entities;
+pub mod sessions;
+
+pub use audit::{Actor, AuditEvent, AuditFilter, AuditKey, VerifyReport};
 
 use chrono::{DateTime, Utc};
 use llmhub_migrations::{Migrator, MigratorTrait};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbErr,
-    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, SqlErr, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectOptions, Database, DatabaseConnection,
+    DatabaseTransaction, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, SqlErr,
+    TransactionTrait,
 };
 
 use entities::*;
@@ -32,9 +37,16 @@ impl From<DbErr> for StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    audit_key: AuditKey,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
 }
 
 /// A new provider-key row; `sealed` was produced with this row's id, owner and provider as AAD.
@@ -49,6 +61,14 @@ pub struct NewProviderKey {
     pub label: String,
     pub weight: u32,
     pub allowed_models: Vec<String>,
+}
+
+pub struct NewUser {
+    pub username: String,
+    pub email: Option<String>,
+    pub password_hash: String,
+    pub role: &'static str,
+    pub status: &'static str,
 }
 
 pub struct NewClientKey {
@@ -74,7 +94,7 @@ pub struct RouteWithTargets {
     pub targets: Vec<route_targets::Model>,
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
@@ -93,7 +113,27 @@ impl Store {
         opts.max_connections(if url.starts_with("sqlite:") { 1 } else { 10 })
             .sqlx_logging(false);
         let db = Database::connect(opts).await?;
-        Ok(Store { db })
+        Ok(Store {
+            db,
+            audit_key: AuditKey(zeroize::Zeroizing::new([0u8; 32])),
+        })
+    }
+
+    /// The same store, chaining audit rows under `key` (derived from the sealed server secret).
+    pub fn with_audit_key(mut self, key: AuditKey) -> Self {
+        self.audit_key = key;
+        self
+    }
+
+    async fn begin(&self) -> Result<DatabaseTransaction> {
+        Ok(self.db.begin().await?)
+    }
+
+    /// Appends the audit row for a mutation in its transaction, then commits both.
+    async fn commit_audited(&self, txn: DatabaseTransaction, ev: AuditEvent) -> Result<()> {
+        audit::append(&txn, &self.audit_key, ev).await?;
+        txn.commit().await?;
+        Ok(())
     }
 
     /// Applies pending migrations. Called only by the explicit `migrate` step.
@@ -122,35 +162,53 @@ impl Store {
         Ok(users::Entity::find().count(&self.db).await?)
     }
 
-    pub async fn create_user(
-        &self,
-        username: &str,
-        password_hash: &str,
-        role: &str,
-    ) -> Result<users::Model> {
+    pub async fn count_active_admins(&self) -> Result<u64> {
+        Ok(users::Entity::find()
+            .filter(users::Column::Role.eq("admin"))
+            .filter(users::Column::Status.eq("active"))
+            .count(&self.db)
+            .await?)
+    }
+
+    pub async fn create_user(&self, new: NewUser, audit: AuditEvent) -> Result<users::Model> {
         let now = Utc::now();
         let m = users::ActiveModel {
             id: Set(new_id()),
-            username: Set(username.to_owned()),
-            email: Set(None),
-            password_hash: Set(password_hash.to_owned()),
-            role: Set(role.to_owned()),
-            status: Set("active".into()),
+            username: Set(new.username),
+            email: Set(new.email),
+            password_hash: Set(new.password_hash),
+            role: Set(new.role.to_owned()),
+            status: Set(new.status.to_owned()),
             created_at: Set(now),
             updated_at: Set(now),
+            token_version: Set(0),
         };
-        users::Entity::insert(m)
-            .exec_with_returning(&self.db)
+        let txn = self.begin().await?;
+        let user = users::Entity::insert(m)
+            .exec_with_returning(&txn)
             .await
             .map_err(|e| match StoreError::from(e) {
                 StoreError::Conflict(_) => StoreError::Conflict("user"),
                 e => e,
-            })
+            })?;
+        let ev = audit
+            .target(&user.id)
+            .detail(serde_json::json!({"username": user.username, "role": user.role, "status": user.status}));
+        self.commit_audited(txn, ev).await?;
+        Ok(user)
     }
 
-    pub async fn user_by_username(&self, username: &str) -> Result<Option<users::Model>> {
+    /// Finds a user by username or, failing that, by email.
+    pub async fn user_by_login(&self, login: &str) -> Result<Option<users::Model>> {
+        if let Some(u) = users::Entity::find()
+            .filter(users::Column::Username.eq(login))
+            .one(&self.db)
+            .await?
+        {
+            return Ok(Some(u));
+        }
         Ok(users::Entity::find()
-            .filter(users::Column::Username.eq(username))
+            .filter(users::Column::Email.eq(login.to_lowercase()))
             .one(&self.db)
             .await?)
     }
@@ -159,6 +217,93 @@ impl Store {
         Ok(users::Entity::find_by_id(id.to_owned())
             .one(&self.db)
             .await?)
+    }
+
+    pub async fn users(&self) -> Result<Vec<users::Model>> {
+        Ok(users::Entity::find()
+            .order_by_asc(users::Column::Username)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Changes role and/or status. Any change bumps the token version and revokes every session,
+    /// so the user's existing tokens stop working at once.
+    pub async fn update_user(
+        &self,
+        id: &str,
+        role: Option<&str>,
+        status: Option<&str>,
+        audit: AuditEvent,
+    ) -> Result<users::Model> {
+        let txn = self.begin().await?;
+        let user = users::Entity::find_by_id(id.to_owned())
+            .one(&txn)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let mut m: users::ActiveModel = user.clone().into();
+        if let Some(r) = role {
+            m.role = Set(r.to_owned());
+        }
+        if let Some(st) = status {
+            m.status = Set(st.to_owned());
+        }
+        m.token_version = Set(user.token_version + 1);
+        m.updated_at = Set(Utc::now());
+        let updated = users::Entity::update(m).exec(&txn).await?;
+        sessions::revoke_all_for_user(&txn, id, "user_changed").await?;
+        let ev = audit.target(id).detail(serde_json::json!({
+            "username": updated.username,
+            "role": {"from": user.role, "to": updated.role},
+            "status": {"from": user.status, "to": updated.status},
+        }));
+        self.commit_audited(txn, ev).await?;
+        Ok(updated)
+    }
+
+    /// Replaces the password hash; `end_sessions` also bumps the token version and revokes every
+    /// session (a password change), while a transparent re-hash at login leaves them alone.
+    pub async fn set_password_hash(
+        &self,
+        id: &str,
+        hash: &str,
+        end_sessions: bool,
+        audit: Option<AuditEvent>,
+    ) -> Result<()> {
+        let txn = self.begin().await?;
+        let user = users::Entity::find_by_id(id.to_owned())
+            .one(&txn)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let version = user.token_version;
+        let mut m: users::ActiveModel = user.into();
+        m.password_hash = Set(hash.to_owned());
+        m.updated_at = Set(Utc::now());
+        if end_sessions {
+            m.token_version = Set(version + 1);
+        }
+        users::Entity::update(m).exec(&txn).await?;
+        if end_sessions {
+            sessions::revoke_all_for_user(&txn, id, "password_changed").await?;
+        }
+        match audit {
+            Some(ev) => self.commit_audited(txn, ev.target(id)).await,
+            None => Ok(txn.commit().await?),
+        }
+    }
+
+    pub async fn delete_user(&self, id: &str, audit: AuditEvent) -> Result<()> {
+        let txn = self.begin().await?;
+        let user = users::Entity::find_by_id(id.to_owned())
+            .one(&txn)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        users::Entity::delete_by_id(id.to_owned())
+            .exec(&txn)
+            .await?;
+        let ev = audit
+            .target(id)
+            .detail(serde_json::json!({"username": user.username, "role": user.role}));
+        self.commit_audited(txn, ev).await
     }
 
     // ---- providers ----
@@ -170,6 +315,7 @@ impl Store {
         base_url: &str,
         enabled: bool,
         request_timeout_ms: u32,
+        audit: AuditEvent,
     ) -> Result<providers::Model> {
         let now = Utc::now();
         let m = providers::ActiveModel {
@@ -182,13 +328,41 @@ impl Store {
             created_at: Set(now),
             updated_at: Set(now),
         };
-        providers::Entity::insert(m)
-            .exec_with_returning(&self.db)
+        let txn = self.begin().await?;
+        let p = providers::Entity::insert(m)
+            .exec_with_returning(&txn)
             .await
             .map_err(|e| match StoreError::from(e) {
                 StoreError::Conflict(_) => StoreError::Conflict("provider"),
                 e => e,
-            })
+            })?;
+        let ev = audit.target(&p.id).detail(
+            serde_json::json!({"name": p.name, "kind": p.kind, "base_url": p.base_url, "enabled": p.enabled}),
+        );
+        self.commit_audited(txn, ev).await?;
+        Ok(p)
+    }
+
+    pub async fn set_provider_enabled(
+        &self,
+        id: &str,
+        enabled: bool,
+        audit: AuditEvent,
+    ) -> Result<providers::Model> {
+        let txn = self.begin().await?;
+        let p = providers::Entity::find_by_id(id.to_owned())
+            .one(&txn)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let mut m: providers::ActiveModel = p.into();
+        m.enabled = Set(enabled);
+        m.updated_at = Set(Utc::now());
+        let p = providers::Entity::update(m).exec(&txn).await?;
+        let ev = audit
+            .target(id)
+            .detail(serde_json::json!({"name": p.name, "enabled": enabled}));
+        self.commit_audited(txn, ev).await?;
+        Ok(p)
     }
 
     pub async fn providers(&self) -> Result<Vec<providers::Model>> {
@@ -207,7 +381,11 @@ impl Store {
 
     // ---- provider keys ----
 
-    pub async fn insert_provider_key(&self, k: NewProviderKey) -> Result<provider_keys::Model> {
+    pub async fn insert_provider_key(
+        &self,
+        k: NewProviderKey,
+        audit: AuditEvent,
+    ) -> Result<provider_keys::Model> {
         let now = Utc::now();
         let m = provider_keys::ActiveModel {
             id: Set(k.id),
@@ -226,9 +404,38 @@ impl Store {
             created_at: Set(now),
             updated_at: Set(now),
         };
-        Ok(provider_keys::Entity::insert(m)
-            .exec_with_returning(&self.db)
-            .await?)
+        let txn = self.begin().await?;
+        let row = provider_keys::Entity::insert(m)
+            .exec_with_returning(&txn)
+            .await?;
+        let ev = audit.target(&row.id).detail(serde_json::json!({
+            "provider_id": row.provider_id, "fingerprint": row.fingerprint,
+            "pool": if row.owner_user_id.is_some() { "user" } else { "shared" },
+        }));
+        self.commit_audited(txn, ev).await?;
+        Ok(row)
+    }
+
+    pub async fn provider_key(&self, id: &str) -> Result<provider_keys::Model> {
+        provider_keys::Entity::find_by_id(id.to_owned())
+            .one(&self.db)
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
+    pub async fn delete_provider_key(&self, id: &str, audit: AuditEvent) -> Result<()> {
+        let txn = self.begin().await?;
+        let row = provider_keys::Entity::find_by_id(id.to_owned())
+            .one(&txn)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        provider_keys::Entity::delete_by_id(id.to_owned())
+            .exec(&txn)
+            .await?;
+        let ev = audit.target(id).detail(serde_json::json!({
+            "provider_id": row.provider_id, "fingerprint": row.fingerprint,
+        }));
+        self.commit_audited(txn, ev).await
     }
 
     pub async fn provider_keys(&self) -> Result<Vec<provider_keys::Model>> {
@@ -268,7 +475,11 @@ impl Store {
 
     // ---- client keys ----
 
-    pub async fn insert_client_key(&self, k: NewClientKey) -> Result<client_keys::Model> {
+    pub async fn insert_client_key(
+        &self,
+        k: NewClientKey,
+        audit: AuditEvent,
+    ) -> Result<client_keys::Model> {
         let m = client_keys::ActiveModel {
             id: Set(k.id),
             user_id: Set(k.user_id),
@@ -282,9 +493,15 @@ impl Store {
             created_at: Set(Utc::now()),
             revoked_at: Set(None),
         };
-        Ok(client_keys::Entity::insert(m)
-            .exec_with_returning(&self.db)
-            .await?)
+        let txn = self.begin().await?;
+        let row = client_keys::Entity::insert(m)
+            .exec_with_returning(&txn)
+            .await?;
+        let ev = audit
+            .target(&row.id)
+            .detail(serde_json::json!({"name": row.name, "prefix": row.prefix}));
+        self.commit_audited(txn, ev).await?;
+        Ok(row)
     }
 
     pub async fn client_keys(&self) -> Result<Vec<client_keys::Model>> {
@@ -303,23 +520,29 @@ impl Store {
     }
 
     /// Revokes a client key owned by `user_id`; another user's key is `NotFound`.
-    pub async fn revoke_client_key(&self, user_id: &str, id: &str) -> Result<()> {
+    pub async fn revoke_client_key(
+        &self,
+        user_id: &str,
+        id: &str,
+        audit: AuditEvent,
+    ) -> Result<()> {
         let m = client_keys::ActiveModel {
             enabled: Set(false),
             revoked_at: Set(Some(Utc::now())),
             ..Default::default()
         };
+        let txn = self.begin().await?;
         let res = client_keys::Entity::update_many()
             .set(m)
             .filter(client_keys::Column::Id.eq(id))
             .filter(client_keys::Column::UserId.eq(user_id))
             .filter(client_keys::Column::RevokedAt.is_null())
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
         if res.rows_affected == 0 {
             return Err(StoreError::NotFound);
         }
-        Ok(())
+        self.commit_audited(txn, audit.target(id)).await
     }
 
     // ---- routes ----
@@ -328,6 +551,7 @@ impl Store {
         &self,
         public_model: &str,
         targets: Vec<NewRouteTarget>,
+        audit: AuditEvent,
     ) -> Result<RouteWithTargets> {
         let now = Utc::now();
         let txn = self.db.begin().await?;
@@ -357,7 +581,10 @@ impl Store {
             .await?;
             rows.push(row);
         }
-        txn.commit().await?;
+        let ev = audit
+            .target(&route.id)
+            .detail(serde_json::json!({"public_model": route.public_model, "targets": rows.len()}));
+        self.commit_audited(txn, ev).await?;
         Ok(RouteWithTargets {
             route,
             targets: rows,

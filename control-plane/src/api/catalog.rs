@@ -1,0 +1,514 @@
+//! Providers, provider keys, client keys, routes, routing records and the fleet view.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{AdminUser, ApiError, ApiJson, AppState, AuthUser, valid_name};
+use crate::auth::Role;
+use crate::keyring::provider_key_aad;
+use crate::store::entities::{client_keys, provider_keys, providers};
+use crate::store::{AuditEvent, NewClientKey, NewProviderKey, NewRouteTarget, parse_list};
+use crate::vault::{generate_client_key, mask};
+
+fn provider_view(p: &providers::Model) -> Value {
+    json!({
+        "id": p.id, "name": p.name, "kind": p.kind, "base_url": p.base_url,
+        "enabled": p.enabled, "request_timeout_ms": p.request_timeout_ms,
+        "created_at": p.created_at,
+    })
+}
+
+pub(super) async fn list_providers(
+    State(s): State<AppState>,
+    _u: AuthUser,
+) -> Result<Json<Value>, ApiError> {
+    let list: Vec<Value> = s
+        .store
+        .providers()
+        .await?
+        .iter()
+        .map(provider_view)
+        .collect();
+    Ok(Json(json!({ "data": list })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateProvider {
+    name: String,
+    kind: String,
+    base_url: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+    request_timeout_ms: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Accepts only absolute http(s) URLs without credentials, query or fragment: the base URL is
+/// where provider keys are sent, so it must be exactly what the admin meant.
+fn validate_base_url(raw: &str) -> Result<String, ApiError> {
+    let url = url::Url::parse(raw)
+        .map_err(|_| ApiError::BadRequest("base_url: not a valid URL".into()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ApiError::BadRequest(
+            "base_url: scheme must be http or https".into(),
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ApiError::BadRequest(
+            "base_url: must not contain credentials".into(),
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() || url.host_str().is_none() {
+        return Err(ApiError::BadRequest(
+            "base_url: must be scheme://host[:port]/path without query or fragment".into(),
+        ));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+pub(super) async fn create_provider(
+    State(s): State<AppState>,
+    AdminUser(admin): AdminUser,
+    ApiJson(body): ApiJson<CreateProvider>,
+) -> Result<(http::StatusCode, Json<Value>), ApiError> {
+    if !valid_name(&body.name, 64) {
+        return Err(ApiError::BadRequest(
+            "name: 1-64 characters of letters, digits, '-', '_', '.'".into(),
+        ));
+    }
+    if !matches!(body.kind.as_str(), "openai" | "openai-compatible") {
+        return Err(ApiError::BadRequest(format!(
+            "kind: {:?} is not supported yet; use openai or openai-compatible",
+            body.kind
+        )));
+    }
+    let base_url = validate_base_url(&body.base_url)?;
+    let timeout = body.request_timeout_ms.unwrap_or(120_000);
+    if !(1_000..=600_000).contains(&timeout) {
+        return Err(ApiError::BadRequest(
+            "request_timeout_ms: must be between 1000 and 600000".into(),
+        ));
+    }
+    let p = s
+        .store
+        .create_provider(
+            &body.name,
+            &body.kind,
+            &base_url,
+            body.enabled,
+            timeout,
+            AuditEvent::new(&admin.actor(), "provider_created", "provider"),
+        )
+        .await?;
+    s.hub.rebuild().await?;
+    Ok((http::StatusCode::CREATED, Json(provider_view(&p))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpdateProvider {
+    enabled: bool,
+}
+
+pub(super) async fn update_provider(
+    State(s): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateProvider>,
+) -> Result<Json<Value>, ApiError> {
+    let action = if body.enabled {
+        "provider_enabled"
+    } else {
+        "provider_disabled"
+    };
+    let p = s
+        .store
+        .set_provider_enabled(
+            &id,
+            body.enabled,
+            AuditEvent::new(&admin.actor(), action, "provider"),
+        )
+        .await?;
+    s.hub.rebuild().await?;
+    Ok(Json(provider_view(&p)))
+}
+
+/// The only view of a provider key the API ever returns: no plaintext, no ciphertext.
+fn key_view(k: &provider_keys::Model) -> Value {
+    json!({
+        "id": k.id, "provider_id": k.provider_id,
+        "owner": k.owner_user_id.as_deref().map_or("shared", |_| "user"),
+        "owner_user_id": k.owner_user_id,
+        "masked": k.mask, "fingerprint": k.fingerprint, "label": k.label,
+        "weight": k.weight, "allowed_models": parse_list(&k.allowed_models),
+        "state": k.state, "last_used_at": k.last_used_at, "last_error_class": k.last_error_class,
+        "created_at": k.created_at,
+    })
+}
+
+fn visible_to(user: &AuthUser, k: &provider_keys::Model) -> bool {
+    user.role == Role::Admin || k.owner_user_id.as_deref() == Some(user.id.as_str())
+}
+
+pub(super) async fn list_provider_keys(
+    State(s): State<AppState>,
+    user: AuthUser,
+    Path(provider_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    s.store.provider(&provider_id).await?;
+    let list: Vec<Value> = s
+        .store
+        .provider_keys_of(&provider_id)
+        .await?
+        .iter()
+        .filter(|k| visible_to(&user, k))
+        .map(key_view)
+        .collect();
+    Ok(Json(json!({ "data": list })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AddProviderKey {
+    key: secrecy::SecretString,
+    #[serde(default)]
+    label: String,
+    weight: Option<u32>,
+    #[serde(default)]
+    allowed_models: Vec<String>,
+    /// Put the key into the shared pool (admins only) instead of the caller's own pool.
+    #[serde(default)]
+    shared: bool,
+}
+
+pub(super) async fn add_provider_key(
+    State(s): State<AppState>,
+    user: AuthUser,
+    Path(provider_id): Path<String>,
+    ApiJson(body): ApiJson<AddProviderKey>,
+) -> Result<(http::StatusCode, Json<Value>), ApiError> {
+    let provider = s.store.provider(&provider_id).await?;
+    let key = secrecy::ExposeSecret::expose_secret(&body.key).trim();
+    // Validation messages never quote the key.
+    if key.len() < 8 || key.len() > 512 {
+        return Err(ApiError::BadRequest("key: must be 8-512 characters".into()));
+    }
+    if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ApiError::BadRequest(
+            "key: must not contain whitespace or control characters".into(),
+        ));
+    }
+    if body.label.len() > 128 {
+        return Err(ApiError::BadRequest("label: at most 128 characters".into()));
+    }
+    let weight = body.weight.unwrap_or(1);
+    if !(1..=1000).contains(&weight) {
+        return Err(ApiError::BadRequest(
+            "weight: must be between 1 and 1000".into(),
+        ));
+    }
+    if body.allowed_models.len() > 256 || !body.allowed_models.iter().all(|m| valid_name(m, 128)) {
+        return Err(ApiError::BadRequest(
+            "allowed_models: up to 256 model names".into(),
+        ));
+    }
+    if body.shared && user.role != Role::Admin {
+        return Err(ApiError::Forbidden);
+    }
+    let owner = (!body.shared).then(|| user.id.clone());
+    let fingerprint = s.hash_secret.fingerprint(key);
+    let duplicate = s
+        .store
+        .provider_keys_of(&provider.id)
+        .await?
+        .iter()
+        .any(|k| k.fingerprint == fingerprint && k.owner_user_id == owner);
+    if duplicate {
+        return Err(ApiError::Conflict(format!(
+            "this key is already stored for this provider (fingerprint {fingerprint})"
+        )));
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let sealed = s.keyring.seal(
+        key.as_bytes(),
+        &provider_key_aad(&id, owner.as_deref(), &provider.id),
+    );
+    let row = s
+        .store
+        .insert_provider_key(
+            NewProviderKey {
+                id,
+                provider_id: provider.id,
+                owner_user_id: owner,
+                sealed,
+                key_version: s.keyring.current_version(),
+                fingerprint,
+                mask: mask(key),
+                label: body.label,
+                weight,
+                allowed_models: body.allowed_models,
+            },
+            AuditEvent::new(&user.actor(), "provider_key_created", "provider_key"),
+        )
+        .await?;
+    tracing::info!(event = "provider_key_created", key_id = %row.id, fingerprint = %row.fingerprint, "provider key stored");
+    s.hub.rebuild().await?;
+    Ok((http::StatusCode::CREATED, Json(key_view(&row))))
+}
+
+/// Deletes a provider key: the owner's own key, or (admins) any key. Anyone else gets 404.
+pub(super) async fn delete_provider_key(
+    State(s): State<AppState>,
+    user: AuthUser,
+    Path((provider_id, key_id)): Path<(String, String)>,
+) -> Result<http::StatusCode, ApiError> {
+    let key = s.store.provider_key(&key_id).await?;
+    if key.provider_id != provider_id || !visible_to(&user, &key) {
+        return Err(ApiError::NotFound);
+    }
+    s.store
+        .delete_provider_key(
+            &key_id,
+            AuditEvent::new(&user.actor(), "provider_key_deleted", "provider_key"),
+        )
+        .await?;
+    s.hub.rebuild().await?;
+    Ok(http::StatusCode::NO_CONTENT)
+}
+
+fn client_key_view(k: &client_keys::Model) -> Value {
+    json!({
+        "id": k.id, "name": k.name, "prefix": k.prefix,
+        "allowed_models": parse_list(&k.allowed_models), "enabled": k.enabled,
+        "use_shared_pool": k.use_shared_pool, "expires_at": k.expires_at,
+        "created_at": k.created_at, "revoked_at": k.revoked_at,
+    })
+}
+
+pub(super) async fn list_client_keys(
+    State(s): State<AppState>,
+    user: AuthUser,
+) -> Result<Json<Value>, ApiError> {
+    let list: Vec<Value> = s
+        .store
+        .client_keys_of(&user.id)
+        .await?
+        .iter()
+        .map(client_key_view)
+        .collect();
+    Ok(Json(json!({ "data": list })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateClientKey {
+    name: String,
+    #[serde(default)]
+    allowed_models: Vec<String>,
+    #[serde(default = "yes")]
+    use_shared_pool: bool,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+pub(super) async fn create_client_key(
+    State(s): State<AppState>,
+    user: AuthUser,
+    ApiJson(body): ApiJson<CreateClientKey>,
+) -> Result<(http::StatusCode, Json<Value>), ApiError> {
+    if body.name.trim().is_empty() || body.name.len() > 128 {
+        return Err(ApiError::BadRequest("name: 1-128 characters".into()));
+    }
+    if body.allowed_models.len() > 256 || !body.allowed_models.iter().all(|m| valid_name(m, 128)) {
+        return Err(ApiError::BadRequest(
+            "allowed_models: up to 256 model names".into(),
+        ));
+    }
+    if body.expires_at.is_some_and(|t| t <= chrono::Utc::now()) {
+        return Err(ApiError::BadRequest(
+            "expires_at: must be in the future".into(),
+        ));
+    }
+    let (key, prefix) = generate_client_key();
+    let actor = user.actor();
+    let row = s
+        .store
+        .insert_client_key(
+            NewClientKey {
+                id: uuid::Uuid::new_v4().to_string(),
+                user_id: user.id,
+                name: body.name,
+                key_hash: s.hash_secret.client_key_hash(&key),
+                prefix,
+                allowed_models: body.allowed_models,
+                use_shared_pool: body.use_shared_pool,
+                expires_at: body.expires_at,
+            },
+            AuditEvent::new(&actor, "client_key_created", "client_key"),
+        )
+        .await?;
+    s.hub.rebuild().await?;
+    let mut view = client_key_view(&row);
+    // The only time the full key is ever returned; only its keyed hash is stored.
+    view["key"] = json!(key.as_str());
+    Ok((http::StatusCode::CREATED, Json(view)))
+}
+
+pub(super) async fn revoke_client_key(
+    State(s): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<http::StatusCode, ApiError> {
+    s.store
+        .revoke_client_key(
+            &user.id,
+            &id,
+            AuditEvent::new(&user.actor(), "client_key_revoked", "client_key"),
+        )
+        .await?;
+    s.hub.rebuild().await?;
+    Ok(http::StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn list_routes(
+    State(s): State<AppState>,
+    _u: AuthUser,
+) -> Result<Json<Value>, ApiError> {
+    let list: Vec<Value> = s
+        .store
+        .routes()
+        .await?
+        .into_iter()
+        .map(|r| {
+            json!({
+                "id": r.route.id, "public_model": r.route.public_model,
+                "targets": r.targets.iter().map(|t| json!({
+                    "provider_id": t.provider_id, "upstream_model": t.upstream_model,
+                    "weight": t.weight, "priority": t.priority,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "data": list })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateRoute {
+    public_model: String,
+    targets: Vec<CreateTarget>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateTarget {
+    provider_id: String,
+    upstream_model: String,
+    weight: Option<u32>,
+    priority: Option<u32>,
+}
+
+pub(super) async fn create_route(
+    State(s): State<AppState>,
+    AdminUser(admin): AdminUser,
+    ApiJson(body): ApiJson<CreateRoute>,
+) -> Result<(http::StatusCode, Json<Value>), ApiError> {
+    if !valid_name(&body.public_model, 128) {
+        return Err(ApiError::BadRequest(
+            "public_model: 1-128 characters without spaces".into(),
+        ));
+    }
+    if body.targets.is_empty() || body.targets.len() > 16 {
+        return Err(ApiError::BadRequest(
+            "targets: between 1 and 16 targets".into(),
+        ));
+    }
+    let mut targets = Vec::with_capacity(body.targets.len());
+    for (i, t) in body.targets.into_iter().enumerate() {
+        if s.store.provider(&t.provider_id).await.is_err() {
+            return Err(ApiError::BadRequest(format!(
+                "targets[{i}].provider_id: no such provider"
+            )));
+        }
+        if !valid_name(&t.upstream_model, 128) {
+            return Err(ApiError::BadRequest(format!(
+                "targets[{i}].upstream_model: 1-128 characters without spaces"
+            )));
+        }
+        let weight = t.weight.unwrap_or(1);
+        if !(1..=1000).contains(&weight) {
+            return Err(ApiError::BadRequest(format!(
+                "targets[{i}].weight: must be between 1 and 1000"
+            )));
+        }
+        targets.push(NewRouteTarget {
+            provider_id: t.provider_id,
+            upstream_model: t.upstream_model,
+            weight,
+            priority: t.priority.unwrap_or(u32::try_from(i).unwrap_or(0)),
+        });
+    }
+    let r = s
+        .store
+        .create_route(
+            &body.public_model,
+            targets,
+            AuditEvent::new(&admin.actor(), "route_created", "route"),
+        )
+        .await?;
+    s.hub.rebuild().await?;
+    Ok((
+        http::StatusCode::CREATED,
+        Json(
+            json!({"id": r.route.id, "public_model": r.route.public_model,
+            "targets": r.targets.iter().map(|t| json!({
+                "provider_id": t.provider_id, "upstream_model": t.upstream_model,
+                "weight": t.weight, "priority": t.priority,
+            })).collect::<Vec<_>>()}),
+        ),
+    ))
+}
+
+#[derive(Deserialize)]
+pub(super) struct RecordQuery {
+    limit: Option<u64>,
+}
+
+pub(super) async fn list_routing_records(
+    State(s): State<AppState>,
+    user: AuthUser,
+    Query(q): Query<RecordQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let only = (user.role != Role::Admin).then_some(user.id.as_str());
+    let list: Vec<Value> = s
+        .store
+        .routing_records(only, limit)
+        .await?
+        .into_iter()
+        .map(|r| {
+            json!({
+                "request_id": r.request_id, "proxy_id": r.proxy_id, "started_at": r.started_at,
+                "user_id": r.user_id, "client_key_prefix": r.client_key_prefix,
+                "public_model": r.public_model, "status": r.status, "latency_ms": r.latency_ms,
+                "stream": r.stream,
+                "detail": serde_json::from_str::<Value>(&r.detail).unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "data": list })))
+}
+
+/// Connected proxies and gRPC call counters, for operators and the mTLS tests.
+pub(super) async fn fleet(State(s): State<AppState>, _admin: AdminUser) -> Json<Value> {
+    Json(json!({
+        "snapshot_version": s.hub.current_version(),
+        "proxies": s.hub.connected(),
+        "rpc": s.hub.counters(),
+    }))
+}

@@ -1,0 +1,187 @@
+//! Admin user management: list, create, change role or status (approve, disable), delete, and
+//! login lockouts.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::session::validate_new_account;
+use super::{AdminUser, ApiError, ApiJson, AppState};
+use crate::auth::Role;
+use crate::store::entities::users;
+use crate::store::{AuditEvent, NewUser};
+
+fn view(u: &users::Model) -> Value {
+    json!({
+        "id": u.id, "username": u.username, "email": u.email, "role": u.role,
+        "status": u.status, "created_at": u.created_at, "updated_at": u.updated_at,
+    })
+}
+
+pub(super) async fn list(
+    State(s): State<AppState>,
+    _a: AdminUser,
+) -> Result<Json<Value>, ApiError> {
+    let data: Vec<Value> = s.store.users().await?.iter().map(view).collect();
+    Ok(Json(json!({ "data": data })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateUser {
+    username: Option<String>,
+    email: Option<String>,
+    password: String,
+    #[serde(default = "user_role")]
+    role: String,
+}
+
+fn user_role() -> String {
+    "user".into()
+}
+
+pub(super) async fn create(
+    State(s): State<AppState>,
+    AdminUser(admin): AdminUser,
+    ApiJson(body): ApiJson<CreateUser>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let role = Role::parse(&body.role)
+        .ok_or_else(|| ApiError::BadRequest("role: must be admin or user".into()))?;
+    let (username, email) = validate_new_account(
+        body.username.as_deref(),
+        body.email.as_deref(),
+        &body.password,
+    )?;
+    let hash = s.hasher.hash(&body.password).await?;
+    let user = s
+        .store
+        .create_user(
+            NewUser {
+                username,
+                email,
+                password_hash: hash,
+                role: role.as_str(),
+                status: "active",
+            },
+            AuditEvent::new(&admin.actor(), "user_created", "user"),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(view(&user))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpdateUser {
+    role: Option<String>,
+    /// `active` (also approves a pending registration) or `disabled`.
+    status: Option<String>,
+}
+
+/// Refuses a change that would leave no active admin.
+async fn keep_an_admin(
+    s: &AppState,
+    target: &users::Model,
+    stays_active_admin: bool,
+) -> Result<(), ApiError> {
+    let is_active_admin = target.role == "admin" && target.status == "active";
+    if is_active_admin && !stays_active_admin && s.store.count_active_admins().await? <= 1 {
+        return Err(ApiError::Conflict("this is the last active admin".into()));
+    }
+    Ok(())
+}
+
+pub(super) async fn update(
+    State(s): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateUser>,
+) -> Result<Json<Value>, ApiError> {
+    let target = s.store.user_by_id(&id).await?.ok_or(ApiError::NotFound)?;
+    let role = match body.role.as_deref() {
+        None => None,
+        Some(r) => Some(
+            Role::parse(r)
+                .ok_or_else(|| ApiError::BadRequest("role: must be admin or user".into()))?,
+        ),
+    };
+    let status = match body.status.as_deref() {
+        None => None,
+        Some(st @ ("active" | "disabled")) => Some(st),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "status: must be active or disabled".into(),
+            ));
+        }
+    };
+    if role.is_none() && status.is_none() {
+        return Err(ApiError::BadRequest(
+            "nothing to change: give role and/or status".into(),
+        ));
+    }
+    let new_role = role.map_or(target.role.clone(), |r| r.as_str().to_owned());
+    let new_status = status.unwrap_or(target.status.as_str()).to_owned();
+    keep_an_admin(&s, &target, new_role == "admin" && new_status == "active").await?;
+    let action = match (role.is_some() && new_role != target.role, status) {
+        (true, _) => "user_role_changed",
+        (false, Some("disabled")) => "user_disabled",
+        (false, Some("active")) if target.status == "pending" => "user_approved",
+        (false, Some("active")) => "user_enabled",
+        _ => "user_updated",
+    };
+    let updated = s
+        .store
+        .update_user(
+            &id,
+            role.map(Role::as_str),
+            status,
+            AuditEvent::new(&admin.actor(), action, "user"),
+        )
+        .await?;
+    // A disabled user's client keys leave the proxies' snapshot.
+    s.hub.rebuild().await?;
+    Ok(Json(view(&updated)))
+}
+
+pub(super) async fn remove(
+    State(s): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if id == admin.id {
+        return Err(ApiError::Conflict(
+            "you cannot delete your own account".into(),
+        ));
+    }
+    let target = s.store.user_by_id(&id).await?.ok_or(ApiError::NotFound)?;
+    keep_an_admin(&s, &target, false).await?;
+    s.store
+        .delete_user(&id, AuditEvent::new(&admin.actor(), "user_deleted", "user"))
+        .await?;
+    s.hub.rebuild().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn lockouts(
+    State(s): State<AppState>,
+    _a: AdminUser,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    s.store.user_by_id(&id).await?.ok_or(ApiError::NotFound)?;
+    let data = s.login_guard.lockouts(&id).await?;
+    Ok(Json(json!({ "data": data })))
+}
+
+pub(super) async fn clear_lockouts(
+    State(s): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    s.store.user_by_id(&id).await?.ok_or(ApiError::NotFound)?;
+    s.login_guard.clear(&id).await?;
+    s.store
+        .audit(AuditEvent::new(&admin.actor(), "lockouts_cleared", "user").target(&id))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

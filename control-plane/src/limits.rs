@@ -1,0 +1,554 @@
+//! Counters for login-abuse protection and admin API rate limits.
+//!
+//! In production the counters live in Redis so every control-plane replica sees the same failures
+//! and budgets; the embedded mode keeps them in process. When Redis cannot be reached every check
+//! fails closed ([`LimitError::Unavailable`] → 503): an outage must not switch protection off.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    #[error("rate-limit store unavailable")]
+    Unavailable,
+}
+
+impl From<redis::RedisError> for LimitError {
+    fn from(e: redis::RedisError) -> Self {
+        tracing::warn!(error = %e, "redis error; failing closed");
+        LimitError::Unavailable
+    }
+}
+
+type R<T> = Result<T, LimitError>;
+
+/// Fixed-window counter increment with expiry on first use, atomically.
+const INCR_SCRIPT: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n";
+
+enum Backend {
+    Redis {
+        conn: ConnectionManager,
+        prefix: String,
+        incr: redis::Script,
+    },
+    Memory(Mutex<Mem>),
+}
+
+#[derive(Default)]
+struct Mem {
+    values: HashMap<String, (u64, Instant)>,
+    sets: HashMap<String, (std::collections::BTreeSet<String>, Instant)>,
+}
+
+/// Key-value counters with expiry: Redis, or an in-process map for a single replica.
+pub struct Counters {
+    backend: Backend,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl Counters {
+    pub fn memory() -> Self {
+        Counters {
+            backend: Backend::Memory(Mutex::new(Mem::default())),
+        }
+    }
+
+    /// Connects lazily: the control plane starts even while Redis is down (and fails closed).
+    pub fn redis(url: &str, prefix: &str) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Counters {
+            backend: Backend::Redis {
+                conn,
+                prefix: prefix.to_owned(),
+                incr: redis::Script::new(INCR_SCRIPT),
+            },
+        })
+    }
+
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Redis { .. })
+    }
+
+    fn with_map<T>(map: &Mutex<Mem>, f: impl FnOnce(&mut Mem) -> T) -> T {
+        let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if m.values.len() + m.sets.len() > 100_000 {
+            m.values.retain(|_, (_, exp)| *exp > now);
+            m.sets.retain(|_, (_, exp)| *exp > now);
+        }
+        f(&mut m)
+    }
+
+    /// Adds one and returns the new count; the key expires `ttl` after its first increment.
+    pub async fn incr(&self, key: &str, ttl: Duration) -> R<u64> {
+        match &self.backend {
+            Backend::Redis { conn, prefix, incr } => {
+                let mut c = conn.clone();
+                Ok(incr
+                    .key(format!("{prefix}{key}"))
+                    .arg(ms(ttl))
+                    .invoke_async(&mut c)
+                    .await?)
+            }
+            Backend::Memory(map) => Ok(Self::with_map(map, |m| {
+                let now = Instant::now();
+                let e = m.values.entry(key.to_owned()).or_insert((0, now + ttl));
+                if e.1 <= now {
+                    *e = (0, now + ttl);
+                }
+                e.0 += 1;
+                e.0
+            })),
+        }
+    }
+
+    /// Stores `value` for `ttl`.
+    pub async fn set(&self, key: &str, value: u64, ttl: Duration) -> R<()> {
+        match &self.backend {
+            Backend::Redis { conn, prefix, .. } => {
+                let mut c = conn.clone();
+                let _: () = redis::cmd("SET")
+                    .arg(format!("{prefix}{key}"))
+                    .arg(value)
+                    .arg("PX")
+                    .arg(ms(ttl))
+                    .query_async(&mut c)
+                    .await?;
+                Ok(())
+            }
+            Backend::Memory(map) => {
+                Self::with_map(map, |m| {
+                    m.values
+                        .insert(key.to_owned(), (value, Instant::now() + ttl))
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// The value and remaining lifetime of a live key.
+    pub async fn get(&self, key: &str) -> R<Option<(u64, Duration)>> {
+        match &self.backend {
+            Backend::Redis { conn, prefix, .. } => {
+                let mut c = conn.clone();
+                let k = format!("{prefix}{key}");
+                let (v, pttl): (Option<u64>, i64) = redis::pipe()
+                    .atomic()
+                    .get(&k)
+                    .pttl(&k)
+                    .query_async(&mut c)
+                    .await?;
+                Ok(match (v, u64::try_from(pttl)) {
+                    (Some(v), Ok(p)) => Some((v, Duration::from_millis(p))),
+                    _ => None,
+                })
+            }
+            Backend::Memory(map) => Ok(Self::with_map(map, |m| {
+                let now = Instant::now();
+                m.values
+                    .get(key)
+                    .filter(|(_, exp)| *exp > now)
+                    .map(|(v, exp)| (*v, *exp - now))
+            })),
+        }
+    }
+
+    pub async fn del(&self, keys: &[String]) -> R<()> {
+        match &self.backend {
+            Backend::Redis { conn, prefix, .. } => {
+                let mut c = conn.clone();
+                let full: Vec<String> = keys.iter().map(|k| format!("{prefix}{k}")).collect();
+                let _: () = redis::cmd("DEL").arg(full).query_async(&mut c).await?;
+                Ok(())
+            }
+            Backend::Memory(map) => {
+                Self::with_map(map, |m| {
+                    for k in keys {
+                        m.values.remove(k);
+                        m.sets.remove(k);
+                    }
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Adds `member` to a set that expires `ttl` after this call.
+    pub async fn sadd(&self, key: &str, member: &str, ttl: Duration) -> R<()> {
+        match &self.backend {
+            Backend::Redis { conn, prefix, .. } => {
+                let mut c = conn.clone();
+                let k = format!("{prefix}{key}");
+                let _: () = redis::pipe()
+                    .atomic()
+                    .sadd(&k, member)
+                    .ignore()
+                    .pexpire(&k, i64::try_from(ms(ttl)).unwrap_or(i64::MAX))
+                    .ignore()
+                    .query_async(&mut c)
+                    .await?;
+                Ok(())
+            }
+            Backend::Memory(map) => {
+                Self::with_map(map, |m| {
+                    let now = Instant::now();
+                    let e = m
+                        .sets
+                        .entry(key.to_owned())
+                        .or_insert_with(|| (Default::default(), now + ttl));
+                    if e.1 <= now {
+                        e.0.clear();
+                    }
+                    e.0.insert(member.to_owned());
+                    e.1 = now + ttl;
+                });
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn smembers(&self, key: &str) -> R<Vec<String>> {
+        match &self.backend {
+            Backend::Redis { conn, prefix, .. } => {
+                let mut c = conn.clone();
+                Ok(redis::cmd("SMEMBERS")
+                    .arg(format!("{prefix}{key}"))
+                    .query_async(&mut c)
+                    .await?)
+            }
+            Backend::Memory(map) => Ok(Self::with_map(map, |m| {
+                m.sets
+                    .get(key)
+                    .filter(|(_, exp)| *exp > Instant::now())
+                    .map(|(s, _)| s.iter().cloned().collect())
+                    .unwrap_or_default()
+            })),
+        }
+    }
+}
+
+/// Thresholds for login-abuse protection.
+#[derive(Debug, Clone)]
+pub struct LoginPolicy {
+    /// Failures for one account from one address before it is locked for that address.
+    pub max_failures: u64,
+    /// Window in which those failures count.
+    pub failure_window: Duration,
+    /// First lockout; each further lockout within a day doubles it, up to `lock_max`.
+    pub lock_base: Duration,
+    pub lock_max: Duration,
+    /// Failures from one address across all accounts (password spraying) before it is throttled.
+    pub ip_max_failures: u64,
+    pub ip_window: Duration,
+}
+
+impl Default for LoginPolicy {
+    fn default() -> Self {
+        LoginPolicy {
+            max_failures: 5,
+            failure_window: Duration::from_secs(15 * 60),
+            lock_base: Duration::from_secs(60),
+            lock_max: Duration::from_secs(15 * 60),
+            ip_max_failures: 30,
+            ip_window: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+pub enum LoginGate {
+    Open,
+    /// This account is locked for this address; the client sees an ordinary failed login.
+    AccountLocked,
+    /// This address is throttled for every account.
+    IpThrottled(Duration),
+}
+
+/// One lockout, for the admin view.
+#[derive(Debug, serde::Serialize)]
+pub struct Lockout {
+    pub ip: String,
+    pub remaining_secs: u64,
+    pub lock_count: u64,
+}
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// Failure counting and lockouts.
+///
+/// Lockouts are per (account, address): an attacker's failures from their addresses never lock
+/// the account's owner out of their own address, so nobody can lock a victim out indefinitely.
+/// Spraying many accounts from one address throttles that address. Both lockouts grow
+/// exponentially with repeated offences and are capped.
+pub struct LoginGuard {
+    counters: std::sync::Arc<Counters>,
+    policy: LoginPolicy,
+}
+
+impl LoginGuard {
+    pub fn new(counters: std::sync::Arc<Counters>, policy: LoginPolicy) -> Self {
+        LoginGuard { counters, policy }
+    }
+
+    fn backoff(&self, count: u64) -> Duration {
+        let exp = u32::try_from(count.saturating_sub(1))
+            .unwrap_or(u32::MAX)
+            .min(20);
+        self.policy
+            .lock_base
+            .saturating_mul(2u32.saturating_pow(exp))
+            .min(self.policy.lock_max)
+    }
+
+    pub async fn check(&self, account: &str, ip: &str) -> R<LoginGate> {
+        if let Some((_, left)) = self.counters.get(&format!("login:iplock:{ip}")).await? {
+            return Ok(LoginGate::IpThrottled(left));
+        }
+        if self
+            .counters
+            .get(&format!("login:lock:{account}:{ip}"))
+            .await?
+            .is_some()
+        {
+            return Ok(LoginGate::AccountLocked);
+        }
+        Ok(LoginGate::Open)
+    }
+
+    pub async fn record_failure(&self, account: &str, ip: &str) -> R<()> {
+        let p = &self.policy;
+        let n_ip = self
+            .counters
+            .incr(&format!("login:ipfail:{ip}"), p.ip_window)
+            .await?;
+        if n_ip >= p.ip_max_failures {
+            let c = self
+                .counters
+                .incr(&format!("login:iplocks:{ip}"), DAY)
+                .await?;
+            self.counters
+                .set(&format!("login:iplock:{ip}"), c, self.backoff(c))
+                .await?;
+            self.counters.del(&[format!("login:ipfail:{ip}")]).await?;
+            tracing::warn!(%ip, lock_count = c, "address throttled after repeated login failures");
+        }
+        let n = self
+            .counters
+            .incr(&format!("login:fail:{account}:{ip}"), p.failure_window)
+            .await?;
+        if n >= p.max_failures {
+            let c = self
+                .counters
+                .incr(&format!("login:locks:{account}:{ip}"), DAY)
+                .await?;
+            let d = self.backoff(c);
+            self.counters
+                .set(&format!("login:lock:{account}:{ip}"), c, d)
+                .await?;
+            self.counters
+                .del(&[format!("login:fail:{account}:{ip}")])
+                .await?;
+            // Addresses with lockouts for this account, for the admin view and unlock.
+            self.counters
+                .sadd(&format!("login:lockips:{account}"), ip, DAY)
+                .await?;
+            tracing::warn!(account, %ip, lock_count = c, lock_secs = d.as_secs(), "account locked for this address");
+        }
+        Ok(())
+    }
+
+    /// Current lockouts of an account, by address.
+    pub async fn lockouts(&self, account: &str) -> R<Vec<Lockout>> {
+        let mut out = Vec::new();
+        for ip in self
+            .counters
+            .smembers(&format!("login:lockips:{account}"))
+            .await?
+        {
+            if let Some((count, left)) = self
+                .counters
+                .get(&format!("login:lock:{account}:{ip}"))
+                .await?
+            {
+                out.push(Lockout {
+                    ip,
+                    remaining_secs: left.as_secs_f64().ceil() as u64,
+                    lock_count: count,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.ip.cmp(&b.ip));
+        Ok(out)
+    }
+
+    /// Lifts every lockout of an account (admin action).
+    pub async fn clear(&self, account: &str) -> R<()> {
+        let set = format!("login:lockips:{account}");
+        let mut keys = vec![set.clone()];
+        for ip in self.counters.smembers(&set).await? {
+            keys.push(format!("login:lock:{account}:{ip}"));
+            keys.push(format!("login:locks:{account}:{ip}"));
+            keys.push(format!("login:fail:{account}:{ip}"));
+        }
+        self.counters.del(&keys).await
+    }
+
+    pub async fn record_success(&self, account: &str, ip: &str) -> R<()> {
+        self.counters
+            .del(&[
+                format!("login:fail:{account}:{ip}"),
+                format!("login:locks:{account}:{ip}"),
+            ])
+            .await
+    }
+}
+
+/// Fixed-window rate limiter over [`Counters`].
+pub struct RateLimiter {
+    counters: std::sync::Arc<Counters>,
+    window: Duration,
+}
+
+impl RateLimiter {
+    pub fn new(counters: std::sync::Arc<Counters>, window: Duration) -> Self {
+        RateLimiter { counters, window }
+    }
+
+    /// Counts one request for `scope:id`; `Ok(Some(retry_after))` when over `limit`.
+    pub async fn hit(&self, scope: &str, id: &str, limit: u64) -> R<Option<Duration>> {
+        let w = self.window.as_secs().max(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let slot = now / w;
+        let n = self
+            .counters
+            .incr(
+                &format!("rl:{scope}:{id}:{slot}"),
+                self.window + Duration::from_secs(1),
+            )
+            .await?;
+        if n > limit {
+            return Ok(Some(Duration::from_secs((slot + 1) * w - now)));
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn guard(base_ms: u64) -> LoginGuard {
+        LoginGuard::new(
+            Arc::new(Counters::memory()),
+            LoginPolicy {
+                max_failures: 3,
+                failure_window: Duration::from_secs(60),
+                lock_base: Duration::from_millis(base_ms),
+                lock_max: Duration::from_millis(base_ms * 4),
+                ip_max_failures: 10,
+                ip_window: Duration::from_secs(60),
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn locks_per_account_and_address_with_growing_capped_backoff() {
+        let g = guard(1000);
+        for _ in 0..3 {
+            assert!(matches!(
+                g.check("u1", "1.1.1.1").await.unwrap(),
+                LoginGate::Open
+            ));
+            g.record_failure("u1", "1.1.1.1").await.unwrap();
+        }
+        assert!(matches!(
+            g.check("u1", "1.1.1.1").await.unwrap(),
+            LoginGate::AccountLocked
+        ));
+        // Another address (the owner) is not locked out by the attacker's failures.
+        assert!(matches!(
+            g.check("u1", "2.2.2.2").await.unwrap(),
+            LoginGate::Open
+        ));
+        let l = g.lockouts("u1").await.unwrap();
+        assert_eq!(l.len(), 1);
+        assert_eq!((l[0].ip.as_str(), l[0].lock_count), ("1.1.1.1", 1));
+        assert_eq!(g.backoff(1), Duration::from_millis(1000));
+        assert_eq!(g.backoff(2), Duration::from_millis(2000));
+        assert_eq!(g.backoff(3), Duration::from_millis(4000));
+        assert_eq!(g.backoff(30), Duration::from_millis(4000), "capped");
+        g.clear("u1").await.unwrap();
+        assert!(matches!(
+            g.check("u1", "1.1.1.1").await.unwrap(),
+            LoginGate::Open
+        ));
+        assert!(g.lockouts("u1").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn spraying_from_one_address_throttles_it() {
+        let g = guard(1000);
+        for i in 0..10 {
+            g.record_failure(&format!("user{i}"), "9.9.9.9")
+                .await
+                .unwrap();
+        }
+        assert!(matches!(
+            g.check("fresh", "9.9.9.9").await.unwrap(),
+            LoginGate::IpThrottled(_)
+        ));
+        assert!(matches!(
+            g.check("fresh", "8.8.8.8").await.unwrap(),
+            LoginGate::Open
+        ));
+    }
+
+    #[tokio::test]
+    async fn success_resets_failures() {
+        let g = guard(1000);
+        g.record_failure("u", "ip").await.unwrap();
+        g.record_failure("u", "ip").await.unwrap();
+        g.record_success("u", "ip").await.unwrap();
+        g.record_failure("u", "ip").await.unwrap();
+        assert!(matches!(g.check("u", "ip").await.unwrap(), LoginGate::Open));
+    }
+
+    #[tokio::test]
+    async fn rate_limiter_counts_per_window() {
+        let rl = RateLimiter::new(Arc::new(Counters::memory()), Duration::from_secs(60));
+        for _ in 0..5 {
+            assert!(rl.hit("ip", "a", 5).await.unwrap().is_none());
+        }
+        let retry = rl.hit("ip", "a", 5).await.unwrap().unwrap();
+        assert!(retry <= Duration::from_secs(60));
+        assert!(rl.hit("ip", "b", 5).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn unreachable_redis_fails_closed() {
+        // Nothing listens on port 1.
+        let c = Arc::new(Counters::redis("redis://127.0.0.1:1", "t:").unwrap());
+        let g = LoginGuard::new(c.clone(), LoginPolicy::default());
+        assert!(g.check("u", "ip").await.is_err());
+        let rl = RateLimiter::new(c, Duration::from_secs(60));
+        assert!(rl.hit("ip", "x", 100).await.is_err());
+    }
+}
