@@ -194,15 +194,12 @@ impl App {
                 }
             }
         });
+        let tls = match &config.admin_tls {
+            Some((cert, key)) => Some(api::serve::tls_acceptor(cert, key)?),
+            None => None,
+        };
         let router = api::router(self.state);
-        let admin_task = tokio::spawn(async move {
-            axum::serve(
-                admin,
-                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(wait(stop_rx))
-            .await
-        });
+        let admin_task = tokio::spawn(api::serve::serve(admin, router, tls, wait(stop_rx)));
         let mut grpc_task = grpc_task;
         let mut admin_task = admin_task;
         let outcome: anyhow::Result<()> = tokio::select! {

@@ -271,10 +271,18 @@ impl Drop for Database {
     }
 }
 
+/// The JWT secret every test control plane uses, so tests can forge tokens.
+pub const JWT_SECRET: &str = "e2e-jwt-secret-0123456789abcdefghijklmnop";
+
+/// Redis used by tests (`LLMHUB_TEST_REDIS_URL`).
+pub fn redis_url() -> String {
+    std::env::var("LLMHUB_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
 /// A running control plane with its CA and a valid proxy certificate.
 pub struct ControlPlane {
-    pub dir: tempfile::TempDir,
-    pub db: Database,
+    pub dir: Arc<tempfile::TempDir>,
+    pub db: Arc<Database>,
     pub admin_url: String,
     pub grpc_addr: String,
     pub admin_password: String,
@@ -290,6 +298,12 @@ pub fn certs_dir(dir: &Path) -> PathBuf {
 
 impl ControlPlane {
     pub async fn start(backend: Backend) -> anyhow::Result<Self> {
+        Self::start_with(backend, "").await
+    }
+
+    /// Starts a control plane whose configuration gets `extra` TOML lines appended. Unless
+    /// `extra` sets `redis_url`, it uses the test Redis with a key prefix of its own.
+    pub async fn start_with(backend: Backend, extra: &str) -> anyhow::Result<Self> {
         install_crypto();
         let dir = tempfile::tempdir()?;
         let db = Database::create(backend, dir.path()).await?;
@@ -307,15 +321,25 @@ impl ControlPlane {
         )
         .await?;
         let master = format!("1:{}", base64_32(7));
-        let config = format!(
+        let mut config = format!(
             "database_url = {:?}\nadmin_listen = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\n\
              tls_ca_cert = {:?}\ntls_cert = {:?}\ntls_key = {:?}\nmaster_keys = {master:?}\n\
-             jwt_secret = \"e2e-jwt-secret-0123456789abcdefghijklmnop\"\n",
+             jwt_secret = {JWT_SECRET:?}\n",
             db.url,
             certs.join("ca.pem"),
             certs.join("control.pem"),
             certs.join("control.key"),
         );
+        let extra = extra.replace("@CERTS@", &certs.display().to_string());
+        if !extra.contains("redis_url") && !extra.contains("# no-redis") {
+            config.push_str(&format!(
+                "redis_url = {:?}\nredis_prefix = \"llmhub-test-{}:\"\n",
+                redis_url(),
+                uuid::Uuid::new_v4().simple()
+            ));
+        }
+        config.push_str(&extra);
+        config.push('\n');
         let config_path = dir.path().join("control.toml");
         std::fs::write(&config_path, config)?;
         run_ok(
@@ -325,18 +349,24 @@ impl ControlPlane {
                 .arg(&config_path),
         )
         .await?;
-
+        let dir = Arc::new(dir);
+        let db = Arc::new(db);
         let logs = Logs::default();
-        let mut cmd = Command::new(bin("llmhub-control"));
-        cmd.arg("serve").arg("--config").arg(&config_path);
-        clear_llmhub_env(&mut cmd);
-        let (child, listening, before) = spawn_until_listening(cmd, "control", &logs).await?;
+        let (child, listening, before) = Self::serve(&config_path, "control", &logs).await?;
         let boot = before
             .iter()
             .find(|v| v["event"] == "bootstrap_admin")
             .context("no bootstrap_admin line on first start")?;
+        let scheme = if extra.contains("admin_tls_cert") {
+            "https"
+        } else {
+            "http"
+        };
         Ok(ControlPlane {
-            admin_url: format!("http://{}", listening["admin"].as_str().context("admin")?),
+            admin_url: format!(
+                "{scheme}://{}",
+                listening["admin"].as_str().context("admin")?
+            ),
             grpc_addr: listening["grpc"].as_str().context("grpc")?.to_owned(),
             admin_password: boot["password"].as_str().context("password")?.to_owned(),
             dir,
@@ -346,6 +376,87 @@ impl ControlPlane {
             child,
             token: Mutex::new(None),
         })
+    }
+
+    async fn serve(
+        config: &Path,
+        who: &str,
+        logs: &Logs,
+    ) -> anyhow::Result<(Child, Value, Vec<Value>)> {
+        let mut cmd = Command::new(bin("llmhub-control"));
+        cmd.arg("serve").arg("--config").arg(config);
+        clear_llmhub_env(&mut cmd);
+        spawn_until_listening(cmd, who, logs).await
+    }
+
+    /// A second control-plane process on the same database, Redis prefix and secrets.
+    pub async fn replica(&self) -> anyhow::Result<Self> {
+        let (child, listening, _) =
+            Self::serve(&self.dir.path().join("control.toml"), "replica", &self.logs).await?;
+        Ok(ControlPlane {
+            admin_url: format!("http://{}", listening["admin"].as_str().context("admin")?),
+            grpc_addr: listening["grpc"].as_str().context("grpc")?.to_owned(),
+            admin_password: self.admin_password.clone(),
+            dir: self.dir.clone(),
+            db: self.db.clone(),
+            logs: self.logs.clone(),
+            http: reqwest::Client::new(),
+            child,
+            token: Mutex::new(None),
+        })
+    }
+
+    /// A request with an explicit bearer token (or none); returns status, headers and JSON body.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, reqwest::header::HeaderMap, Value)> {
+        let mut req = self
+            .http
+            .request(method.parse()?, format!("{}{path}", self.admin_url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await?;
+        Ok((
+            status,
+            headers,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
+    }
+
+    /// Creates a user through the admin API and returns its id.
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password: &str,
+        role: &str,
+    ) -> anyhow::Result<String> {
+        let (s, v) = self
+            .api(
+                "POST",
+                "/api/v1/users",
+                Some(json!({"username": username, "password": password, "role": role})),
+            )
+            .await?;
+        anyhow::ensure!(s == 201, "create user {username}: {s} {v}");
+        Ok(v["id"].as_str().context("id")?.to_owned())
+    }
+
+    /// Logs in and returns the whole JSON body (access and refresh tokens).
+    pub async fn login_tokens(&self, username: &str, password: &str) -> anyhow::Result<Value> {
+        let r = self.login(username, password).await?;
+        anyhow::ensure!(r.status() == 200, "login {username}: {}", r.status());
+        Ok(r.json().await?)
     }
 
     pub fn certs(&self) -> PathBuf {

@@ -196,12 +196,14 @@ pub fn router(state: AppState) -> Router {
         r = r.route(e.path, handler);
     }
     let policy = state.policy.clone();
+    // Outermost last: headers, CORS, per-address limit, then the body-size guards.
     r.fallback(|| async { ApiError::NotFound })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(refuse_oversized))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             rate_limit_ip,
         ))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(cors(&policy))
         .layer(axum::middleware::from_fn_with_state(
             policy,
@@ -223,6 +225,33 @@ fn cors(policy: &Policy) -> CorsLayer {
         ])
         .allow_credentials(true)
         .max_age(Duration::from_secs(600))
+}
+
+/// Largest oversized body that is read and discarded so the client reliably receives its 413
+/// (closing on a client that is still sending makes it see a reset instead of the answer).
+const DRAIN_LIMIT: u64 = 8 * 1024 * 1024;
+
+/// Answers 413 to a declared body over [`MAX_BODY_BYTES`] before any handler, parsing or hashing.
+async fn refuse_oversized(req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > MAX_BODY_BYTES as u64 => {
+            if n <= DRAIN_LIMIT {
+                let body = req.into_body();
+                let _ = http_body_util::BodyExt::collect(http_body_util::Limited::new(
+                    body,
+                    DRAIN_LIMIT as usize,
+                ))
+                .await;
+            }
+            ApiError::PayloadTooLarge.into_response()
+        }
+        _ => next.run(req).await,
+    }
 }
 
 async fn security_headers(State(policy): State<Arc<Policy>>, req: Request, next: Next) -> Response {
