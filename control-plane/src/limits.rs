@@ -417,7 +417,9 @@ impl LoginGuard {
     }
 }
 
-/// Fixed-window rate limiter over [`Counters`].
+/// Sliding-window rate limiter over [`Counters`] (the common two-window approximation: the
+/// previous window's count, weighted by how much of it still overlaps, plus the current one), so
+/// a burst straddling a window boundary is still counted as one burst.
 pub struct RateLimiter {
     counters: std::sync::Arc<Counters>,
     window: Duration,

@@ -837,3 +837,110 @@ async fn admin_api_over_tls() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Admin-approved registration: a new account cannot sign in until an admin activates it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_registration() -> anyhow::Result<()> {
+    let cp = ControlPlane::start_with(Backend::Sqlite, "registration = \"approval\"\n").await?;
+    let (s, _, v) = cp
+        .call(
+            "POST",
+            "/api/v1/auth/register",
+            None,
+            Some(json!({"email": "Gina@Example.com", "password": STRONG})),
+        )
+        .await?;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["status"], "pending");
+    assert_eq!(v["username"], "gina@example.com");
+    let id = v["id"].as_str().unwrap().to_owned();
+    assert_eq!(cp.login("gina@example.com", STRONG).await?.status(), 401);
+    let (s, v) = cp
+        .api(
+            "PATCH",
+            &format!("/api/v1/users/{id}"),
+            Some(json!({"status": "active"})),
+        )
+        .await?;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(cp.login("gina@example.com", STRONG).await?.status(), 200);
+    let (_, audit) = cp
+        .api("GET", "/api/v1/audit?action=user_approved", None)
+        .await?;
+    assert_eq!(audit["data"].as_array().unwrap().len(), 1);
+    // Closed registration is refused outright.
+    let closed = ControlPlane::start(Backend::Sqlite).await?;
+    let (s, _, _) = closed
+        .call(
+            "POST",
+            "/api/v1/auth/register",
+            None,
+            Some(json!({"username": "hank", "password": STRONG})),
+        )
+        .await?;
+    assert_eq!(s, 403);
+    Ok(())
+}
+
+/// A login flood with one hashing slot: the excess gets 503 quickly, nothing crashes, and the
+/// service answers normally afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_flood_is_bounded() -> anyhow::Result<()> {
+    let cp = ControlPlane::start_with(
+        Backend::Sqlite,
+        "hash_concurrency = 1\nlogin_ip_max_failures = 100000\nlogin_max_failures = 100000\n",
+    )
+    .await?;
+    let mut tasks = Vec::new();
+    for i in 0..80 {
+        let http = cp.http.clone();
+        let url = format!("{}/api/v1/auth/login", cp.admin_url);
+        tasks.push(tokio::spawn(async move {
+            http.post(url)
+                .json(&json!({"username": format!("flood{i}"), "password": "not-a-real-password"}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }));
+    }
+    let mut counts: HashMap<u16, usize> = HashMap::new();
+    for t in tasks {
+        *counts.entry(t.await?).or_default() += 1;
+    }
+    assert!(
+        counts.get(&503).copied().unwrap_or(0) > 0,
+        "no request was shed: {counts:?}"
+    );
+    assert!(counts.keys().all(|s| *s == 401 || *s == 503), "{counts:?}");
+    let (_, stats) = cp.api("GET", "/api/v1/system/stats", None).await?;
+    assert!(stats["password_hashing"]["rejected_busy"].as_u64().unwrap() > 0);
+    Ok(())
+}
+
+/// Per-address and per-user admin API budgets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_rate_limits() -> anyhow::Result<()> {
+    let cp = ControlPlane::start_with(
+        Backend::Sqlite,
+        "admin_rate_limit_user = 5\nadmin_rate_limit_ip = 1000\n",
+    )
+    .await?;
+    let mut last = 0;
+    for _ in 0..6 {
+        last = cp.api("GET", "/api/v1/me", None).await?.0;
+    }
+    assert_eq!(last, 429, "per-user limit not applied");
+    let ip_limited = ControlPlane::start_with(Backend::Sqlite, "admin_rate_limit_ip = 3\n").await?;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(
+            ip_limited
+                .call("GET", "/api/v1/providers", None, None)
+                .await?
+                .0,
+        );
+    }
+    assert_eq!(statuses, vec![401, 401, 401, 429]);
+    Ok(())
+}
