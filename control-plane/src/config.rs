@@ -194,7 +194,9 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     pub grpc_listen: SocketAddr,
     pub tls: TlsFiles,
-    pub keyring: std::sync::Arc<Keyring>,
+    pub keyring: Keyring,
+    /// Where the keys came from, when a file: `reload` re-reads it.
+    pub master_key_file: Option<PathBuf>,
     pub jwt_secret: SecretBox<Vec<u8>>,
     pub access_token_ttl: Duration,
     pub log_format: LogFormat,
@@ -264,6 +266,7 @@ impl RawConfig {
             key_pem: read_required("tls_key", self.tls_key)?,
         };
 
+        let master_key_file = self.master_key_file.clone();
         let keyring_src = match (self.master_keys, self.master_key_file) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::field(
@@ -457,7 +460,8 @@ impl RawConfig {
             admin_listen,
             grpc_listen,
             tls,
-            keyring: std::sync::Arc::new(keyring),
+            keyring,
+            master_key_file,
             jwt_secret: SecretBox::new(Box::new(jwt_secret)),
             access_token_ttl: Duration::from_secs(ttl),
             log_format,

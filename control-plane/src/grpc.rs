@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 use zeroize::Zeroize;
 
 use crate::config::TlsFiles;
-use crate::keyring::{Keyring, provider_key_aad, sealed_version};
+use crate::keyring::provider_key_aad;
 use crate::store::entities::routing_records;
 use crate::store::{Store, StoreError, parse_list};
 use crate::vault::HashSecret;
@@ -55,7 +55,7 @@ pub struct RpcCounters {
 
 pub struct SnapshotHub {
     store: Store,
-    keyring: Arc<Keyring>,
+    vault: Arc<crate::vault::Vault>,
     hash_secret: Arc<HashSecret>,
     tx: watch::Sender<Option<Arc<Published>>>,
     version: AtomicU64,
@@ -80,13 +80,17 @@ fn from_ts(t: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
 }
 
 impl SnapshotHub {
-    pub fn new(store: Store, keyring: Arc<Keyring>, hash_secret: Arc<HashSecret>) -> Arc<Self> {
+    pub fn new(
+        store: Store,
+        vault: Arc<crate::vault::Vault>,
+        hash_secret: Arc<HashSecret>,
+    ) -> Arc<Self> {
         let (tx, _) = watch::channel(None);
         // Seeded from the clock so a restarted control plane keeps versions increasing.
         let seed = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(1);
         Arc::new(SnapshotHub {
             store,
-            keyring,
+            vault,
             hash_secret,
             tx,
             version: AtomicU64::new(seed),
@@ -116,22 +120,6 @@ impl SnapshotHub {
         }
     }
 
-    /// Refuses to run when any sealed row names a master-key version the keyring lacks: such a
-    /// row could never be opened, and the operator must restore the key rather than lose data.
-    pub async fn check_key_versions(store: &Store, keyring: &Keyring) -> anyhow::Result<()> {
-        for k in store.provider_keys().await? {
-            let v = sealed_version(&k.sealed)
-                .map_err(|e| anyhow::anyhow!("provider key {}: {e}", k.id))?;
-            if !keyring.has_version(v) {
-                anyhow::bail!(
-                    "provider key {} is sealed with master key version {v}, which is not configured",
-                    k.id
-                );
-            }
-        }
-        Ok(())
-    }
-
     /// Rebuilds the snapshot from the store and publishes it when its content changed.
     /// Returns the version proxies should converge on.
     pub async fn rebuild(&self) -> Result<u64, StoreError> {
@@ -140,13 +128,13 @@ impl SnapshotHub {
         let keys = self.store.provider_keys().await?;
         let client_keys = self.store.client_keys().await?;
         // Client keys of disabled, pending or deleted users never reach the proxies.
-        let active_users: std::collections::HashSet<String> = self
+        let active_users: std::collections::HashMap<String, bool> = self
             .store
             .users()
             .await?
             .into_iter()
             .filter(|u| u.status == "active")
-            .map(|u| u.id)
+            .map(|u| (u.id, u.shared_pool_access))
             .collect();
         let routes = self.store.routes().await?;
         let now = Utc::now();
@@ -169,13 +157,17 @@ impl SnapshotHub {
                 request_timeout_ms: u32::try_from(p.request_timeout_ms).unwrap_or(60_000),
             })
             .collect();
+        let keyring = self.vault.keyring();
+        let mut unreadable = std::collections::BTreeSet::new();
         for k in keys {
             let aad = provider_key_aad(&k.id, k.owner_user_id.as_deref(), &k.provider_id);
-            let secret = match self.keyring.open(&k.sealed, &aad) {
+            let secret = match keyring.open(&k.sealed, &aad) {
                 Ok(s) => s,
                 Err(e) => {
-                    // Fails closed: the key is left out of the snapshot and the cause is logged.
+                    // Fails closed: the key is left out of the snapshot, reported in the vault
+                    // status and the key list, and logged.
                     tracing::error!(key_id = %k.id, fingerprint = %k.fingerprint, error = %e, "cannot open provider key; excluded from snapshot");
+                    unreadable.insert(k.id);
                     continue;
                 }
             };
@@ -187,7 +179,7 @@ impl SnapshotHub {
                 id: k.id,
                 provider_id: k.provider_id,
                 owner_user_id: k.owner_user_id.unwrap_or_default(),
-                secret: secret.to_vec(),
+                secret: secret.expose().to_vec(),
                 fingerprint: k.fingerprint,
                 label: k.label,
                 weight: u32::try_from(k.weight).unwrap_or(1),
@@ -198,18 +190,23 @@ impl SnapshotHub {
                 }),
             });
         }
+        self.vault.set_unreadable(unreadable);
         snap.client_keys = client_keys
             .into_iter()
-            .filter(|c| c.enabled && c.revoked_at.is_none() && active_users.contains(&c.user_id))
+            .filter(|c| {
+                c.enabled && c.revoked_at.is_none() && active_users.contains_key(&c.user_id)
+            })
             .map(|c| pb::ClientKey {
                 id: c.id,
-                user_id: c.user_id,
                 key_hash: c.key_hash,
                 prefix: c.prefix,
                 allowed_models: parse_list(&c.allowed_models),
                 enabled: c.enabled,
                 expires_at: c.expires_at.map(ts),
-                use_shared_pool: c.use_shared_pool,
+                // The shared pool needs both the key's and the user's permission.
+                use_shared_pool: c.use_shared_pool
+                    && active_users.get(&c.user_id).copied().unwrap_or(false),
+                user_id: c.user_id,
             })
             .collect();
         snap.routes = routes

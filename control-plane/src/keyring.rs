@@ -36,7 +36,29 @@ pub enum KeyringError {
     Authentication,
 }
 
+/// An opened secret (a provider key, a sealed setting). Zeroized on drop; `Debug` is redacted and
+/// there is no `Display` or `Serialize`: the bytes are reachable only through [`Plaintext::expose`].
+pub struct Plaintext(Zeroizing<Vec<u8>>);
+
+impl Plaintext {
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The secret as text, for keys that are headers (provider API keys are ASCII).
+    pub fn expose_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.0).ok()
+    }
+}
+
+impl std::fmt::Debug for Plaintext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Plaintext([redacted])")
+    }
+}
+
 /// Master keys by version. Debug prints versions only.
+#[derive(Clone)]
 pub struct Keyring {
     keys: BTreeMap<u32, XChaCha20Poly1305>,
     current: u32,
@@ -110,6 +132,21 @@ impl Keyring {
         self.keys.contains_key(&v)
     }
 
+    pub fn versions(&self) -> Vec<u32> {
+        self.keys.keys().copied().collect()
+    }
+
+    /// The same keys with another version sealing new writes.
+    pub fn with_current(&self, v: u32) -> Result<Keyring, KeyringError> {
+        if !self.keys.contains_key(&v) {
+            return Err(KeyringError::UnknownCurrent(v));
+        }
+        Ok(Keyring {
+            keys: self.keys.clone(),
+            current: v,
+        })
+    }
+
     /// Seals `plaintext` with the current master key, binding `aad`.
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
         let cipher = &self.keys[&self.current];
@@ -131,7 +168,7 @@ impl Keyring {
     }
 
     /// Opens a sealed value; the plaintext is zeroized when dropped.
-    pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyringError> {
+    pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Plaintext, KeyringError> {
         let version = sealed_version(sealed)?;
         let cipher = self
             .keys
@@ -147,7 +184,7 @@ impl Keyring {
                     aad,
                 },
             )
-            .map(Zeroizing::new)
+            .map(|p| Plaintext(Zeroizing::new(p)))
             .map_err(|_| KeyringError::Authentication)
     }
 }
@@ -194,7 +231,11 @@ mod tests {
         let a = k.seal(b"sk-secret", b"row-1");
         let b = k.seal(b"sk-secret", b"row-1");
         assert_ne!(a, b, "nonce must be random per encryption");
-        assert_eq!(k.open(&a, b"row-1").unwrap().as_slice(), b"sk-secret");
+        assert_eq!(k.open(&a, b"row-1").unwrap().expose(), b"sk-secret");
+        assert_eq!(
+            format!("{:?}", k.open(&a, b"row-1").unwrap()),
+            "Plaintext([redacted])"
+        );
     }
 
     #[test]
@@ -218,6 +259,7 @@ mod tests {
     fn every_flipped_bit_fails_closed() {
         let k = ring(&[(1, 1)], None);
         let sealed = k.seal(b"sk-secret", b"aad");
+        // Every bit of the nonce, the ciphertext and the tag.
         for i in 4..sealed.len() {
             for bit in [0u8, 7] {
                 let mut t = sealed.clone();
@@ -241,7 +283,7 @@ mod tests {
         assert_eq!(both.current_version(), 2);
         let s1 = old.seal(b"x", b"a");
         assert_eq!(sealed_version(&s1).unwrap(), 1);
-        assert_eq!(both.open(&s1, b"a").unwrap().as_slice(), b"x");
+        assert_eq!(both.open(&s1, b"a").unwrap().expose(), b"x");
         let s2 = both.seal(b"y", b"a");
         assert_eq!(sealed_version(&s2).unwrap(), 2);
         assert_eq!(

@@ -61,17 +61,28 @@ impl App {
                 pending.len()
             );
         }
-        let keyring = config.keyring.clone();
-        SnapshotHub::check_key_versions(&store, &keyring).await?;
-        let hash_secret = Arc::new(HashSecret::load_or_create(&store, &keyring).await?);
+        let vault = Arc::new(vault::Vault::new(
+            config.keyring.clone(),
+            config.master_key_file.clone(),
+        ));
+        vault.check_versions(&store).await?;
+        let hash_secret = Arc::new(HashSecret::load_or_create(&store, &vault.keyring()).await?);
         let store = store.with_audit_key(hash_secret.audit_key());
-        let hub = SnapshotHub::new(store.clone(), keyring.clone(), hash_secret.clone());
+        vault.sync(&store).await?;
+        let hub = SnapshotHub::new(store.clone(), vault.clone(), hash_secret.clone());
         hub.rebuild().await?;
         let tokens = Arc::new(TokenIssuer::new(
             secrecy::ExposeSecret::expose_secret(&config.jwt_secret),
             config.access_token_ttl,
         )?);
         let hasher = PasswordHasherPool::new(config.hash_cost, config.hash_concurrency)?;
+        // One process-wide crypto provider (ring) for the outbound client's rustls.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .context("building the outbound HTTP client")?;
         let counters = Arc::new(match &config.redis_url {
             Some(url) => limits::Counters::redis(url, &config.redis_prefix)
                 .context("redis_url: cannot create a Redis client")?,
@@ -98,7 +109,8 @@ impl App {
                 hub,
                 tokens,
                 hasher,
-                keyring,
+                vault,
+                http,
                 hash_secret,
                 login_guard: Arc::new(limits::LoginGuard::new(
                     counters.clone(),
@@ -178,6 +190,7 @@ impl App {
         // Other replicas may change the store; a periodic rebuild picks that up (and publishes
         // only when something changed).
         let hub = self.state.hub.clone();
+        let (vault, store) = (self.state.vault.clone(), self.state.store.clone());
         let refresh_stop = wait(stop_rx.clone());
         let refresh = tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -186,6 +199,9 @@ impl App {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
+                        if let Err(e) = vault.sync(&store).await {
+                            tracing::warn!(error = %e, "vault state sync failed");
+                        }
                         if let Err(e) = hub.rebuild().await {
                             tracing::warn!(error = %e, "periodic snapshot rebuild failed");
                         }
@@ -229,6 +245,44 @@ impl App {
         }
         outcome
     }
+}
+
+/// A master-key operation run from the command line.
+pub enum VaultOp {
+    Status,
+    Use(u32),
+    Rewrap(u64),
+    Retire(u32),
+}
+
+/// Runs a vault operation against the configured database, as the admin API would (same checks,
+/// same audit rows). Returns the resulting status as JSON.
+pub async fn vault_command(config: &Config, op: VaultOp) -> anyhow::Result<String> {
+    let store = Store::connect(&config.database_url).await?;
+    let vault = vault::Vault::new(config.keyring.clone(), config.master_key_file.clone());
+    vault.check_versions(&store).await?;
+    let hash_secret = HashSecret::load_or_create(&store, &vault.keyring()).await?;
+    let store = store.with_audit_key(hash_secret.audit_key());
+    vault.sync(&store).await?;
+    let actor = store::Actor {
+        user_id: None,
+        ip: "local".into(),
+        user_agent: "llmhub-control vault".into(),
+    };
+    match op {
+        VaultOp::Status => {}
+        VaultOp::Use(v) => vault.set_current(&store, v, &actor).await?,
+        VaultOp::Retire(v) => vault.retire(&store, v, &actor).await?,
+        VaultOp::Rewrap(batch) => {
+            anyhow::ensure!(vault.begin_rewrap(), "a re-wrap is already running");
+            let p = vault.run_rewrap(&store, batch.max(1), &actor).await?;
+            eprintln!(
+                "re-wrapped {} of {} (failed {})",
+                p.rewrapped, p.total, p.failed
+            );
+        }
+    }
+    Ok(serde_json::to_string_pretty(&vault.status(&store).await?)?)
 }
 
 /// The actor recorded for actions the process takes by itself (bootstrap).

@@ -39,6 +39,13 @@ enum Command {
         #[arg(long, default_value = "admin")]
         username: String,
     },
+    /// Master-key administration on the database directly (also available in the admin API).
+    Vault {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: VaultCommand,
+    },
     /// Print the admin API's endpoint table (method, path, access) as JSON.
     Routes,
     /// Print a new random master-key entry (`VERSION:BASE64`) for `LLMHUB_MASTER_KEYS`.
@@ -57,6 +64,21 @@ enum Command {
         #[arg(long)]
         exit_on_stdin_eof: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum VaultCommand {
+    /// Versions configured, current, retired, and sealed values per version.
+    Status,
+    /// Seal new writes with this version (it must be configured).
+    Use { version: u32 },
+    /// Re-seal every value not under the current version, in batches.
+    Rewrap {
+        #[arg(long, default_value_t = 100)]
+        batch: u64,
+    },
+    /// Retire a version no sealed value uses any more.
+    Retire { version: u32 },
 }
 
 #[derive(Subcommand)]
@@ -195,6 +217,26 @@ async fn async_main(command: Command) -> ExitCode {
             .await;
             match r {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
+        Command::Vault { config, command } => {
+            let config = match RawConfig::load(config.as_deref()).and_then(RawConfig::validate) {
+                Ok(c) => c,
+                Err(e) => return config_exit(e),
+            };
+            init_tracing(LogFormat::Text);
+            let op = match command {
+                VaultCommand::Status => llmhub_control::VaultOp::Status,
+                VaultCommand::Use { version } => llmhub_control::VaultOp::Use(version),
+                VaultCommand::Rewrap { batch } => llmhub_control::VaultOp::Rewrap(batch),
+                VaultCommand::Retire { version } => llmhub_control::VaultOp::Retire(version),
+            };
+            match llmhub_control::vault_command(&config, op).await {
+                Ok(out) => {
+                    println!("{out}");
+                    ExitCode::SUCCESS
+                }
                 Err(e) => fail(e),
             }
         }

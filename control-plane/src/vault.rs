@@ -54,7 +54,7 @@ impl HashSecret {
                 name: CLIENT_KEY_HASH_SECRET,
                 source,
             })?;
-        Ok(HashSecret(plain))
+        Ok(HashSecret(Zeroizing::new(plain.expose().to_vec())))
     }
 
     #[cfg(test)]
@@ -169,5 +169,425 @@ mod tests {
         assert_eq!(s1.fingerprint("sk-a"), s1.fingerprint("sk-a"));
         assert_ne!(s1.fingerprint("sk-a"), s2.fingerprint("sk-a"));
         assert!(!s1.fingerprint("sk-abc").contains("abc"));
+    }
+}
+
+// ---- the master keyring at run time: switching, reloading, re-wrapping, retiring ----
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::keyring::provider_key_aad;
+use crate::store::vault_rows::SealedRow;
+use crate::store::{Actor, AuditEvent};
+
+/// Sealed setting holding the vault's shared state (current version, retired versions), so every
+/// replica and the CLI agree.
+pub const VAULT_STATE: &str = "vault_state";
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultAdminError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct PersistedState {
+    current: u32,
+    retired: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RewrapProgress {
+    pub running: bool,
+    pub target_version: u32,
+    pub total: u64,
+    pub rewrapped: u64,
+    pub failed: u64,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VaultStatus {
+    pub versions: Vec<u32>,
+    pub current: u32,
+    pub retired: Vec<u32>,
+    /// Sealed values (provider keys and settings) per master-key version.
+    pub sealed_by_version: BTreeMap<u32, u64>,
+    /// Provider keys whose ciphertext failed to open at the last snapshot build.
+    pub unreadable_keys: Vec<String>,
+    pub rewrap: RewrapProgress,
+    /// Whether `reload` can pick up new keys (only when they come from `master_key_file`).
+    pub reloadable: bool,
+}
+
+/// The keyring as the running control plane uses it. Swapped whole on every change, so readers
+/// (snapshot builds, key writes) never see a half-updated keyring.
+pub struct Vault {
+    keyring: ArcSwap<Keyring>,
+    file: Option<PathBuf>,
+    retired: Mutex<BTreeSet<u32>>,
+    progress: Mutex<RewrapProgress>,
+    unreadable: Mutex<BTreeSet<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Vault {
+    pub fn new(keyring: Keyring, file: Option<PathBuf>) -> Self {
+        Vault {
+            keyring: ArcSwap::from_pointee(keyring),
+            file,
+            retired: Mutex::default(),
+            progress: Mutex::default(),
+            unreadable: Mutex::default(),
+        }
+    }
+
+    pub fn keyring(&self) -> Arc<Keyring> {
+        self.keyring.load_full()
+    }
+
+    /// Called by the snapshot build with the ids of keys that failed to open.
+    pub fn set_unreadable(&self, ids: BTreeSet<String>) {
+        *lock(&self.unreadable) = ids;
+    }
+
+    pub fn is_unreadable(&self, id: &str) -> bool {
+        lock(&self.unreadable).contains(id)
+    }
+
+    /// Refuses to run when any sealed row names a master-key version the keyring lacks: such a
+    /// row could never be opened, and the operator must restore the key rather than lose data.
+    pub async fn check_versions(&self, store: &Store) -> Result<(), VaultAdminError> {
+        let ring = self.keyring();
+        let missing: Vec<u32> = store
+            .sealed_counts()
+            .await?
+            .keys()
+            .copied()
+            .filter(|v| !ring.has_version(*v))
+            .collect();
+        if !missing.is_empty() {
+            return Err(VaultAdminError::Invalid(format!(
+                "stored secrets are sealed with master key version(s) {missing:?}, which are not configured"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Adopts the shared state (current version, retired versions) from the store.
+    pub async fn sync(&self, store: &Store) -> Result<(), VaultAdminError> {
+        let Some(row) = store.setting(VAULT_STATE).await? else {
+            return Ok(());
+        };
+        let ring = self.keyring();
+        let plain = ring
+            .open(&row.sealed, &setting_aad(VAULT_STATE))
+            .map_err(|e| VaultAdminError::Invalid(format!("vault state: {e}")))?;
+        let state: PersistedState = serde_json::from_slice(plain.expose())
+            .map_err(|e| VaultAdminError::Invalid(format!("vault state: {e}")))?;
+        if state.current != ring.current_version() {
+            match ring.with_current(state.current) {
+                Ok(next) => {
+                    tracing::info!(
+                        version = state.current,
+                        "adopting the shared current master key version"
+                    );
+                    self.keyring.store(Arc::new(next));
+                }
+                Err(_) => tracing::error!(
+                    version = state.current,
+                    "the shared current master key version is not configured here; keeping {}",
+                    ring.current_version()
+                ),
+            }
+        }
+        let retired: BTreeSet<u32> = state.retired.into_iter().collect();
+        *lock(&self.retired) = retired;
+        Ok(())
+    }
+
+    async fn persist(&self, store: &Store, audit: AuditEvent) -> Result<(), VaultAdminError> {
+        let ring = self.keyring();
+        let retired = lock(&self.retired).iter().copied().collect();
+        let state = PersistedState {
+            current: ring.current_version(),
+            retired,
+        };
+        let json = serde_json::to_vec(&state).unwrap_or_default();
+        let sealed = ring.seal(&json, &setting_aad(VAULT_STATE));
+        store
+            .put_setting(VAULT_STATE, sealed, ring.current_version(), Some(audit))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn status(&self, store: &Store) -> Result<VaultStatus, VaultAdminError> {
+        // Counted first: no lock is held across the await.
+        let sealed_by_version = store.sealed_counts().await?;
+        let ring = self.keyring();
+        let retired = lock(&self.retired).iter().copied().collect();
+        let unreadable_keys = lock(&self.unreadable).iter().cloned().collect();
+        let rewrap = lock(&self.progress).clone();
+        Ok(VaultStatus {
+            versions: ring.versions(),
+            current: ring.current_version(),
+            retired,
+            sealed_by_version,
+            unreadable_keys,
+            rewrap,
+            reloadable: self.file.is_some(),
+        })
+    }
+
+    /// Switches new writes to `version`.
+    pub async fn set_current(
+        &self,
+        store: &Store,
+        version: u32,
+        actor: &Actor,
+    ) -> Result<(), VaultAdminError> {
+        let retired = lock(&self.retired).contains(&version);
+        if retired {
+            return Err(VaultAdminError::Conflict(format!(
+                "version {version} is retired"
+            )));
+        }
+        let ring = self.keyring();
+        let from = ring.current_version();
+        let next = ring
+            .with_current(version)
+            .map_err(|e| VaultAdminError::Invalid(e.to_string()))?;
+        self.keyring.store(Arc::new(next));
+        let ev = AuditEvent::new(actor, "vault_current_changed", "vault")
+            .target(version.to_string())
+            .detail(serde_json::json!({"from": from, "to": version}));
+        self.persist(store, ev).await
+    }
+
+    /// Re-reads `master_key_file`. Refused when the new file lacks a version that sealed data (or
+    /// the current version) still needs.
+    pub async fn reload(&self, store: &Store, actor: &Actor) -> Result<Vec<u32>, VaultAdminError> {
+        let path = self.file.as_ref().ok_or_else(|| {
+            VaultAdminError::Invalid(
+                "master keys come from the environment; restart the control plane to change them"
+                    .into(),
+            )
+        })?;
+        let src =
+            Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                VaultAdminError::Invalid(format!("cannot read master_key_file: {e}"))
+            })?);
+        let current = self.keyring().current_version();
+        let next = Keyring::parse(&src, Some(current)).map_err(|e| {
+            VaultAdminError::Conflict(format!(
+                "master_key_file: {e} (the current version must stay)"
+            ))
+        })?;
+        let needed: Vec<u32> = store
+            .sealed_counts()
+            .await?
+            .keys()
+            .copied()
+            .filter(|v| !next.has_version(*v))
+            .collect();
+        if !needed.is_empty() {
+            return Err(VaultAdminError::Conflict(format!(
+                "master_key_file lacks version(s) {needed:?} that stored secrets still use"
+            )));
+        }
+        let versions = next.versions();
+        self.keyring.store(Arc::new(next));
+        let ev = AuditEvent::new(actor, "vault_reloaded", "vault")
+            .detail(serde_json::json!({"versions": versions}));
+        store.audit(ev).await?;
+        Ok(versions)
+    }
+
+    /// Retires `version`: refused while anything is still sealed with it or it is current.
+    pub async fn retire(
+        &self,
+        store: &Store,
+        version: u32,
+        actor: &Actor,
+    ) -> Result<(), VaultAdminError> {
+        if self.keyring().current_version() == version {
+            return Err(VaultAdminError::Conflict(format!(
+                "version {version} is current; switch new writes to another version first"
+            )));
+        }
+        let in_use = store
+            .sealed_counts()
+            .await?
+            .get(&version)
+            .copied()
+            .unwrap_or(0);
+        if in_use > 0 {
+            return Err(VaultAdminError::Conflict(format!(
+                "{in_use} sealed value(s) still use version {version}; re-wrap them first"
+            )));
+        }
+        {
+            lock(&self.retired).insert(version);
+        }
+        let ev =
+            AuditEvent::new(actor, "vault_version_retired", "vault").target(version.to_string());
+        self.persist(store, ev).await
+    }
+
+    /// Starts a re-wrap unless one is running; returns false when one already is.
+    pub fn begin_rewrap(&self) -> bool {
+        let mut p = lock(&self.progress);
+        if p.running {
+            return false;
+        }
+        *p = RewrapProgress {
+            running: true,
+            target_version: self.keyring().current_version(),
+            started_at: Some(Utc::now()),
+            ..Default::default()
+        };
+        true
+    }
+
+    /// Re-seals every value not under the current version, `batch` rows at a time, while the
+    /// control plane keeps serving. Each row is swapped only if its ciphertext did not change in
+    /// between. Call after [`Vault::begin_rewrap`] returned true.
+    pub async fn run_rewrap(
+        &self,
+        store: &Store,
+        batch: u64,
+        actor: &Actor,
+    ) -> Result<RewrapProgress, VaultAdminError> {
+        let result = self.rewrap_rows(store, batch, actor).await;
+        let mut p = lock(&self.progress);
+        p.running = false;
+        p.finished_at = Some(Utc::now());
+        let snapshot = p.clone();
+        drop(p);
+        result.map(|()| snapshot)
+    }
+
+    async fn rewrap_rows(
+        &self,
+        store: &Store,
+        batch: u64,
+        actor: &Actor,
+    ) -> Result<(), VaultAdminError> {
+        let ring = self.keyring();
+        let target = ring.current_version();
+        let total: u64 = store
+            .sealed_counts()
+            .await?
+            .iter()
+            .filter(|(v, _)| **v != target)
+            .map(|(_, n)| *n)
+            .sum();
+        lock(&self.progress).total = total;
+        store
+            .audit(
+                AuditEvent::new(actor, "vault_rewrap_started", "vault")
+                    .target(target.to_string())
+                    .detail(serde_json::json!({"rows": total})),
+            )
+            .await?;
+        let mut failed_ids: BTreeSet<String> = BTreeSet::new();
+        loop {
+            let rows = store
+                .rows_not_under(target, batch + failed_ids.len() as u64)
+                .await?;
+            let mut progressed = false;
+            for row in rows {
+                let (id, swapped) = match &row {
+                    SealedRow::ProviderKey(k) => {
+                        if failed_ids.contains(&k.id) {
+                            continue;
+                        }
+                        let aad =
+                            provider_key_aad(&k.id, k.owner_user_id.as_deref(), &k.provider_id);
+                        match ring.open(&k.sealed, &aad) {
+                            Ok(plain) => {
+                                let fresh = ring.seal(plain.expose(), &aad);
+                                (
+                                    k.id.clone(),
+                                    Some(
+                                        store
+                                            .swap_provider_key_sealed(
+                                                &k.id, &k.sealed, fresh, target,
+                                            )
+                                            .await?,
+                                    ),
+                                )
+                            }
+                            Err(e) => {
+                                tracing::error!(key_id = %k.id, error = %e, "cannot open provider key for re-wrap");
+                                (k.id.clone(), None)
+                            }
+                        }
+                    }
+                    SealedRow::Setting(s) => {
+                        let key = format!("setting:{}", s.name);
+                        if failed_ids.contains(&key) {
+                            continue;
+                        }
+                        let aad = setting_aad(&s.name);
+                        match ring.open(&s.sealed, &aad) {
+                            Ok(plain) => {
+                                let fresh = ring.seal(plain.expose(), &aad);
+                                (
+                                    key,
+                                    Some(
+                                        store
+                                            .swap_setting_sealed(&s.name, &s.sealed, fresh, target)
+                                            .await?,
+                                    ),
+                                )
+                            }
+                            Err(e) => {
+                                tracing::error!(setting = %s.name, error = %e, "cannot open setting for re-wrap");
+                                (key, None)
+                            }
+                        }
+                    }
+                };
+                match swapped {
+                    Some(true) => {
+                        lock(&self.progress).rewrapped += 1;
+                        progressed = true;
+                    }
+                    // Changed under us: the next batch reads it again.
+                    Some(false) => progressed = true,
+                    None => {
+                        lock(&self.progress).failed += 1;
+                        failed_ids.insert(id);
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        let p = lock(&self.progress).clone();
+        store
+            .audit(
+                AuditEvent::new(actor, "vault_rewrap_finished", "vault")
+                    .target(target.to_string())
+                    .detail(serde_json::json!({"rewrapped": p.rewrapped, "failed": p.failed})),
+            )
+            .await?;
+        Ok(())
     }
 }

@@ -320,10 +320,18 @@ impl ControlPlane {
                 .arg(&certs),
         )
         .await?;
-        let master = format!("1:{}", base64_32(7));
+        let master = master_entry(1);
+        // `# master-file` in `extra`: keys come from a file the test can rewrite (and reload).
+        let keys_line = if extra.contains("# master-file") {
+            let path = dir.path().join("master.key");
+            std::fs::write(&path, format!("{master}\n"))?;
+            format!("master_key_file = {path:?}")
+        } else {
+            format!("master_keys = {master:?}")
+        };
         let mut config = format!(
             "database_url = {:?}\nadmin_listen = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\n\
-             tls_ca_cert = {:?}\ntls_cert = {:?}\ntls_key = {:?}\nmaster_keys = {master:?}\n\
+             tls_ca_cert = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n{keys_line}\n\
              jwt_secret = {JWT_SECRET:?}\n",
             db.url,
             certs.join("ca.pem"),
@@ -457,6 +465,15 @@ impl ControlPlane {
         let r = self.login(username, password).await?;
         anyhow::ensure!(r.status() == 200, "login {username}: {}", r.status());
         Ok(r.json().await?)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("control.toml")
+    }
+
+    /// The master-key file (with `# master-file`).
+    pub fn master_file(&self) -> PathBuf {
+        self.dir.path().join("master.key")
     }
 
     pub fn certs(&self) -> PathBuf {
@@ -601,9 +618,14 @@ fn clear_llmhub_env(cmd: &mut Command) {
     cmd.env("RUST_LOG", "info");
 }
 
-fn base64_32(byte: u8) -> String {
+/// The test master key of a version: `VERSION:BASE64` of 32 bytes derived from the version.
+pub fn master_entry(version: u8) -> String {
     use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode([byte; 32])
+    format!(
+        "{version}:{}",
+        base64::engine::general_purpose::STANDARD
+            .encode([version.wrapping_mul(37).wrapping_add(7); 32])
+    )
 }
 
 pub struct Proxy {

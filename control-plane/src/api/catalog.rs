@@ -7,10 +7,9 @@ use serde_json::{Value, json};
 
 use super::{AdminUser, ApiError, ApiJson, AppState, AuthUser, valid_name};
 use crate::auth::Role;
-use crate::keyring::provider_key_aad;
-use crate::store::entities::{client_keys, provider_keys, providers};
-use crate::store::{AuditEvent, NewClientKey, NewProviderKey, NewRouteTarget, parse_list};
-use crate::vault::{generate_client_key, mask};
+use crate::store::entities::{client_keys, providers};
+use crate::store::{AuditEvent, NewClientKey, NewRouteTarget, parse_list};
+use crate::vault::generate_client_key;
 
 fn provider_view(p: &providers::Model) -> Value {
     json!({
@@ -45,7 +44,7 @@ pub(super) struct CreateProvider {
     request_timeout_ms: Option<u32>,
 }
 
-fn yes() -> bool {
+pub(super) fn yes() -> bool {
     true
 }
 
@@ -137,149 +136,6 @@ pub(super) async fn update_provider(
         .await?;
     s.hub.rebuild().await?;
     Ok(Json(provider_view(&p)))
-}
-
-/// The only view of a provider key the API ever returns: no plaintext, no ciphertext.
-fn key_view(k: &provider_keys::Model) -> Value {
-    json!({
-        "id": k.id, "provider_id": k.provider_id,
-        "owner": k.owner_user_id.as_deref().map_or("shared", |_| "user"),
-        "owner_user_id": k.owner_user_id,
-        "masked": k.mask, "fingerprint": k.fingerprint, "label": k.label,
-        "weight": k.weight, "allowed_models": parse_list(&k.allowed_models),
-        "state": k.state, "last_used_at": k.last_used_at, "last_error_class": k.last_error_class,
-        "created_at": k.created_at,
-    })
-}
-
-fn visible_to(user: &AuthUser, k: &provider_keys::Model) -> bool {
-    user.role == Role::Admin || k.owner_user_id.as_deref() == Some(user.id.as_str())
-}
-
-pub(super) async fn list_provider_keys(
-    State(s): State<AppState>,
-    user: AuthUser,
-    Path(provider_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    s.store.provider(&provider_id).await?;
-    let list: Vec<Value> = s
-        .store
-        .provider_keys_of(&provider_id)
-        .await?
-        .iter()
-        .filter(|k| visible_to(&user, k))
-        .map(key_view)
-        .collect();
-    Ok(Json(json!({ "data": list })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct AddProviderKey {
-    key: secrecy::SecretString,
-    #[serde(default)]
-    label: String,
-    weight: Option<u32>,
-    #[serde(default)]
-    allowed_models: Vec<String>,
-    /// Put the key into the shared pool (admins only) instead of the caller's own pool.
-    #[serde(default)]
-    shared: bool,
-}
-
-pub(super) async fn add_provider_key(
-    State(s): State<AppState>,
-    user: AuthUser,
-    Path(provider_id): Path<String>,
-    ApiJson(body): ApiJson<AddProviderKey>,
-) -> Result<(http::StatusCode, Json<Value>), ApiError> {
-    let provider = s.store.provider(&provider_id).await?;
-    let key = secrecy::ExposeSecret::expose_secret(&body.key).trim();
-    // Validation messages never quote the key.
-    if key.len() < 8 || key.len() > 512 {
-        return Err(ApiError::BadRequest("key: must be 8-512 characters".into()));
-    }
-    if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(ApiError::BadRequest(
-            "key: must not contain whitespace or control characters".into(),
-        ));
-    }
-    if body.label.len() > 128 {
-        return Err(ApiError::BadRequest("label: at most 128 characters".into()));
-    }
-    let weight = body.weight.unwrap_or(1);
-    if !(1..=1000).contains(&weight) {
-        return Err(ApiError::BadRequest(
-            "weight: must be between 1 and 1000".into(),
-        ));
-    }
-    if body.allowed_models.len() > 256 || !body.allowed_models.iter().all(|m| valid_name(m, 128)) {
-        return Err(ApiError::BadRequest(
-            "allowed_models: up to 256 model names".into(),
-        ));
-    }
-    if body.shared && user.role != Role::Admin {
-        return Err(ApiError::Forbidden);
-    }
-    let owner = (!body.shared).then(|| user.id.clone());
-    let fingerprint = s.hash_secret.fingerprint(key);
-    let duplicate = s
-        .store
-        .provider_keys_of(&provider.id)
-        .await?
-        .iter()
-        .any(|k| k.fingerprint == fingerprint && k.owner_user_id == owner);
-    if duplicate {
-        return Err(ApiError::Conflict(format!(
-            "this key is already stored for this provider (fingerprint {fingerprint})"
-        )));
-    }
-    let id = uuid::Uuid::new_v4().to_string();
-    let sealed = s.keyring.seal(
-        key.as_bytes(),
-        &provider_key_aad(&id, owner.as_deref(), &provider.id),
-    );
-    let row = s
-        .store
-        .insert_provider_key(
-            NewProviderKey {
-                id,
-                provider_id: provider.id,
-                owner_user_id: owner,
-                sealed,
-                key_version: s.keyring.current_version(),
-                fingerprint,
-                mask: mask(key),
-                label: body.label,
-                weight,
-                allowed_models: body.allowed_models,
-            },
-            AuditEvent::new(&user.actor(), "provider_key_created", "provider_key"),
-        )
-        .await?;
-    tracing::info!(event = "provider_key_created", key_id = %row.id, fingerprint = %row.fingerprint, "provider key stored");
-    s.hub.rebuild().await?;
-    Ok((http::StatusCode::CREATED, Json(key_view(&row))))
-}
-
-/// Deletes a provider key: the owner's own key, or (admins) any key. Anyone else gets 404.
-pub(super) async fn delete_provider_key(
-    State(s): State<AppState>,
-    user: AuthUser,
-    Path((provider_id, key_id)): Path<(String, String)>,
-) -> Result<http::StatusCode, ApiError> {
-    let key = s.store.provider_key(&key_id).await?;
-    if key.provider_id != provider_id || !visible_to(&user, &key) {
-        return Err(ApiError::NotFound);
-    }
-    s.store
-        .delete_provider_key(
-            &key_id,
-            AuditEvent::new(&user.actor(), "provider_key_deleted", "provider_key"),
-        )
-        .await?;
-    s.hub.rebuild().await?;
-    Ok(http::StatusCode::NO_CONTENT)
 }
 
 fn client_key_view(k: &client_keys::Model) -> Value {

@@ -8,9 +8,11 @@
 mod audit;
 mod catalog;
 mod error;
+mod keys;
 pub mod serve;
 mod session;
 mod users;
+mod vault;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,7 +33,6 @@ pub use error::{ApiError, ApiJson};
 use crate::auth::{PasswordHasherPool, Role, TokenIssuer};
 use crate::config::Registration;
 use crate::grpc::SnapshotHub;
-use crate::keyring::Keyring;
 use crate::limits::{LoginGuard, RateLimiter};
 use crate::store::{Actor, Store};
 use crate::vault::HashSecret;
@@ -45,7 +46,9 @@ pub struct AppState {
     pub hub: Arc<SnapshotHub>,
     pub tokens: Arc<TokenIssuer>,
     pub hasher: PasswordHasherPool,
-    pub keyring: Arc<Keyring>,
+    pub vault: Arc<crate::vault::Vault>,
+    /// Outbound client for key tests.
+    pub http: reqwest::Client,
     pub hash_secret: Arc<HashSecret>,
     pub login_guard: Arc<LoginGuard>,
     pub limiter: Arc<RateLimiter>,
@@ -129,15 +132,44 @@ fn endpoints() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         ),
         (
             ep("GET", "/api/v1/providers/{id}/keys", User),
-            get(catalog::list_provider_keys),
+            get(keys::list),
         ),
         (
             ep("POST", "/api/v1/providers/{id}/keys", User),
-            post(catalog::add_provider_key),
+            post(keys::add),
+        ),
+        (
+            ep("POST", "/api/v1/providers/{id}/keys/import", User),
+            post(keys::import),
+        ),
+        (
+            ep("PATCH", "/api/v1/providers/{id}/keys/{key_id}", User),
+            patch(keys::update),
         ),
         (
             ep("DELETE", "/api/v1/providers/{id}/keys/{key_id}", User),
-            delete(catalog::delete_provider_key),
+            delete(keys::delete),
+        ),
+        (
+            ep("POST", "/api/v1/providers/{id}/keys/{key_id}/test", User),
+            post(keys::test),
+        ),
+        (ep("GET", "/api/v1/vault", Admin), get(vault::status)),
+        (
+            ep("POST", "/api/v1/vault/current", Admin),
+            post(vault::set_current),
+        ),
+        (
+            ep("POST", "/api/v1/vault/reload", Admin),
+            post(vault::reload),
+        ),
+        (
+            ep("POST", "/api/v1/vault/rewrap", Admin),
+            post(vault::rewrap),
+        ),
+        (
+            ep("POST", "/api/v1/vault/retire", Admin),
+            post(vault::retire),
         ),
         (
             ep("GET", "/api/v1/client-keys", User),

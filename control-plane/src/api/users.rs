@@ -11,12 +11,13 @@ use super::session::validate_new_account;
 use super::{AdminUser, ApiError, ApiJson, AppState};
 use crate::auth::Role;
 use crate::store::entities::users;
-use crate::store::{AuditEvent, NewUser};
+use crate::store::{AuditEvent, NewUser, UserChange};
 
 fn view(u: &users::Model) -> Value {
     json!({
         "id": u.id, "username": u.username, "email": u.email, "role": u.role,
-        "status": u.status, "created_at": u.created_at, "updated_at": u.updated_at,
+        "status": u.status, "shared_pool_access": u.shared_pool_access,
+        "created_at": u.created_at, "updated_at": u.updated_at,
     })
 }
 
@@ -77,6 +78,8 @@ pub(super) struct UpdateUser {
     role: Option<String>,
     /// `active` (also approves a pending registration) or `disabled`.
     status: Option<String>,
+    /// Whether the user's requests may draw on the shared key pool.
+    shared_pool_access: Option<bool>,
 }
 
 /// Refuses a change that would leave no active admin.
@@ -115,9 +118,9 @@ pub(super) async fn update(
             ));
         }
     };
-    if role.is_none() && status.is_none() {
+    if role.is_none() && status.is_none() && body.shared_pool_access.is_none() {
         return Err(ApiError::BadRequest(
-            "nothing to change: give role and/or status".into(),
+            "nothing to change: give role, status and/or shared_pool_access".into(),
         ));
     }
     let new_role = role.map_or(target.role.clone(), |r| r.as_str().to_owned());
@@ -128,14 +131,18 @@ pub(super) async fn update(
         (false, Some("disabled")) => "user_disabled",
         (false, Some("active")) if target.status == "pending" => "user_approved",
         (false, Some("active")) => "user_enabled",
+        _ if body.shared_pool_access.is_some() => "user_shared_pool_changed",
         _ => "user_updated",
     };
     let updated = s
         .store
         .update_user(
             &id,
-            role.map(Role::as_str),
-            status,
+            UserChange {
+                role: role.map(Role::as_str),
+                status,
+                shared_pool_access: body.shared_pool_access,
+            },
             AuditEvent::new(&admin.actor(), action, "user"),
         )
         .await?;

@@ -27,6 +27,8 @@ pub mod users {
         /// Bumped on password change, role change and disabling: access tokens carry the version
         /// they were issued under and stop working when it moves.
         pub token_version: i32,
+        /// Whether this user's requests may use the admin-managed shared key pool.
+        pub shared_pool_access: bool,
     }
     no_relations!();
 }
@@ -152,6 +154,11 @@ pub mod provider_keys {
         pub last_error_class: Option<String>,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
+        /// Requests and tokens per minute this key may take (enforced by the routing issue).
+        pub rpm_limit: Option<i32>,
+        pub tpm_limit: Option<i32>,
+        pub last_tested_at: Option<DateTimeUtc>,
+        pub last_test_result: Option<String>,
     }
     no_relations!();
 }

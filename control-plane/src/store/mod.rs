@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod entities;
 pub mod sessions;
+pub mod vault_rows;
 
 pub use audit::{Actor, AuditEvent, AuditFilter, AuditKey, VerifyReport};
 
@@ -61,6 +62,27 @@ pub struct NewProviderKey {
     pub label: String,
     pub weight: u32,
     pub allowed_models: Vec<String>,
+    pub rpm_limit: Option<u32>,
+    pub tpm_limit: Option<u32>,
+}
+
+/// Fields an admin may change on a user; `None` leaves a field as it is.
+#[derive(Default)]
+pub struct UserChange<'a> {
+    pub role: Option<&'a str>,
+    pub status: Option<&'a str>,
+    pub shared_pool_access: Option<bool>,
+}
+
+/// Fields an owner may change on a provider key; `None` leaves a field as it is.
+#[derive(Default)]
+pub struct KeyChange {
+    pub label: Option<String>,
+    pub weight: Option<u32>,
+    pub allowed_models: Option<Vec<String>>,
+    /// `Some(None)` removes the limit.
+    pub rpm_limit: Option<Option<u32>>,
+    pub tpm_limit: Option<Option<u32>>,
 }
 
 pub struct NewUser {
@@ -96,6 +118,10 @@ pub struct RouteWithTargets {
 
 pub(crate) fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
+}
+
+fn clamp_i32(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
 }
 
 fn json_list(v: &[String]) -> String {
@@ -182,6 +208,7 @@ impl Store {
             created_at: Set(now),
             updated_at: Set(now),
             token_version: Set(0),
+            shared_pool_access: Set(true),
         };
         let txn = self.begin().await?;
         let user = users::Entity::insert(m)
@@ -231,10 +258,14 @@ impl Store {
     pub async fn update_user(
         &self,
         id: &str,
-        role: Option<&str>,
-        status: Option<&str>,
+        change: UserChange<'_>,
         audit: AuditEvent,
     ) -> Result<users::Model> {
+        let UserChange {
+            role,
+            status,
+            shared_pool_access,
+        } = change;
         let txn = self.begin().await?;
         let user = users::Entity::find_by_id(id.to_owned())
             .one(&txn)
@@ -247,6 +278,9 @@ impl Store {
         if let Some(st) = status {
             m.status = Set(st.to_owned());
         }
+        if let Some(shared) = shared_pool_access {
+            m.shared_pool_access = Set(shared);
+        }
         m.token_version = Set(user.token_version + 1);
         m.updated_at = Set(Utc::now());
         let updated = users::Entity::update(m).exec(&txn).await?;
@@ -255,6 +289,7 @@ impl Store {
             "username": updated.username,
             "role": {"from": user.role, "to": updated.role},
             "status": {"from": user.status, "to": updated.status},
+            "shared_pool_access": {"from": user.shared_pool_access, "to": updated.shared_pool_access},
         }));
         self.commit_audited(txn, ev).await?;
         Ok(updated)
@@ -403,6 +438,10 @@ impl Store {
             last_error_class: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
+            rpm_limit: Set(k.rpm_limit.map(clamp_i32)),
+            tpm_limit: Set(k.tpm_limit.map(clamp_i32)),
+            last_tested_at: Set(None),
+            last_test_result: Set(None),
         };
         let txn = self.begin().await?;
         let row = provider_keys::Entity::insert(m)
@@ -421,6 +460,75 @@ impl Store {
             .one(&self.db)
             .await?
             .ok_or(StoreError::NotFound)
+    }
+
+    pub async fn update_provider_key(
+        &self,
+        id: &str,
+        change: KeyChange,
+        audit: AuditEvent,
+    ) -> Result<provider_keys::Model> {
+        let txn = self.begin().await?;
+        let row = provider_keys::Entity::find_by_id(id.to_owned())
+            .one(&txn)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let mut m: provider_keys::ActiveModel = row.into();
+        let mut changed = Vec::new();
+        if let Some(l) = change.label {
+            m.label = Set(l);
+            changed.push("label");
+        }
+        if let Some(w) = change.weight {
+            m.weight = Set(clamp_i32(w));
+            changed.push("weight");
+        }
+        if let Some(models) = change.allowed_models {
+            m.allowed_models = Set(json_list(&models));
+            changed.push("allowed_models");
+        }
+        if let Some(r) = change.rpm_limit {
+            m.rpm_limit = Set(r.map(clamp_i32));
+            changed.push("rpm_limit");
+        }
+        if let Some(t) = change.tpm_limit {
+            m.tpm_limit = Set(t.map(clamp_i32));
+            changed.push("tpm_limit");
+        }
+        m.updated_at = Set(Utc::now());
+        let row = provider_keys::Entity::update(m).exec(&txn).await?;
+        let ev = audit.target(id).detail(serde_json::json!({
+            "fingerprint": row.fingerprint, "changed": changed,
+        }));
+        self.commit_audited(txn, ev).await?;
+        Ok(row)
+    }
+
+    /// Records the outcome of a key test (and its audit row).
+    pub async fn record_key_test(
+        &self,
+        id: &str,
+        result: &str,
+        error_class: Option<&str>,
+        audit: AuditEvent,
+    ) -> Result<provider_keys::Model> {
+        let txn = self.begin().await?;
+        let row = provider_keys::Entity::find_by_id(id.to_owned())
+            .one(&txn)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let mut m: provider_keys::ActiveModel = row.into();
+        m.last_tested_at = Set(Some(Utc::now()));
+        m.last_test_result = Set(Some(result.chars().take(32).collect()));
+        if let Some(c) = error_class {
+            m.last_error_class = Set(Some(c.to_owned()));
+        }
+        let row = provider_keys::Entity::update(m).exec(&txn).await?;
+        let ev = audit.target(id).detail(serde_json::json!({
+            "fingerprint": row.fingerprint, "result": result,
+        }));
+        self.commit_audited(txn, ev).await?;
+        Ok(row)
     }
 
     pub async fn delete_provider_key(&self, id: &str, audit: AuditEvent) -> Result<()> {

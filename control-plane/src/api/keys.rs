@@ -1,0 +1,506 @@
+//! Provider keys: the user's own pool and the admin-managed shared pool. Add (one or many), list,
+//! update, test and delete. No response, error message or audit row ever carries a key: only its
+//! mask (at most the last four characters) and keyed fingerprint.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use http::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiJson, AppState, AuthUser, valid_name};
+use crate::auth::Role;
+use crate::keyring::provider_key_aad;
+use crate::store::entities::{provider_keys, providers};
+use crate::store::{AuditEvent, KeyChange, NewProviderKey, parse_list};
+use crate::vault::mask;
+
+/// Most keys accepted by one import.
+const MAX_IMPORT: usize = 1000;
+
+/// The only view of a provider key the API ever returns: no plaintext, no ciphertext.
+fn key_view(s: &AppState, k: &provider_keys::Model) -> Value {
+    let state = if s.vault.is_unreadable(&k.id) {
+        "unreadable"
+    } else {
+        k.state.as_str()
+    };
+    json!({
+        "id": k.id, "provider_id": k.provider_id,
+        "pool": k.owner_user_id.as_deref().map_or("shared", |_| "user"),
+        "owner_user_id": k.owner_user_id,
+        "masked": k.mask, "fingerprint": k.fingerprint, "label": k.label,
+        "weight": k.weight, "allowed_models": parse_list(&k.allowed_models),
+        "rpm_limit": k.rpm_limit, "tpm_limit": k.tpm_limit,
+        "state": state, "key_version": k.key_version,
+        "last_used_at": k.last_used_at, "last_error_class": k.last_error_class,
+        "last_tested_at": k.last_tested_at, "last_test_result": k.last_test_result,
+        "created_at": k.created_at, "updated_at": k.updated_at,
+    })
+}
+
+/// Users see their own keys; admins see every key (the shared pool is theirs to manage).
+fn visible_to(user: &AuthUser, k: &provider_keys::Model) -> bool {
+    user.role == Role::Admin || k.owner_user_id.as_deref() == Some(user.id.as_str())
+}
+
+/// The key, if the caller may see it and it belongs to `provider_id`; 404 otherwise.
+async fn owned_key(
+    s: &AppState,
+    user: &AuthUser,
+    provider_id: &str,
+    key_id: &str,
+) -> Result<provider_keys::Model, ApiError> {
+    let key = s.store.provider_key(key_id).await?;
+    if key.provider_id != provider_id || !visible_to(user, &key) {
+        return Err(ApiError::NotFound);
+    }
+    Ok(key)
+}
+
+/// Checks a key's shape for its provider. Messages describe the expected form, never the key.
+pub(crate) fn validate_key_format(kind: &str, key: &str) -> Result<(), String> {
+    if key.len() < 8 || key.len() > 512 {
+        return Err("key: must be 8-512 characters".into());
+    }
+    if !key.chars().all(|c| c.is_ascii_graphic()) {
+        return Err("key: must be printable ASCII without spaces".into());
+    }
+    let ok = match kind {
+        "openai" => key.starts_with("sk-") && key.len() >= 20,
+        "anthropic" => key.starts_with("sk-ant-") && key.len() >= 20,
+        "gemini" => key.starts_with("AIza") && key.len() == 39,
+        "azure-openai" => key.len() == 32 && key.chars().all(|c| c.is_ascii_hexdigit()),
+        _ => true,
+    };
+    if !ok {
+        let expected = match kind {
+            "openai" => "an OpenAI key starts with sk- and has at least 20 characters",
+            "anthropic" => "an Anthropic key starts with sk-ant-",
+            "gemini" => "a Gemini key starts with AIza and has 39 characters",
+            "azure-openai" => "an Azure OpenAI key is 32 hexadecimal characters",
+            _ => "unexpected key format",
+        };
+        return Err(format!("key: not in this provider's format ({expected})"));
+    }
+    Ok(())
+}
+
+pub(super) async fn list(
+    State(s): State<AppState>,
+    user: AuthUser,
+    Path(provider_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    s.store.provider(&provider_id).await?;
+    let list: Vec<Value> = s
+        .store
+        .provider_keys_of(&provider_id)
+        .await?
+        .iter()
+        .filter(|k| visible_to(&user, k))
+        .map(|k| key_view(&s, k))
+        .collect();
+    Ok(Json(json!({ "data": list })))
+}
+
+/// Settings shared by a single add and an import.
+struct KeyOptions {
+    label: String,
+    weight: u32,
+    allowed_models: Vec<String>,
+    rpm_limit: Option<u32>,
+    tpm_limit: Option<u32>,
+    owner: Option<String>,
+}
+
+fn check_options(
+    label: &str,
+    weight: u32,
+    allowed_models: &[String],
+    rpm: Option<u32>,
+    tpm: Option<u32>,
+) -> Result<(), ApiError> {
+    if label.chars().count() > 128 {
+        return Err(ApiError::BadRequest("label: at most 128 characters".into()));
+    }
+    if !(1..=1000).contains(&weight) {
+        return Err(ApiError::BadRequest(
+            "weight: must be between 1 and 1000".into(),
+        ));
+    }
+    if allowed_models.len() > 256 || !allowed_models.iter().all(|m| valid_name(m, 128)) {
+        return Err(ApiError::BadRequest(
+            "allowed_models: up to 256 model names".into(),
+        ));
+    }
+    if rpm == Some(0) || tpm == Some(0) {
+        return Err(ApiError::BadRequest(
+            "rpm_limit/tpm_limit: must be at least 1 (omit for none)".into(),
+        ));
+    }
+    Ok(())
+}
+
+enum Added {
+    Created(Box<provider_keys::Model>),
+    Duplicate(String),
+    Invalid(String),
+}
+
+/// Validates, seals and stores one key. `seen` holds (owner, fingerprint) pairs already stored or
+/// earlier in the same import, for duplicate detection.
+async fn add_one(
+    s: &AppState,
+    user: &AuthUser,
+    provider: &providers::Model,
+    key: &str,
+    opts: &KeyOptions,
+    seen: &mut HashSet<(Option<String>, String)>,
+) -> Result<Added, ApiError> {
+    if let Err(msg) = validate_key_format(&provider.kind, key) {
+        return Ok(Added::Invalid(msg));
+    }
+    let fingerprint = s.hash_secret.fingerprint(key);
+    if !seen.insert((opts.owner.clone(), fingerprint.clone())) {
+        return Ok(Added::Duplicate(fingerprint));
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let ring = s.vault.keyring();
+    let sealed = ring.seal(
+        key.as_bytes(),
+        &provider_key_aad(&id, opts.owner.as_deref(), &provider.id),
+    );
+    let row = s
+        .store
+        .insert_provider_key(
+            NewProviderKey {
+                id,
+                provider_id: provider.id.clone(),
+                owner_user_id: opts.owner.clone(),
+                sealed,
+                key_version: ring.current_version(),
+                fingerprint,
+                mask: mask(key),
+                label: opts.label.clone(),
+                weight: opts.weight,
+                allowed_models: opts.allowed_models.clone(),
+                rpm_limit: opts.rpm_limit,
+                tpm_limit: opts.tpm_limit,
+            },
+            AuditEvent::new(&user.actor(), "provider_key_created", "provider_key"),
+        )
+        .await?;
+    tracing::info!(key_id = %row.id, fingerprint = %row.fingerprint, "provider key stored");
+    Ok(Added::Created(Box::new(row)))
+}
+
+async fn existing_fingerprints(
+    s: &AppState,
+    provider_id: &str,
+) -> Result<HashSet<(Option<String>, String)>, ApiError> {
+    Ok(s.store
+        .provider_keys_of(provider_id)
+        .await?
+        .into_iter()
+        .map(|k| (k.owner_user_id, k.fingerprint))
+        .collect())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AddKey {
+    key: SecretString,
+    #[serde(default)]
+    label: String,
+    weight: Option<u32>,
+    #[serde(default)]
+    allowed_models: Vec<String>,
+    rpm_limit: Option<u32>,
+    tpm_limit: Option<u32>,
+    /// Put the key into the shared pool (admins only) instead of the caller's own pool.
+    #[serde(default)]
+    shared: bool,
+}
+
+pub(super) async fn add(
+    State(s): State<AppState>,
+    user: AuthUser,
+    Path(provider_id): Path<String>,
+    ApiJson(body): ApiJson<AddKey>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let provider = s.store.provider(&provider_id).await?;
+    if body.shared && user.role != Role::Admin {
+        return Err(ApiError::Forbidden);
+    }
+    let weight = body.weight.unwrap_or(1);
+    check_options(
+        &body.label,
+        weight,
+        &body.allowed_models,
+        body.rpm_limit,
+        body.tpm_limit,
+    )?;
+    let opts = KeyOptions {
+        label: body.label,
+        weight,
+        allowed_models: body.allowed_models,
+        rpm_limit: body.rpm_limit,
+        tpm_limit: body.tpm_limit,
+        owner: (!body.shared).then(|| user.id.clone()),
+    };
+    let mut seen = existing_fingerprints(&s, &provider.id).await?;
+    let key = body.key.expose_secret().trim();
+    match add_one(&s, &user, &provider, key, &opts, &mut seen).await? {
+        Added::Created(row) => {
+            s.hub.rebuild().await?;
+            Ok((StatusCode::CREATED, Json(key_view(&s, &row))))
+        }
+        Added::Duplicate(fp) => Err(ApiError::Conflict(format!(
+            "this key is already stored for this provider (fingerprint {fp})"
+        ))),
+        Added::Invalid(msg) => Err(ApiError::BadRequest(msg)),
+    }
+}
+
+/// Keys as one newline-separated string or a list.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum KeyList {
+    Text(SecretString),
+    Many(Vec<SecretString>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ImportKeys {
+    keys: KeyList,
+    #[serde(default)]
+    label: String,
+    weight: Option<u32>,
+    #[serde(default)]
+    allowed_models: Vec<String>,
+    #[serde(default)]
+    shared: bool,
+}
+
+/// Adds many keys at once; each line gets its own result, duplicates (already stored, or
+/// repeated in the import) are detected by fingerprint.
+pub(super) async fn import(
+    State(s): State<AppState>,
+    user: AuthUser,
+    Path(provider_id): Path<String>,
+    ApiJson(body): ApiJson<ImportKeys>,
+) -> Result<Json<Value>, ApiError> {
+    let provider = s.store.provider(&provider_id).await?;
+    if body.shared && user.role != Role::Admin {
+        return Err(ApiError::Forbidden);
+    }
+    let weight = body.weight.unwrap_or(1);
+    check_options(&body.label, weight, &body.allowed_models, None, None)?;
+    let lines: Vec<String> = match &body.keys {
+        KeyList::Text(t) => t.expose_secret().lines().map(str::to_owned).collect(),
+        KeyList::Many(v) => v.iter().map(|k| k.expose_secret().to_owned()).collect(),
+    };
+    let lines = zeroize::Zeroizing::new(lines);
+    if lines.len() > MAX_IMPORT {
+        return Err(ApiError::BadRequest(format!(
+            "keys: at most {MAX_IMPORT} per import"
+        )));
+    }
+    let opts = KeyOptions {
+        label: body.label,
+        weight,
+        allowed_models: body.allowed_models,
+        rpm_limit: None,
+        tpm_limit: None,
+        owner: (!body.shared).then(|| user.id.clone()),
+    };
+    let mut seen = existing_fingerprints(&s, &provider.id).await?;
+    let mut results = Vec::with_capacity(lines.len());
+    let (mut created, mut duplicates, mut invalid) = (0u32, 0u32, 0u32);
+    for (i, raw) in lines.iter().enumerate() {
+        let key = raw.trim();
+        let line = i + 1;
+        if key.is_empty() || key.starts_with('#') {
+            results.push(json!({"line": line, "result": "skipped"}));
+            continue;
+        }
+        results.push(match add_one(&s, &user, &provider, key, &opts, &mut seen).await? {
+            Added::Created(row) => {
+                created += 1;
+                json!({"line": line, "result": "created", "id": row.id, "masked": row.mask, "fingerprint": row.fingerprint})
+            }
+            Added::Duplicate(fp) => {
+                duplicates += 1;
+                json!({"line": line, "result": "duplicate", "fingerprint": fp})
+            }
+            Added::Invalid(msg) => {
+                invalid += 1;
+                json!({"line": line, "result": "invalid", "error": msg})
+            }
+        });
+    }
+    s.store
+        .audit(
+            AuditEvent::new(&user.actor(), "provider_keys_imported", "provider")
+                .target(&provider.id)
+                .detail(json!({"created": created, "duplicates": duplicates, "invalid": invalid})),
+        )
+        .await?;
+    if created > 0 {
+        s.hub.rebuild().await?;
+    }
+    Ok(Json(json!({
+        "created": created, "duplicates": duplicates, "invalid": invalid, "results": results,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpdateKey {
+    label: Option<String>,
+    weight: Option<u32>,
+    allowed_models: Option<Vec<String>>,
+    /// `null` removes the limit.
+    #[serde(default, deserialize_with = "present")]
+    rpm_limit: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "present")]
+    tpm_limit: Option<Option<u32>>,
+}
+
+/// Tells "absent" (`None`, via `default`) from "null" (`Some(None)`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
+    Option::<u32>::deserialize(d).map(Some)
+}
+
+pub(super) async fn update(
+    State(s): State<AppState>,
+    user: AuthUser,
+    Path((provider_id, key_id)): Path<(String, String)>,
+    ApiJson(body): ApiJson<UpdateKey>,
+) -> Result<Json<Value>, ApiError> {
+    owned_key(&s, &user, &provider_id, &key_id).await?;
+    check_options(
+        body.label.as_deref().unwrap_or(""),
+        body.weight.unwrap_or(1),
+        body.allowed_models.as_deref().unwrap_or(&[]),
+        body.rpm_limit.flatten(),
+        body.tpm_limit.flatten(),
+    )?;
+    let row = s
+        .store
+        .update_provider_key(
+            &key_id,
+            KeyChange {
+                label: body.label,
+                weight: body.weight,
+                allowed_models: body.allowed_models,
+                rpm_limit: body.rpm_limit,
+                tpm_limit: body.tpm_limit,
+            },
+            AuditEvent::new(&user.actor(), "provider_key_updated", "provider_key"),
+        )
+        .await?;
+    s.hub.rebuild().await?;
+    Ok(Json(key_view(&s, &row)))
+}
+
+pub(super) async fn delete(
+    State(s): State<AppState>,
+    user: AuthUser,
+    Path((provider_id, key_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    owned_key(&s, &user, &provider_id, &key_id).await?;
+    s.store
+        .delete_provider_key(
+            &key_id,
+            AuditEvent::new(&user.actor(), "provider_key_deleted", "provider_key"),
+        )
+        .await?;
+    s.hub.rebuild().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Makes one cheap authenticated call (list models) with the key and records the outcome. The
+/// provider's response body is never relayed: it may quote the key.
+pub(super) async fn test(
+    State(s): State<AppState>,
+    user: AuthUser,
+    Path((provider_id, key_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let key = owned_key(&s, &user, &provider_id, &key_id).await?;
+    let provider = s.store.provider(&provider_id).await?;
+    let aad = provider_key_aad(&key.id, key.owner_user_id.as_deref(), &key.provider_id);
+    let plain = s.vault.keyring().open(&key.sealed, &aad).map_err(|e| {
+        tracing::error!(key_id = %key.id, error = %e, "cannot open provider key for a test");
+        ApiError::Conflict("this key cannot be decrypted; replace it".into())
+    })?;
+    let secret = plain
+        .expose_str()
+        .ok_or_else(|| ApiError::Conflict("this key is not valid text; replace it".into()))?;
+    let mut auth = http::HeaderValue::from_str(&format!("Bearer {secret}")).map_err(|_| {
+        ApiError::Conflict("this key cannot be sent as a header; replace it".into())
+    })?;
+    auth.set_sensitive(true);
+    let started = Instant::now();
+    let sent = s
+        .http
+        .get(format!("{}/models", provider.base_url))
+        .header(http::header::AUTHORIZATION, auth)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
+    let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let (result, class, status) = match &sent {
+        Ok(r) if r.status().is_success() => ("ok", None, Some(r.status().as_u16())),
+        Ok(r) => {
+            let st = r.status().as_u16();
+            let class = match st {
+                401 | 403 => "invalid_key",
+                429 => "rate_limited",
+                500..=599 => "provider_unavailable",
+                _ => "client_error",
+            };
+            (class, Some(class), Some(st))
+        }
+        Err(_) => ("unreachable", Some("provider_unavailable"), None),
+    };
+    drop(sent);
+    let row = s
+        .store
+        .record_key_test(
+            &key.id,
+            result,
+            class,
+            AuditEvent::new(&user.actor(), "provider_key_tested", "provider_key"),
+        )
+        .await?;
+    Ok(Json(json!({
+        "result": result, "status": status, "latency_ms": latency_ms, "key": key_view(&s, &row),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_per_provider() {
+        assert!(validate_key_format("openai", "sk-proj-0123456789abcdef").is_ok());
+        assert!(validate_key_format("openai", "pk-0123456789abcdefghij").is_err());
+        assert!(validate_key_format("anthropic", "sk-ant-api03-0123456789").is_ok());
+        assert!(validate_key_format("gemini", &format!("AIza{}", "x".repeat(35))).is_ok());
+        assert!(validate_key_format("gemini", "AIzashort").is_err());
+        assert!(validate_key_format("azure-openai", &"a1".repeat(16)).is_ok());
+        assert!(validate_key_format("openai-compatible", "anything-goes").is_ok());
+        assert!(validate_key_format("openai-compatible", "has space inside").is_err());
+        assert!(validate_key_format("openai-compatible", "short").is_err());
+        let secret = "pk-this-is-a-secret-value";
+        let msg = validate_key_format("openai", secret).unwrap_err();
+        assert!(!msg.contains("secret"), "{msg}");
+    }
+}
