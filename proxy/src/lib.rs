@@ -1,6 +1,7 @@
 //! llm-hub data plane. A hyper server for the public LLM API whose whole configuration is a
 //! snapshot streamed from the control plane over mutual TLS. It never touches a database.
 
+pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -1,0 +1,377 @@
+//! What an upstream answer means for the key that sent it.
+//!
+//! Classification works per provider dialect from the status, the headers and the error body,
+//! never from substring guesses on free text alone. Recovery times come from the provider
+//! whenever it states one: `Retry-After` (seconds or HTTP date), `retry-after-ms`, OpenAI's
+//! `x-ratelimit-reset-*` durations, Anthropic's `anthropic-ratelimit-*-reset` timestamps and
+//! Gemini's `RetryInfo.retryDelay`.
+
+use std::time::{Duration, SystemTime};
+
+use http::HeaderMap;
+use llmhub_proto::v1::ProviderKind;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureClass {
+    /// Too many requests or tokens for now: the key × model cools down until the reset.
+    RateLimited,
+    /// Out of credit or a daily quota: the whole key cools down for long.
+    QuotaExhausted,
+    /// The provider rejects the key itself: disabled until an admin acts.
+    InvalidKey,
+    /// The provider is failing (5xx, 529, connect errors, timeouts): not the key's fault.
+    Overloaded,
+    /// The request is wrong: passed to the client, no penalty.
+    ClientError,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::RateLimited => "rate_limited",
+            FailureClass::QuotaExhausted => "quota_exhausted",
+            FailureClass::InvalidKey => "invalid_key",
+            FailureClass::Overloaded => "provider_unavailable",
+            FailureClass::ClientError => "client_error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "rate_limited" => FailureClass::RateLimited,
+            "quota_exhausted" => FailureClass::QuotaExhausted,
+            "invalid_key" => FailureClass::InvalidKey,
+            "provider_unavailable" => FailureClass::Overloaded,
+            "client_error" => FailureClass::ClientError,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub class: FailureClass,
+    /// How long the provider says to wait, when it says.
+    pub retry_after: Option<Duration>,
+}
+
+/// Parses Go-style durations as OpenAI sends them: `6m0s`, `1s`, `20ms`, `1h2m3.5s`, `0.5s`.
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_end == 0 {
+            return None;
+        }
+        let n: f64 = rest[..num_end].parse().ok()?;
+        rest = &rest[num_end..];
+        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let factor = match &rest[..unit_end] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            "us" | "µs" => 0.000_001,
+            "ns" => 0.000_000_001,
+            _ => return None,
+        };
+        total += n * factor;
+        rest = &rest[unit_end..];
+    }
+    (total.is_finite() && total >= 0.0).then(|| Duration::from_secs_f64(total))
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+/// Time until an absolute instant, or zero when it has passed.
+fn until(t: SystemTime, now: SystemTime) -> Duration {
+    t.duration_since(now).unwrap_or_default()
+}
+
+fn parse_instant(s: &str) -> Option<SystemTime> {
+    let dt = chrono::DateTime::parse_from_rfc3339(s)
+        .or_else(|_| chrono::DateTime::parse_from_rfc2822(s))
+        .ok()?;
+    let ms = u64::try_from(dt.timestamp_millis()).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+/// The longest wait any rate-limit header asks for (the most conservative reading).
+pub fn retry_after(h: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let mut waits: Vec<Duration> = Vec::new();
+    if let Some(v) = header(h, "retry-after-ms").and_then(|v| v.parse::<f64>().ok())
+        && v.is_finite()
+        && v >= 0.0
+    {
+        waits.push(Duration::from_secs_f64(v / 1000.0));
+    }
+    if let Some(v) = header(h, "retry-after") {
+        if let Ok(secs) = v.parse::<f64>() {
+            if secs.is_finite() && secs >= 0.0 {
+                waits.push(Duration::from_secs_f64(secs));
+            }
+        } else if let Some(t) = parse_instant(v) {
+            waits.push(until(t, now));
+        }
+    }
+    // Explicit Retry-After wins; the reset headers describe the window, used when it is absent.
+    if !waits.is_empty() {
+        return waits.into_iter().max();
+    }
+    for name in ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"] {
+        if let Some(d) = header(h, name).and_then(parse_go_duration) {
+            waits.push(d);
+        }
+    }
+    for name in [
+        "anthropic-ratelimit-requests-reset",
+        "anthropic-ratelimit-tokens-reset",
+        "anthropic-ratelimit-input-tokens-reset",
+        "anthropic-ratelimit-output-tokens-reset",
+    ] {
+        if let Some(t) = header(h, name).and_then(parse_instant) {
+            waits.push(until(t, now));
+        }
+    }
+    waits.into_iter().max()
+}
+
+/// When a success says the key has nothing left (`remaining == 0`), how long until it refills.
+pub fn exhausted_for(h: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let mut out: Option<Duration> = None;
+    let mut note = |d: Duration| out = Some(out.map_or(d, |o| o.max(d)));
+    for (remaining, reset) in [
+        ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
+        ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+    ] {
+        if header(h, remaining).and_then(|v| v.parse::<u64>().ok()) == Some(0) {
+            note(header(h, reset).and_then(parse_go_duration).unwrap_or(Duration::from_secs(1)));
+        }
+    }
+    for kind in ["requests", "tokens", "input-tokens", "output-tokens"] {
+        let remaining = format!("anthropic-ratelimit-{kind}-remaining");
+        let reset = format!("anthropic-ratelimit-{kind}-reset");
+        if header(h, &remaining).and_then(|v| v.parse::<u64>().ok()) == Some(0) {
+            note(
+                header(h, &reset)
+                    .and_then(parse_instant)
+                    .map_or(Duration::from_secs(1), |t| until(t, now)),
+            );
+        }
+    }
+    out
+}
+
+/// Gemini's `RetryInfo.retryDelay` and whether a quota violation is per day.
+fn gemini_details(body: &Value) -> (Option<Duration>, bool) {
+    let mut delay = None;
+    let mut per_day = false;
+    if let Some(details) = body["error"]["details"].as_array() {
+        for d in details {
+            let ty = d["@type"].as_str().unwrap_or("");
+            if ty.ends_with("google.rpc.RetryInfo") {
+                delay = d["retryDelay"].as_str().and_then(parse_go_duration);
+            }
+            if ty.ends_with("google.rpc.QuotaFailure")
+                && let Some(v) = d["violations"].as_array()
+            {
+                per_day |= v.iter().any(|x| {
+                    let id = x["quotaId"].as_str().unwrap_or("");
+                    let metric = x["quotaMetric"].as_str().unwrap_or("");
+                    id.contains("PerDay") || metric.contains("per_day")
+                });
+            }
+        }
+    }
+    (delay, per_day)
+}
+
+/// Classifies a non-success upstream answer.
+pub fn classify(
+    kind: ProviderKind,
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: SystemTime,
+) -> Verdict {
+    let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let err = &json["error"];
+    let err_type = err["type"].as_str().or(json["type"].as_str()).unwrap_or("");
+    let err_code = err["code"].as_str().unwrap_or("");
+    let message = err["message"].as_str().unwrap_or("").to_ascii_lowercase();
+    let wait = retry_after(headers, now);
+    let verdict = |class, retry_after| Verdict { class, retry_after };
+    match (kind, status) {
+        (ProviderKind::Gemini, 429) => {
+            let (delay, per_day) = gemini_details(&json);
+            let class = if per_day {
+                FailureClass::QuotaExhausted
+            } else {
+                FailureClass::RateLimited
+            };
+            verdict(class, wait.or(delay))
+        }
+        (_, 429) => {
+            let quota = err_code == "insufficient_quota"
+                || err_type == "insufficient_quota"
+                || message.contains("exceeded your current quota");
+            if quota {
+                verdict(FailureClass::QuotaExhausted, wait)
+            } else {
+                verdict(FailureClass::RateLimited, wait)
+            }
+        }
+        (ProviderKind::Anthropic, 400 | 402 | 403)
+            if message.contains("credit balance") || err_type == "billing_error" =>
+        {
+            verdict(FailureClass::QuotaExhausted, None)
+        }
+        (ProviderKind::Gemini, 400 | 403)
+            if message.contains("api key not valid")
+                || err["status"] == "PERMISSION_DENIED"
+                || json["error"]["details"].to_string().contains("API_KEY_INVALID") =>
+        {
+            verdict(FailureClass::InvalidKey, None)
+        }
+        (_, 401) => verdict(FailureClass::InvalidKey, None),
+        (_, 403) => verdict(FailureClass::InvalidKey, None),
+        (_, 402) => verdict(FailureClass::QuotaExhausted, None),
+        (_, 408 | 500..=599) => verdict(FailureClass::Overloaded, wait),
+        _ => verdict(FailureClass::ClientError, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn now() -> SystemTime {
+        // 2026-11-29T12:00:00Z
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_953_600)
+    }
+
+    #[test]
+    fn go_durations() {
+        for (s, ms) in [
+            ("6m0s", 360_000),
+            ("1s", 1000),
+            ("20ms", 20),
+            ("1h2m3.5s", 3_723_500),
+            ("0.5s", 500),
+            ("59.022s", 59_022),
+            ("2m", 120_000),
+        ] {
+            assert_eq!(parse_go_duration(s), Some(Duration::from_millis(ms)), "{s}");
+        }
+        for bad in ["", "abc", "5", "5x", "-1s", "s"] {
+            assert_eq!(parse_go_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let cases: Vec<(Vec<(&'static str, &str)>, Option<u64>)> = vec![
+            (vec![("retry-after", "7")], Some(7000)),
+            (vec![("retry-after", "1.5")], Some(1500)),
+            (vec![("retry-after", "Sun, 29 Nov 2026 12:00:30 GMT")], Some(30_000)),
+            (vec![("retry-after", "Sun, 29 Nov 2026 11:59:00 GMT")], Some(0)),
+            (vec![("retry-after-ms", "250")], Some(250)),
+            (vec![("retry-after-ms", "250"), ("retry-after", "1")], Some(1000)),
+            (vec![("x-ratelimit-reset-requests", "6m0s")], Some(360_000)),
+            (vec![("x-ratelimit-reset-requests", "1s"), ("x-ratelimit-reset-tokens", "20ms")], Some(1000)),
+            (vec![("anthropic-ratelimit-requests-reset", "2026-11-29T12:00:12Z")], Some(12_000)),
+            (vec![("anthropic-ratelimit-tokens-reset", "2026-11-29T12:01:00+00:00")], Some(60_000)),
+            (vec![("retry-after", "soon")], None),
+            (vec![], None),
+        ];
+        for (h, want) in cases {
+            assert_eq!(retry_after(&headers(&h), now()), want.map(Duration::from_millis), "{h:?}");
+        }
+    }
+
+    #[test]
+    fn remaining_zero_means_exhausted() {
+        let h = headers(&[("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", "12s")]);
+        assert_eq!(exhausted_for(&h, now()), Some(Duration::from_secs(12)));
+        let h = headers(&[("x-ratelimit-remaining-requests", "3"), ("x-ratelimit-reset-requests", "12s")]);
+        assert_eq!(exhausted_for(&h, now()), None);
+        let h = headers(&[
+            ("anthropic-ratelimit-requests-remaining", "0"),
+            ("anthropic-ratelimit-requests-reset", "2026-11-29T12:00:05Z"),
+        ]);
+        assert_eq!(exhausted_for(&h, now()), Some(Duration::from_secs(5)));
+        let h = headers(&[("x-ratelimit-remaining-tokens", "0")]);
+        assert_eq!(exhausted_for(&h, now()), Some(Duration::from_secs(1)), "no reset: a short pause");
+    }
+
+    #[test]
+    fn provider_error_bodies() {
+        use FailureClass::*;
+        use ProviderKind::*;
+        let none = HeaderMap::new();
+        let ra = headers(&[("retry-after", "20")]);
+        let ra3 = headers(&[("retry-after", "3")]);
+        let cases: Vec<(ProviderKind, u16, &HeaderMap, &str, FailureClass, Option<u64>)> = vec![
+            // OpenAI
+            (Openai, 429, &ra, r#"{"error":{"message":"Rate limit reached for gpt-4o","type":"requests","code":"rate_limit_exceeded"}}"#, RateLimited, Some(20)),
+            (Openai, 429, &none, r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","code":"insufficient_quota"}}"#, QuotaExhausted, None),
+            (Openai, 401, &none, r#"{"error":{"message":"Incorrect API key provided: sk-****abcd.","type":"invalid_request_error","code":"invalid_api_key"}}"#, InvalidKey, None),
+            (Openai, 403, &none, r#"{"error":{"message":"You are not allowed to sample from this model","type":"invalid_request_error"}}"#, InvalidKey, None),
+            (Openai, 400, &none, r#"{"error":{"message":"This model's maximum context length is 8192 tokens","type":"invalid_request_error","code":"context_length_exceeded"}}"#, ClientError, None),
+            (Openai, 404, &none, r#"{"error":{"message":"The model `x` does not exist","type":"invalid_request_error","code":"model_not_found"}}"#, ClientError, None),
+            (Openai, 500, &none, r#"{"error":{"message":"The server had an error","type":"server_error"}}"#, Overloaded, None),
+            (Openai, 503, &ra, "upstream connect error", Overloaded, Some(20)),
+            (OpenaiCompatible, 502, &none, "<html>bad gateway</html>", Overloaded, None),
+            // Anthropic
+            (Anthropic, 429, &ra3, r#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of request tokens has exceeded your per-minute rate limit"}}"#, RateLimited, Some(3)),
+            (Anthropic, 529, &none, r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#, Overloaded, None),
+            (Anthropic, 401, &none, r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#, InvalidKey, None),
+            (Anthropic, 403, &none, r#"{"type":"error","error":{"type":"permission_error","message":"Your API key does not have permission"}}"#, InvalidKey, None),
+            (Anthropic, 400, &none, r#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API."}}"#, QuotaExhausted, None),
+            (Anthropic, 400, &none, r#"{"type":"error","error":{"type":"invalid_request_error","message":"messages: roles must alternate"}}"#, ClientError, None),
+            // Gemini
+            (Gemini, 429, &none, r#"{"error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaMetric":"generativelanguage.googleapis.com/generate_content_free_tier_requests","quotaId":"GenerateRequestsPerMinutePerProjectPerModel-FreeTier"}]},{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"37s"}]}}"#, RateLimited, Some(37)),
+            (Gemini, 429, &none, r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaId":"GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]},{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"3600s"}]}}"#, QuotaExhausted, Some(3600)),
+            (Gemini, 400, &none, r#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID"}]}}"#, InvalidKey, None),
+            (Gemini, 400, &none, r#"{"error":{"code":400,"message":"Invalid JSON payload","status":"INVALID_ARGUMENT"}}"#, ClientError, None),
+            (Gemini, 503, &none, r#"{"error":{"code":503,"message":"The model is overloaded.","status":"UNAVAILABLE"}}"#, Overloaded, None),
+        ];
+        for (kind, status, h, body, class, secs) in cases {
+            let v = classify(kind, status, h, body.as_bytes(), now());
+            assert_eq!(v.class, class, "{kind:?} {status} {body}");
+            assert_eq!(v.retry_after, secs.map(Duration::from_secs), "{kind:?} {status} {body}");
+        }
+    }
+
+    #[test]
+    fn class_names_round_trip() {
+        for c in [
+            FailureClass::RateLimited,
+            FailureClass::QuotaExhausted,
+            FailureClass::InvalidKey,
+            FailureClass::Overloaded,
+            FailureClass::ClientError,
+        ] {
+            assert_eq!(FailureClass::parse(c.as_str()), Some(c));
+        }
+    }
+}
