@@ -58,6 +58,8 @@ pub struct SnapshotHub {
     vault: Arc<crate::vault::Vault>,
     hash_secret: Arc<HashSecret>,
     tx: watch::Sender<Option<Arc<Published>>>,
+    /// Key health changes, pushed to every Watch stream the moment they are recorded.
+    deltas: tokio::sync::broadcast::Sender<pb::Delta>,
     version: AtomicU64,
     /// Serialises rebuilds so versions are published in the order they were built; holds the
     /// digest of the last published content so an unchanged rebuild publishes nothing.
@@ -75,6 +77,16 @@ fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
+/// The proto form of a live cooldown.
+pub fn cooling_state(model: &str, until: DateTime<Utc>, class: &str) -> pb::KeyState {
+    pb::KeyState {
+        status: pb::KeyStatus::CoolingDown as i32,
+        until: Some(ts(until)),
+        reason: class.to_owned(),
+        model: model.to_owned(),
+    }
+}
+
 fn from_ts(t: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
     t.and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
 }
@@ -86,6 +98,7 @@ impl SnapshotHub {
         hash_secret: Arc<HashSecret>,
     ) -> Arc<Self> {
         let (tx, _) = watch::channel(None);
+        let (deltas, _) = tokio::sync::broadcast::channel(1024);
         // Seeded from the clock so a restarted control plane keeps versions increasing.
         let seed = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(1);
         Arc::new(SnapshotHub {
@@ -93,6 +106,7 @@ impl SnapshotHub {
             vault,
             hash_secret,
             tx,
+            deltas,
             version: AtomicU64::new(seed),
             rebuild: tokio::sync::Mutex::new(None),
             proxies: Mutex::new(HashMap::new()),
@@ -158,6 +172,14 @@ impl SnapshotHub {
             })
             .collect();
         let keyring = self.vault.keyring();
+        let mut cooldowns: std::collections::HashMap<String, Vec<pb::KeyState>> =
+            std::collections::HashMap::new();
+        for c in self.store.live_cooldowns().await? {
+            cooldowns
+                .entry(c.key_id.clone())
+                .or_default()
+                .push(cooling_state(&c.model, c.until, &c.class));
+        }
         let mut unreadable = std::collections::BTreeSet::new();
         for k in keys {
             let aad = provider_key_aad(&k.id, k.owner_user_id.as_deref(), &k.provider_id);
@@ -171,12 +193,14 @@ impl SnapshotHub {
                     continue;
                 }
             };
-            let status = match k.state.as_str() {
-                "disabled" => pb::KeyStatus::Disabled,
-                _ => pb::KeyStatus::Active,
+            let (status, reason) = match k.state.as_str() {
+                "disabled" => (
+                    pb::KeyStatus::Disabled,
+                    k.state_reason.clone().unwrap_or_default(),
+                ),
+                _ => (pb::KeyStatus::Active, String::new()),
             };
             snap.provider_keys.push(pb::ProviderKey {
-                id: k.id,
                 provider_id: k.provider_id,
                 owner_user_id: k.owner_user_id.unwrap_or_default(),
                 secret: secret.expose().to_vec(),
@@ -186,8 +210,12 @@ impl SnapshotHub {
                 allowed_models: parse_list(&k.allowed_models),
                 state: Some(pb::KeyState {
                     status: status as i32,
+                    reason,
                     ..Default::default()
                 }),
+                cooldowns: cooldowns.remove(&k.id).unwrap_or_default(),
+                rpm_limit: k.rpm_limit.and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
+                id: k.id,
             });
         }
         self.vault.set_unreadable(unreadable);
@@ -213,6 +241,7 @@ impl SnapshotHub {
             .into_iter()
             .map(|r| pb::Route {
                 public_model: r.route.public_model,
+                strategy: r.route.strategy,
                 targets: r
                     .targets
                     .into_iter()
@@ -253,7 +282,96 @@ impl SnapshotHub {
         Ok(version)
     }
 
+    /// Pushes one key's health change to every connected proxy.
+    pub fn publish_key_state(&self, key_id: &str, state: pb::KeyState) {
+        let version = self.current_version();
+        let _ = self.deltas.send(pb::Delta {
+            base_version: version,
+            version,
+            key_states: vec![pb::KeyStateUpdate {
+                key_id: key_id.to_owned(),
+                state: Some(state),
+            }],
+        });
+    }
+
+    /// Turns what a proxy observed into fleet-wide state: persisted, then pushed to every proxy.
+    pub async fn apply_outcome(&self, o: &pb::KeyOutcome, source: &str) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let until = from_ts(o.retry_at.as_ref()).filter(|t| *t > now);
+        let result = match o.class.as_str() {
+            "rate_limited" | "quota_exhausted" => {
+                let model = if o.class == "rate_limited" {
+                    o.upstream_model.as_str()
+                } else {
+                    ""
+                };
+                let fallback = if o.class == "rate_limited" {
+                    chrono::Duration::seconds(5)
+                } else {
+                    chrono::Duration::hours(1)
+                };
+                let until = until.unwrap_or(now + fallback);
+                let c = self
+                    .store
+                    .apply_cooldown(&o.key_id, model, until, &o.class, source, None)
+                    .await?;
+                self.publish_key_state(&o.key_id, cooling_state(&c.model, c.until, &c.class));
+                Ok(())
+            }
+            "invalid_key" => {
+                if self.store.disable_key(&o.key_id, "invalid_key", source).await? {
+                    self.publish_key_state(
+                        &o.key_id,
+                        pb::KeyState {
+                            status: pb::KeyStatus::Disabled as i32,
+                            reason: "invalid_key".into(),
+                            ..Default::default()
+                        },
+                    );
+                }
+                Ok(())
+            }
+            // A trial after a cooldown succeeded: the cooldown is over everywhere.
+            "ok" => {
+                let mut cleared = false;
+                for model in [o.upstream_model.as_str(), ""] {
+                    if self
+                        .store
+                        .clear_key_health_if_expired(&o.key_id, model, source)
+                        .await?
+                    {
+                        cleared = true;
+                        self.publish_key_state(
+                            &o.key_id,
+                            pb::KeyState {
+                                status: pb::KeyStatus::Active as i32,
+                                model: model.to_owned(),
+                                ..Default::default()
+                            },
+                        );
+                    }
+                }
+                let _ = cleared;
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        let class = (o.class != "ok").then_some(o.class.as_str());
+        self.store
+            .touch_provider_key(&o.key_id, from_ts(o.observed_at.as_ref()).unwrap_or(now), class)
+            .await?;
+        match result {
+            Err(StoreError::NotFound) => Ok(()),
+            other => other,
+        }
+    }
+
     async fn store_batch(&self, batch: &pb::ReportBatch) -> Result<(), StoreError> {
+        // Key health first: it is what other proxies are waiting for.
+        for o in &batch.outcomes {
+            self.apply_outcome(o, &batch.proxy_id).await?;
+        }
         let now = Utc::now();
         let records = batch
             .records
@@ -284,11 +402,6 @@ impl SnapshotHub {
             })
             .collect();
         self.store.insert_routing_records(records).await?;
-        for o in &batch.outcomes {
-            let at = from_ts(o.observed_at.as_ref()).unwrap_or(now);
-            let class = (o.class != "ok").then_some(o.class.as_str());
-            self.store.touch_provider_key(&o.key_id, at, class).await?;
-        }
         Ok(())
     }
 }
@@ -357,15 +470,24 @@ impl ControlPlane for ControlPlaneService {
             hub: self.hub.clone(),
             id,
         };
-        let stream = WatchStream::new(self.hub.tx.subscribe())
-            .filter_map(move |snap| {
-                let _alive = &guard;
-                std::future::ready(snap.map(|s| {
-                    Ok(pb::WatchEvent {
-                        event: Some(pb::watch_event::Event::Snapshot(s.0.clone())),
-                    })
-                }))
-            })
+        // Subscribed before the first snapshot is read, so no delta can fall between them.
+        let deltas = tokio_stream::wrappers::BroadcastStream::new(self.hub.deltas.subscribe())
+            .map(|d| match d {
+                Ok(d) => Ok(pb::WatchEvent {
+                    event: Some(pb::watch_event::Event::Delta(d)),
+                }),
+                // Lagging behind: fail the stream; the proxy reconnects and gets a snapshot.
+                Err(_) => Err(Status::aborted("watch stream lagged; resubscribe")),
+            });
+        let snapshots = WatchStream::new(self.hub.tx.subscribe()).filter_map(move |snap| {
+            let _alive = &guard;
+            std::future::ready(snap.map(|s| {
+                Ok(pb::WatchEvent {
+                    event: Some(pb::watch_event::Event::Snapshot(s.0.clone())),
+                })
+            }))
+        });
+        let stream = tokio_stream::StreamExt::merge(snapshots, deltas)
             .take_until(stopped(self.stop.clone()));
         Ok(Response::new(Box::pin(stream)))
     }

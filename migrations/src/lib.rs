@@ -9,6 +9,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261129_000001_initial;
 mod m20261129_000002_accounts;
 mod m20261129_000003_vault;
+mod m20261129_000004_health;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000001_initial::Migration),
             Box::new(m20261129_000002_accounts::Migration),
             Box::new(m20261129_000003_vault::Migration),
+            Box::new(m20261129_000004_health::Migration),
         ]
     }
 }

@@ -243,7 +243,7 @@ pub(super) async fn list_routes(
         .map(|r| {
             json!({
                 "id": r.route.id, "public_model": r.route.public_model,
-                "targets": r.targets.iter().map(|t| json!({
+                "strategy": r.route.strategy, "targets": r.targets.iter().map(|t| json!({
                     "provider_id": t.provider_id, "upstream_model": t.upstream_model,
                     "weight": t.weight, "priority": t.priority,
                 })).collect::<Vec<_>>(),
@@ -257,6 +257,8 @@ pub(super) async fn list_routes(
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateRoute {
     public_model: String,
+    /// `weighted` (default), `least_inflight` or `latency`.
+    strategy: Option<String>,
     targets: Vec<CreateTarget>,
 }
 
@@ -282,6 +284,12 @@ pub(super) async fn create_route(
     if body.targets.is_empty() || body.targets.len() > 16 {
         return Err(ApiError::BadRequest(
             "targets: between 1 and 16 targets".into(),
+        ));
+    }
+    let strategy = body.strategy.unwrap_or_else(|| "weighted".into());
+    if !matches!(strategy.as_str(), "weighted" | "least_inflight" | "latency") {
+        return Err(ApiError::BadRequest(
+            "strategy: must be weighted, least_inflight or latency".into(),
         ));
     }
     let mut targets = Vec::with_capacity(body.targets.len());
@@ -313,6 +321,7 @@ pub(super) async fn create_route(
         .store
         .create_route(
             &body.public_model,
+            &strategy,
             targets,
             AuditEvent::new(&admin.actor(), "route_created", "route"),
         )
@@ -322,7 +331,7 @@ pub(super) async fn create_route(
         http::StatusCode::CREATED,
         Json(
             json!({"id": r.route.id, "public_model": r.route.public_model,
-            "targets": r.targets.iter().map(|t| json!({
+            "strategy": r.route.strategy, "targets": r.targets.iter().map(|t| json!({
                 "provider_id": t.provider_id, "upstream_model": t.upstream_model,
                 "weight": t.weight, "priority": t.priority,
             })).collect::<Vec<_>>()}),

@@ -12,10 +12,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, ApiJson, AppState, AuthUser, valid_name};
+use super::{AdminUser, ApiError, ApiJson, AppState, AuthUser, valid_name};
 use crate::auth::Role;
 use crate::keyring::provider_key_aad;
-use crate::store::entities::{provider_keys, providers};
+use crate::store::entities::{key_cooldowns, provider_keys, providers};
 use crate::store::{AuditEvent, KeyChange, NewProviderKey, parse_list};
 use crate::vault::mask;
 
@@ -24,8 +24,24 @@ const MAX_IMPORT: usize = 1000;
 
 /// The only view of a provider key the API ever returns: no plaintext, no ciphertext.
 fn key_view(s: &AppState, k: &provider_keys::Model) -> Value {
+    key_view_with(s, k, &[])
+}
+
+fn cooldown_view(c: &key_cooldowns::Model) -> Value {
+    json!({"model": if c.model.is_empty() { Value::Null } else { json!(c.model) },
+        "until": c.until, "class": c.class, "source": c.source})
+}
+
+fn key_view_with(s: &AppState, k: &provider_keys::Model, cooldowns: &[key_cooldowns::Model]) -> Value {
+    let mine: Vec<Value> = cooldowns
+        .iter()
+        .filter(|c| c.key_id == k.id)
+        .map(cooldown_view)
+        .collect();
     let state = if s.vault.is_unreadable(&k.id) {
         "unreadable"
+    } else if k.state == "active" && !mine.is_empty() {
+        "cooling_down"
     } else {
         k.state.as_str()
     };
@@ -36,7 +52,8 @@ fn key_view(s: &AppState, k: &provider_keys::Model) -> Value {
         "masked": k.mask, "fingerprint": k.fingerprint, "label": k.label,
         "weight": k.weight, "allowed_models": parse_list(&k.allowed_models),
         "rpm_limit": k.rpm_limit, "tpm_limit": k.tpm_limit,
-        "state": state, "key_version": k.key_version,
+        "state": state, "state_reason": k.state_reason, "cooldowns": mine,
+        "key_version": k.key_version,
         "last_used_at": k.last_used_at, "last_error_class": k.last_error_class,
         "last_tested_at": k.last_tested_at, "last_test_result": k.last_test_result,
         "created_at": k.created_at, "updated_at": k.updated_at,
@@ -96,13 +113,14 @@ pub(super) async fn list(
     Path(provider_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     s.store.provider(&provider_id).await?;
+    let cooldowns = s.store.live_cooldowns().await?;
     let list: Vec<Value> = s
         .store
         .provider_keys_of(&provider_id)
         .await?
         .iter()
         .filter(|k| visible_to(&user, k))
-        .map(|k| key_view(&s, k))
+        .map(|k| key_view_with(&s, k, &cooldowns))
         .collect();
     Ok(Json(json!({ "data": list })))
 }
@@ -482,6 +500,99 @@ pub(super) async fn test(
     Ok(Json(json!({
         "result": result, "status": status, "latency_ms": latency_ms, "key": key_view(&s, &row),
     })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ForceCooldown {
+    seconds: u64,
+    /// Upstream model; omitted: the whole key.
+    model: Option<String>,
+}
+
+/// Admin: cools a key down fleet-wide (all proxies skip it until then).
+pub(super) async fn force_cooldown(
+    State(s): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Path((provider_id, key_id)): Path<(String, String)>,
+    ApiJson(body): ApiJson<ForceCooldown>,
+) -> Result<Json<Value>, ApiError> {
+    owned_key(&s, &admin, &provider_id, &key_id).await?;
+    if !(1..=30 * 24 * 3600).contains(&body.seconds) {
+        return Err(ApiError::BadRequest("seconds: between 1 and 2592000".into()));
+    }
+    let model = body.model.unwrap_or_default();
+    if !model.is_empty() && !valid_name(&model, 128) {
+        return Err(ApiError::BadRequest("model: not a model name".into()));
+    }
+    let until = chrono::Utc::now()
+        + chrono::Duration::seconds(i64::try_from(body.seconds).unwrap_or(i64::MAX / 2));
+    let c = s
+        .store
+        .apply_cooldown(
+            &key_id,
+            &model,
+            until,
+            "forced",
+            &format!("admin:{}", admin.id),
+            Some(AuditEvent::new(&admin.actor(), "key_cooldown_forced", "provider_key").detail(
+                json!({"seconds": body.seconds, "model": model}),
+            )),
+        )
+        .await?;
+    s.hub
+        .publish_key_state(&key_id, crate::grpc::cooling_state(&c.model, c.until, &c.class));
+    Ok(Json(cooldown_view(&c)))
+}
+
+/// Admin: ends every cooldown of a key and re-enables it, fleet-wide.
+pub(super) async fn clear_health(
+    State(s): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Path((provider_id, key_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    owned_key(&s, &admin, &provider_id, &key_id).await?;
+    s.store
+        .clear_key_health(
+            &key_id,
+            None,
+            &format!("admin:{}", admin.id),
+            Some(AuditEvent::new(&admin.actor(), "key_cooldown_cleared", "provider_key")),
+        )
+        .await?;
+    s.hub.publish_key_state(
+        &key_id,
+        llmhub_proto::v1::KeyState {
+            status: llmhub_proto::v1::KeyStatus::Active as i32,
+            ..Default::default()
+        },
+    );
+    // Snapshots carry the enabled state too; rebuild so reconnecting proxies agree.
+    s.hub.rebuild().await?;
+    let row = s.store.provider_key(&key_id).await?;
+    Ok(Json(key_view(&s, &row)))
+}
+
+/// A key's health history: cooldowns, recoveries, disabling and clearing.
+pub(super) async fn history(
+    State(s): State<AppState>,
+    user: AuthUser,
+    Path((provider_id, key_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    owned_key(&s, &user, &provider_id, &key_id).await?;
+    let events: Vec<Value> = s
+        .store
+        .key_history(&key_id, 200)
+        .await?
+        .into_iter()
+        .map(|e| {
+            json!({"at": e.at, "event": e.event, "class": e.class,
+                "model": if e.model.is_empty() { Value::Null } else { json!(e.model) },
+                "until": e.until, "source": e.source})
+        })
+        .collect();
+    let live: Vec<Value> = s.store.cooldowns_of(&key_id).await?.iter().map(cooldown_view).collect();
+    Ok(Json(json!({"cooldowns": live, "events": events})))
 }
 
 #[cfg(test)]

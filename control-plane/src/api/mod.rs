@@ -154,6 +154,18 @@ fn endpoints() -> Vec<(Endpoint, MethodRouter<AppState>)> {
             ep("POST", "/api/v1/providers/{id}/keys/{key_id}/test", User),
             post(keys::test),
         ),
+        (
+            ep("GET", "/api/v1/providers/{id}/keys/{key_id}/history", User),
+            get(keys::history),
+        ),
+        (
+            ep("POST", "/api/v1/providers/{id}/keys/{key_id}/cooldown", Admin),
+            post(keys::force_cooldown),
+        ),
+        (
+            ep("POST", "/api/v1/providers/{id}/keys/{key_id}/clear", Admin),
+            post(keys::clear_health),
+        ),
         (ep("GET", "/api/v1/vault", Admin), get(vault::status)),
         (
             ep("POST", "/api/v1/vault/current", Admin),

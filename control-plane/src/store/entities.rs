@@ -159,6 +159,8 @@ pub mod provider_keys {
         pub tpm_limit: Option<i32>,
         pub last_tested_at: Option<DateTimeUtc>,
         pub last_test_result: Option<String>,
+        /// Why the key is disabled (e.g. `invalid_key`), when it is.
+        pub state_reason: Option<String>,
     }
     no_relations!();
 }
@@ -197,6 +199,7 @@ pub mod routes {
         pub public_model: String,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
+        pub strategy: String,
     }
     no_relations!();
 }
@@ -252,6 +255,47 @@ pub mod routing_records {
         /// JSON: attempts and skipped candidates.
         pub detail: String,
         pub received_at: DateTimeUtc,
+    }
+    no_relations!();
+}
+
+pub mod key_cooldowns {
+    use sea_orm::entity::prelude::*;
+
+    /// A live cooldown of a key for one upstream model (`model` empty: the whole key).
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "key_cooldowns")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub key_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub model: String,
+        pub until: DateTimeUtc,
+        pub class: String,
+        /// Proxy id or `admin:<user id>`.
+        pub source: String,
+        pub updated_at: DateTimeUtc,
+    }
+    no_relations!();
+}
+
+pub mod key_events {
+    use sea_orm::entity::prelude::*;
+
+    /// One change of a key's health, for its history.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "key_events")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub key_id: String,
+        pub at: DateTimeUtc,
+        /// `cooldown`, `cleared`, `disabled`, `enabled`.
+        pub event: String,
+        pub class: String,
+        pub model: String,
+        pub until: Option<DateTimeUtc>,
+        pub source: String,
     }
     no_relations!();
 }

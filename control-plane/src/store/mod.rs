@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod entities;
+pub mod health;
 pub mod sessions;
 pub mod vault_rows;
 
@@ -442,6 +443,7 @@ impl Store {
             tpm_limit: Set(k.tpm_limit.map(clamp_i32)),
             last_tested_at: Set(None),
             last_test_result: Set(None),
+            state_reason: Set(None),
         };
         let txn = self.begin().await?;
         let row = provider_keys::Entity::insert(m)
@@ -658,6 +660,7 @@ impl Store {
     pub async fn create_route(
         &self,
         public_model: &str,
+        strategy: &str,
         targets: Vec<NewRouteTarget>,
         audit: AuditEvent,
     ) -> Result<RouteWithTargets> {
@@ -668,6 +671,7 @@ impl Store {
             public_model: Set(public_model.to_owned()),
             created_at: Set(now),
             updated_at: Set(now),
+            strategy: Set(strategy.to_owned()),
         })
         .exec_with_returning(&txn)
         .await
