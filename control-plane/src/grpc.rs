@@ -320,7 +320,11 @@ impl SnapshotHub {
                 Ok(())
             }
             "invalid_key" => {
-                if self.store.disable_key(&o.key_id, "invalid_key", source).await? {
+                if self
+                    .store
+                    .disable_key(&o.key_id, "invalid_key", source)
+                    .await?
+                {
                     self.publish_key_state(
                         &o.key_id,
                         pb::KeyState {
@@ -359,7 +363,11 @@ impl SnapshotHub {
         };
         let class = (o.class != "ok").then_some(o.class.as_str());
         self.store
-            .touch_provider_key(&o.key_id, from_ts(o.observed_at.as_ref()).unwrap_or(now), class)
+            .touch_provider_key(
+                &o.key_id,
+                from_ts(o.observed_at.as_ref()).unwrap_or(now),
+                class,
+            )
             .await?;
         match result {
             Err(StoreError::NotFound) => Ok(()),
@@ -471,13 +479,15 @@ impl ControlPlane for ControlPlaneService {
             id,
         };
         // Subscribed before the first snapshot is read, so no delta can fall between them.
-        let deltas = tokio_stream::wrappers::BroadcastStream::new(self.hub.deltas.subscribe())
-            .map(|d| match d {
-                Ok(d) => Ok(pb::WatchEvent {
-                    event: Some(pb::watch_event::Event::Delta(d)),
-                }),
-                // Lagging behind: fail the stream; the proxy reconnects and gets a snapshot.
-                Err(_) => Err(Status::aborted("watch stream lagged; resubscribe")),
+        let deltas =
+            tokio_stream::wrappers::BroadcastStream::new(self.hub.deltas.subscribe()).map(|d| {
+                match d {
+                    Ok(d) => Ok(pb::WatchEvent {
+                        event: Some(pb::watch_event::Event::Delta(d)),
+                    }),
+                    // Lagging behind: fail the stream; the proxy reconnects and gets a snapshot.
+                    Err(_) => Err(Status::aborted("watch stream lagged; resubscribe")),
+                }
             });
         let snapshots = WatchStream::new(self.hub.tx.subscribe()).filter_map(move |snap| {
             let _alive = &guard;

@@ -49,13 +49,41 @@ impl MigrationTrait for Migration {
         m.create_table(
             Table::create()
                 .table(KeyCooldowns::Table)
-                .col(ColumnDef::new(KeyCooldowns::KeyId).string_len(36).not_null())
-                .col(ColumnDef::new(KeyCooldowns::Model).string_len(128).not_null())
-                .col(ColumnDef::new(KeyCooldowns::Until).timestamp_with_time_zone().not_null())
-                .col(ColumnDef::new(KeyCooldowns::Class).string_len(32).not_null())
-                .col(ColumnDef::new(KeyCooldowns::Source).string_len(64).not_null())
-                .col(ColumnDef::new(KeyCooldowns::UpdatedAt).timestamp_with_time_zone().not_null())
-                .primary_key(Index::create().col(KeyCooldowns::KeyId).col(KeyCooldowns::Model))
+                .col(
+                    ColumnDef::new(KeyCooldowns::KeyId)
+                        .string_len(36)
+                        .not_null(),
+                )
+                .col(
+                    ColumnDef::new(KeyCooldowns::Model)
+                        .string_len(128)
+                        .not_null(),
+                )
+                .col(
+                    ColumnDef::new(KeyCooldowns::Until)
+                        .timestamp_with_time_zone()
+                        .not_null(),
+                )
+                .col(
+                    ColumnDef::new(KeyCooldowns::Class)
+                        .string_len(32)
+                        .not_null(),
+                )
+                .col(
+                    ColumnDef::new(KeyCooldowns::Source)
+                        .string_len(64)
+                        .not_null(),
+                )
+                .col(
+                    ColumnDef::new(KeyCooldowns::UpdatedAt)
+                        .timestamp_with_time_zone()
+                        .not_null(),
+                )
+                .primary_key(
+                    Index::create()
+                        .col(KeyCooldowns::KeyId)
+                        .col(KeyCooldowns::Model),
+                )
                 .foreign_key(
                     ForeignKey::create()
                         .from(KeyCooldowns::Table, KeyCooldowns::KeyId)
@@ -68,13 +96,26 @@ impl MigrationTrait for Migration {
         m.create_table(
             Table::create()
                 .table(KeyEvents::Table)
-                .col(ColumnDef::new(KeyEvents::Id).string_len(36).not_null().primary_key())
+                .col(
+                    ColumnDef::new(KeyEvents::Id)
+                        .string_len(36)
+                        .not_null()
+                        .primary_key(),
+                )
                 .col(ColumnDef::new(KeyEvents::KeyId).string_len(36).not_null())
-                .col(ColumnDef::new(KeyEvents::At).timestamp_with_time_zone().not_null())
+                .col(
+                    ColumnDef::new(KeyEvents::At)
+                        .timestamp_with_time_zone()
+                        .not_null(),
+                )
                 .col(ColumnDef::new(KeyEvents::Event).string_len(32).not_null())
                 .col(ColumnDef::new(KeyEvents::Class).string_len(32).not_null())
                 .col(ColumnDef::new(KeyEvents::Model).string_len(128).not_null())
-                .col(ColumnDef::new(KeyEvents::Until).timestamp_with_time_zone().null())
+                .col(
+                    ColumnDef::new(KeyEvents::Until)
+                        .timestamp_with_time_zone()
+                        .null(),
+                )
                 .col(ColumnDef::new(KeyEvents::Source).string_len(64).not_null())
                 .foreign_key(
                     ForeignKey::create()
@@ -97,7 +138,11 @@ impl MigrationTrait for Migration {
         m.alter_table(
             Table::alter()
                 .table(ProviderKeys::Table)
-                .add_column(ColumnDef::new(ProviderKeys::StateReason).string_len(64).null())
+                .add_column(
+                    ColumnDef::new(ProviderKeys::StateReason)
+                        .string_len(64)
+                        .null(),
+                )
                 .to_owned(),
         )
         .await?;

@@ -73,7 +73,9 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
         }
         let n: f64 = rest[..num_end].parse().ok()?;
         rest = &rest[num_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let factor = match &rest[..unit_end] {
             "h" => 3600.0,
             "m" => 60.0,
@@ -151,11 +153,18 @@ pub fn exhausted_for(h: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let mut out: Option<Duration> = None;
     let mut note = |d: Duration| out = Some(out.map_or(d, |o| o.max(d)));
     for (remaining, reset) in [
-        ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
+        (
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ),
         ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
     ] {
         if header(h, remaining).and_then(|v| v.parse::<u64>().ok()) == Some(0) {
-            note(header(h, reset).and_then(parse_go_duration).unwrap_or(Duration::from_secs(1)));
+            note(
+                header(h, reset)
+                    .and_then(parse_go_duration)
+                    .unwrap_or(Duration::from_secs(1)),
+            );
         }
     }
     for kind in ["requests", "tokens", "input-tokens", "output-tokens"] {
@@ -239,7 +248,9 @@ pub fn classify(
         (ProviderKind::Gemini, 400 | 403)
             if message.contains("api key not valid")
                 || err["status"] == "PERMISSION_DENIED"
-                || json["error"]["details"].to_string().contains("API_KEY_INVALID") =>
+                || json["error"]["details"]
+                    .to_string()
+                    .contains("API_KEY_INVALID") =>
         {
             verdict(FailureClass::InvalidKey, None)
         }
@@ -289,30 +300,65 @@ mod tests {
 
     #[test]
     fn retry_after_forms() {
-        let cases: Vec<(Vec<(&'static str, &str)>, Option<u64>)> = vec![
+        type Case = (Vec<(&'static str, &'static str)>, Option<u64>);
+        let cases: Vec<Case> = vec![
             (vec![("retry-after", "7")], Some(7000)),
             (vec![("retry-after", "1.5")], Some(1500)),
-            (vec![("retry-after", "Sun, 29 Nov 2026 12:00:30 GMT")], Some(30_000)),
-            (vec![("retry-after", "Sun, 29 Nov 2026 11:59:00 GMT")], Some(0)),
+            (
+                vec![("retry-after", "Sun, 29 Nov 2026 12:00:30 GMT")],
+                Some(30_000),
+            ),
+            (
+                vec![("retry-after", "Sun, 29 Nov 2026 11:59:00 GMT")],
+                Some(0),
+            ),
             (vec![("retry-after-ms", "250")], Some(250)),
-            (vec![("retry-after-ms", "250"), ("retry-after", "1")], Some(1000)),
+            (
+                vec![("retry-after-ms", "250"), ("retry-after", "1")],
+                Some(1000),
+            ),
             (vec![("x-ratelimit-reset-requests", "6m0s")], Some(360_000)),
-            (vec![("x-ratelimit-reset-requests", "1s"), ("x-ratelimit-reset-tokens", "20ms")], Some(1000)),
-            (vec![("anthropic-ratelimit-requests-reset", "2026-11-29T12:00:12Z")], Some(12_000)),
-            (vec![("anthropic-ratelimit-tokens-reset", "2026-11-29T12:01:00+00:00")], Some(60_000)),
+            (
+                vec![
+                    ("x-ratelimit-reset-requests", "1s"),
+                    ("x-ratelimit-reset-tokens", "20ms"),
+                ],
+                Some(1000),
+            ),
+            (
+                vec![("anthropic-ratelimit-requests-reset", "2026-11-29T12:00:12Z")],
+                Some(12_000),
+            ),
+            (
+                vec![(
+                    "anthropic-ratelimit-tokens-reset",
+                    "2026-11-29T12:01:00+00:00",
+                )],
+                Some(60_000),
+            ),
             (vec![("retry-after", "soon")], None),
             (vec![], None),
         ];
         for (h, want) in cases {
-            assert_eq!(retry_after(&headers(&h), now()), want.map(Duration::from_millis), "{h:?}");
+            assert_eq!(
+                retry_after(&headers(&h), now()),
+                want.map(Duration::from_millis),
+                "{h:?}"
+            );
         }
     }
 
     #[test]
     fn remaining_zero_means_exhausted() {
-        let h = headers(&[("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", "12s")]);
+        let h = headers(&[
+            ("x-ratelimit-remaining-requests", "0"),
+            ("x-ratelimit-reset-requests", "12s"),
+        ]);
         assert_eq!(exhausted_for(&h, now()), Some(Duration::from_secs(12)));
-        let h = headers(&[("x-ratelimit-remaining-requests", "3"), ("x-ratelimit-reset-requests", "12s")]);
+        let h = headers(&[
+            ("x-ratelimit-remaining-requests", "3"),
+            ("x-ratelimit-reset-requests", "12s"),
+        ]);
         assert_eq!(exhausted_for(&h, now()), None);
         let h = headers(&[
             ("anthropic-ratelimit-requests-remaining", "0"),
@@ -320,7 +366,11 @@ mod tests {
         ]);
         assert_eq!(exhausted_for(&h, now()), Some(Duration::from_secs(5)));
         let h = headers(&[("x-ratelimit-remaining-tokens", "0")]);
-        assert_eq!(exhausted_for(&h, now()), Some(Duration::from_secs(1)), "no reset: a short pause");
+        assert_eq!(
+            exhausted_for(&h, now()),
+            Some(Duration::from_secs(1)),
+            "no reset: a short pause"
+        );
     }
 
     #[test]
@@ -330,35 +380,187 @@ mod tests {
         let none = HeaderMap::new();
         let ra = headers(&[("retry-after", "20")]);
         let ra3 = headers(&[("retry-after", "3")]);
-        let cases: Vec<(ProviderKind, u16, &HeaderMap, &str, FailureClass, Option<u64>)> = vec![
+        type Case<'h> = (
+            ProviderKind,
+            u16,
+            &'h HeaderMap,
+            &'static str,
+            FailureClass,
+            Option<u64>,
+        );
+        let cases: Vec<Case> = vec![
             // OpenAI
-            (Openai, 429, &ra, r#"{"error":{"message":"Rate limit reached for gpt-4o","type":"requests","code":"rate_limit_exceeded"}}"#, RateLimited, Some(20)),
-            (Openai, 429, &none, r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","code":"insufficient_quota"}}"#, QuotaExhausted, None),
-            (Openai, 401, &none, r#"{"error":{"message":"Incorrect API key provided: sk-****abcd.","type":"invalid_request_error","code":"invalid_api_key"}}"#, InvalidKey, None),
-            (Openai, 403, &none, r#"{"error":{"message":"You are not allowed to sample from this model","type":"invalid_request_error"}}"#, InvalidKey, None),
-            (Openai, 400, &none, r#"{"error":{"message":"This model's maximum context length is 8192 tokens","type":"invalid_request_error","code":"context_length_exceeded"}}"#, ClientError, None),
-            (Openai, 404, &none, r#"{"error":{"message":"The model `x` does not exist","type":"invalid_request_error","code":"model_not_found"}}"#, ClientError, None),
-            (Openai, 500, &none, r#"{"error":{"message":"The server had an error","type":"server_error"}}"#, Overloaded, None),
-            (Openai, 503, &ra, "upstream connect error", Overloaded, Some(20)),
-            (OpenaiCompatible, 502, &none, "<html>bad gateway</html>", Overloaded, None),
+            (
+                Openai,
+                429,
+                &ra,
+                r#"{"error":{"message":"Rate limit reached for gpt-4o","type":"requests","code":"rate_limit_exceeded"}}"#,
+                RateLimited,
+                Some(20),
+            ),
+            (
+                Openai,
+                429,
+                &none,
+                r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","code":"insufficient_quota"}}"#,
+                QuotaExhausted,
+                None,
+            ),
+            (
+                Openai,
+                401,
+                &none,
+                r#"{"error":{"message":"Incorrect API key provided: sk-****abcd.","type":"invalid_request_error","code":"invalid_api_key"}}"#,
+                InvalidKey,
+                None,
+            ),
+            (
+                Openai,
+                403,
+                &none,
+                r#"{"error":{"message":"You are not allowed to sample from this model","type":"invalid_request_error"}}"#,
+                InvalidKey,
+                None,
+            ),
+            (
+                Openai,
+                400,
+                &none,
+                r#"{"error":{"message":"This model's maximum context length is 8192 tokens","type":"invalid_request_error","code":"context_length_exceeded"}}"#,
+                ClientError,
+                None,
+            ),
+            (
+                Openai,
+                404,
+                &none,
+                r#"{"error":{"message":"The model `x` does not exist","type":"invalid_request_error","code":"model_not_found"}}"#,
+                ClientError,
+                None,
+            ),
+            (
+                Openai,
+                500,
+                &none,
+                r#"{"error":{"message":"The server had an error","type":"server_error"}}"#,
+                Overloaded,
+                None,
+            ),
+            (
+                Openai,
+                503,
+                &ra,
+                "upstream connect error",
+                Overloaded,
+                Some(20),
+            ),
+            (
+                OpenaiCompatible,
+                502,
+                &none,
+                "<html>bad gateway</html>",
+                Overloaded,
+                None,
+            ),
             // Anthropic
-            (Anthropic, 429, &ra3, r#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of request tokens has exceeded your per-minute rate limit"}}"#, RateLimited, Some(3)),
-            (Anthropic, 529, &none, r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#, Overloaded, None),
-            (Anthropic, 401, &none, r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#, InvalidKey, None),
-            (Anthropic, 403, &none, r#"{"type":"error","error":{"type":"permission_error","message":"Your API key does not have permission"}}"#, InvalidKey, None),
-            (Anthropic, 400, &none, r#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API."}}"#, QuotaExhausted, None),
-            (Anthropic, 400, &none, r#"{"type":"error","error":{"type":"invalid_request_error","message":"messages: roles must alternate"}}"#, ClientError, None),
+            (
+                Anthropic,
+                429,
+                &ra3,
+                r#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of request tokens has exceeded your per-minute rate limit"}}"#,
+                RateLimited,
+                Some(3),
+            ),
+            (
+                Anthropic,
+                529,
+                &none,
+                r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+                Overloaded,
+                None,
+            ),
+            (
+                Anthropic,
+                401,
+                &none,
+                r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#,
+                InvalidKey,
+                None,
+            ),
+            (
+                Anthropic,
+                403,
+                &none,
+                r#"{"type":"error","error":{"type":"permission_error","message":"Your API key does not have permission"}}"#,
+                InvalidKey,
+                None,
+            ),
+            (
+                Anthropic,
+                400,
+                &none,
+                r#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API."}}"#,
+                QuotaExhausted,
+                None,
+            ),
+            (
+                Anthropic,
+                400,
+                &none,
+                r#"{"type":"error","error":{"type":"invalid_request_error","message":"messages: roles must alternate"}}"#,
+                ClientError,
+                None,
+            ),
             // Gemini
-            (Gemini, 429, &none, r#"{"error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaMetric":"generativelanguage.googleapis.com/generate_content_free_tier_requests","quotaId":"GenerateRequestsPerMinutePerProjectPerModel-FreeTier"}]},{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"37s"}]}}"#, RateLimited, Some(37)),
-            (Gemini, 429, &none, r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaId":"GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]},{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"3600s"}]}}"#, QuotaExhausted, Some(3600)),
-            (Gemini, 400, &none, r#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID"}]}}"#, InvalidKey, None),
-            (Gemini, 400, &none, r#"{"error":{"code":400,"message":"Invalid JSON payload","status":"INVALID_ARGUMENT"}}"#, ClientError, None),
-            (Gemini, 503, &none, r#"{"error":{"code":503,"message":"The model is overloaded.","status":"UNAVAILABLE"}}"#, Overloaded, None),
+            (
+                Gemini,
+                429,
+                &none,
+                r#"{"error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaMetric":"generativelanguage.googleapis.com/generate_content_free_tier_requests","quotaId":"GenerateRequestsPerMinutePerProjectPerModel-FreeTier"}]},{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"37s"}]}}"#,
+                RateLimited,
+                Some(37),
+            ),
+            (
+                Gemini,
+                429,
+                &none,
+                r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaId":"GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]},{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"3600s"}]}}"#,
+                QuotaExhausted,
+                Some(3600),
+            ),
+            (
+                Gemini,
+                400,
+                &none,
+                r#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID"}]}}"#,
+                InvalidKey,
+                None,
+            ),
+            (
+                Gemini,
+                400,
+                &none,
+                r#"{"error":{"code":400,"message":"Invalid JSON payload","status":"INVALID_ARGUMENT"}}"#,
+                ClientError,
+                None,
+            ),
+            (
+                Gemini,
+                503,
+                &none,
+                r#"{"error":{"code":503,"message":"The model is overloaded.","status":"UNAVAILABLE"}}"#,
+                Overloaded,
+                None,
+            ),
         ];
         for (kind, status, h, body, class, secs) in cases {
             let v = classify(kind, status, h, body.as_bytes(), now());
             assert_eq!(v.class, class, "{kind:?} {status} {body}");
-            assert_eq!(v.retry_after, secs.map(Duration::from_secs), "{kind:?} {status} {body}");
+            assert_eq!(
+                v.retry_after,
+                secs.map(Duration::from_secs),
+                "{kind:?} {status} {body}"
+            );
         }
     }
 

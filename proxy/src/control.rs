@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::config::Config;
+use crate::health::Health;
 use crate::snapshot::{Snapshot, SnapshotCell};
 
 #[derive(Debug, thiserror::Error)]
@@ -79,11 +80,12 @@ pub async fn watch_loop(
     endpoint: Endpoint,
     proxy_id: String,
     cell: Arc<SnapshotCell>,
+    health: Arc<Health>,
     status: Arc<LinkStatus>,
 ) {
     let mut backoff = Backoff::new();
     loop {
-        match watch_once(&endpoint, &proxy_id, &cell, &status, &mut backoff).await {
+        match watch_once(&endpoint, &proxy_id, &cell, &health, &status, &mut backoff).await {
             Ok(()) => {
                 tracing::warn!("control plane closed the watch stream; serving last snapshot")
             }
@@ -100,6 +102,7 @@ async fn watch_once(
     endpoint: &Endpoint,
     proxy_id: &str,
     cell: &SnapshotCell,
+    health: &Health,
     status: &LinkStatus,
     backoff: &mut Backoff,
 ) -> Result<(), tonic::Status> {
@@ -124,6 +127,7 @@ async fn watch_once(
                 let version = msg.version;
                 match Snapshot::from_proto(msg) {
                     Ok(snap) => {
+                        health.apply_snapshot(&snap);
                         if cell.store(snap) {
                             status.snapshots_applied.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(version, "snapshot applied");
@@ -162,26 +166,46 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Queue for routing records; `try_send` never blocks a request.
+/// Queues for routing records and key outcomes; `try_send` never blocks a request.
 #[derive(Clone)]
 pub struct Reporter {
     tx: mpsc::Sender<pb::RoutingRecord>,
+    outcomes: mpsc::Sender<pb::KeyOutcome>,
     status: Arc<LinkStatus>,
 }
 
+/// The receiving ends, owned by [`report_loop`].
+pub struct ReportQueues {
+    records: mpsc::Receiver<pb::RoutingRecord>,
+    outcomes: mpsc::Receiver<pb::KeyOutcome>,
+}
+
 impl Reporter {
-    pub fn new(
-        capacity: usize,
-        status: Arc<LinkStatus>,
-    ) -> (Self, mpsc::Receiver<pb::RoutingRecord>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        (Reporter { tx, status }, rx)
+    pub fn new(capacity: usize, status: Arc<LinkStatus>) -> (Self, ReportQueues) {
+        let (tx, records) = mpsc::channel(capacity);
+        let (otx, outcomes) = mpsc::channel(4096);
+        (
+            Reporter {
+                tx,
+                outcomes: otx,
+                status,
+            },
+            ReportQueues { records, outcomes },
+        )
     }
 
     pub fn record(&self, r: pb::RoutingRecord) {
         if self.tx.try_send(r).is_err() {
             self.status.reports_dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("routing record dropped: report queue full");
+        }
+    }
+
+    /// A key outcome the fleet must hear about now (sent ahead of routing records).
+    pub fn outcome(&self, o: pb::KeyOutcome) {
+        if self.outcomes.try_send(o).is_err() {
+            self.status.reports_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("key outcome dropped: queue full");
         }
     }
 }
@@ -193,11 +217,11 @@ const MAX_PENDING_BATCHES: usize = 500;
 
 /// Sends routing records over the Report stream, resending unacknowledged batches after a
 /// reconnect (at-least-once; the control plane deduplicates by request id).
-pub async fn report_loop(
-    endpoint: Endpoint,
-    proxy_id: String,
-    mut rx: mpsc::Receiver<pb::RoutingRecord>,
-) {
+pub async fn report_loop(endpoint: Endpoint, proxy_id: String, queues: ReportQueues) {
+    let ReportQueues {
+        records: mut rx,
+        outcomes: mut orx,
+    } = queues;
     let mut pending: BTreeMap<u64, pb::ReportBatch> = BTreeMap::new();
     let mut seq = 0u64;
     let mut backoff = Backoff::new();
@@ -228,6 +252,18 @@ pub async fn report_loop(
         let mut to_send: VecDeque<u64> = pending.keys().copied().collect();
         loop {
             tokio::select! {
+                // Outcomes first: other proxies wait on them.
+                biased;
+                first = orx.recv(), if pending.len() < MAX_PENDING_BATCHES => {
+                    let Some(first) = first else { return };
+                    let mut outcomes = vec![first];
+                    while let Ok(o) = orx.try_recv() {
+                        outcomes.push(o);
+                    }
+                    seq += 1;
+                    pending.insert(seq, pb::ReportBatch { seq, proxy_id: proxy_id.clone(), records: vec![], outcomes });
+                    to_send.push_front(seq);
+                }
                 permit = out_tx.reserve(), if !to_send.is_empty() => {
                     let Ok(permit) = permit else { break };
                     if let Some(b) = to_send.pop_front().and_then(|s| pending.get(&s)) {

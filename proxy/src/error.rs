@@ -27,8 +27,8 @@ pub enum ProxyError {
     NoKeyAvailable,
     #[error("the gateway is starting and has no configuration yet")]
     NotReady,
-    #[error("the provider is rate limiting requests; retry later")]
-    UpstreamRateLimited { retry_after: Option<HeaderValue> },
+    #[error("every key for this model is cooling down after rate limits or quota; retry in {0} s")]
+    AllCooling(u64),
     #[error("the provider rejected the gateway's credentials")]
     UpstreamAuth,
     #[error("the provider is unavailable")]
@@ -46,7 +46,7 @@ impl ProxyError {
             ProxyError::NotFound(_) | ProxyError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoKeyAvailable | ProxyError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UpstreamRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::AllCooling(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::UpstreamAuth | ProxyError::UpstreamUnavailable(_) => {
                 StatusCode::BAD_GATEWAY
             }
@@ -65,7 +65,7 @@ impl ProxyError {
             ProxyError::ModelNotFound(_) => ("invalid_request_error", "model_not_found"),
             ProxyError::NoKeyAvailable => ("server_error", "no_key_available"),
             ProxyError::NotReady => ("server_error", "not_ready"),
-            ProxyError::UpstreamRateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
+            ProxyError::AllCooling(_) => ("rate_limit_error", "rate_limit_exceeded"),
             ProxyError::UpstreamAuth => ("server_error", "upstream_auth_failed"),
             ProxyError::UpstreamUnavailable(_) => ("server_error", "upstream_unavailable"),
             ProxyError::UpstreamTimeout => ("server_error", "upstream_timeout"),
@@ -95,11 +95,8 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         h.insert("x-request-id", request_id.clone());
-        if let ProxyError::UpstreamRateLimited {
-            retry_after: Some(v),
-        } = &self
-        {
-            h.insert(http::header::RETRY_AFTER, v.clone());
+        if let ProxyError::AllCooling(secs) = &self {
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from(*secs));
         }
         if matches!(self, ProxyError::InvalidApiKey) {
             h.insert(

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod health;
 pub mod openai;
 pub mod server;
 pub mod snapshot;
@@ -41,21 +42,24 @@ pub async fn run(
         .build()?;
 
     let cell = Arc::new(SnapshotCell::default());
+    let health = Arc::new(health::Health::default());
     let status = Arc::new(LinkStatus::default());
-    let (reporter, records) = Reporter::new(config.report_queue, status.clone());
+    let (reporter, queues) = Reporter::new(config.report_queue, status.clone());
     let watch = tokio::spawn(control::watch_loop(
         endpoint.clone(),
         config.proxy_id.clone(),
         cell.clone(),
+        health.clone(),
         status.clone(),
     ));
     let report = tokio::spawn(control::report_loop(
         endpoint,
         config.proxy_id.clone(),
-        records,
+        queues,
     ));
 
     let proxy = Arc::new(Proxy {
+        health,
         cell: cell.clone(),
         http,
         reporter,

@@ -6,7 +6,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -18,8 +18,10 @@ use llmhub_proto::v1 as pb;
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value, json};
 
+use crate::classify::{FailureClass, classify, exhausted_for};
 use crate::control::Reporter;
 use crate::error::ProxyError;
+use crate::health::InFlight;
 use crate::server::{Body, BoxError, Proxy, RequestLog, full};
 use crate::snapshot::{ClientKey, Snapshot};
 
@@ -170,23 +172,50 @@ pub async fn chat_completions(
         .filter(|_| client.may_use(&model))
         .ok_or_else(|| ProxyError::ModelNotFound(model.clone()))?;
 
-    let (candidates, skipped) = snap.candidates(route, client);
+    let now = SystemTime::now();
+    let plan = snap.plan(route, client, &p.health, now);
     let mut recorder = Recorder {
         reporter: p.reporter.clone(),
         record: Some(pb::RoutingRecord {
             request_id: rid.to_str().unwrap_or_default().to_owned(),
-            started_at: Some(timestamp(SystemTime::now())),
+            started_at: Some(timestamp(now)),
             user_id: client.user_id.clone(),
             client_key_prefix: client.prefix.clone(),
             public_model: model.clone(),
             stream,
-            skipped,
+            skipped: plan.skipped,
             ..Default::default()
         }),
         started,
     };
+    let mut earliest = plan.earliest;
     let mut last_error = ProxyError::NoKeyAvailable;
-    for (target, provider, key) in candidates.into_iter().take(MAX_ATTEMPTS) {
+    let mut attempts = 0usize;
+    for cand in plan.candidates {
+        if attempts >= MAX_ATTEMPTS {
+            break;
+        }
+        let (target, provider, key) = (cand.target, cand.provider, cand.key);
+        // The one trial request after a cooldown; if another request holds it, move on.
+        let probe = if cand.half_open {
+            match p.health.try_probe(&key.id, &target.upstream_model) {
+                Some(probe) => Some(probe),
+                None => {
+                    skip(
+                        &mut recorder,
+                        format!("key {}: half-open trial in progress", key.fingerprint),
+                    );
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        if attempts > 0 {
+            // Jitter between attempts so a burst of failures does not move in lockstep.
+            tokio::time::sleep(Duration::from_millis(rand::random_range(5..25))).await;
+        }
+        attempts += 1;
         log.attempts += 1;
         log.provider = Some(provider.name.clone());
         log.key_fingerprint = Some(key.fingerprint.clone());
@@ -198,6 +227,7 @@ pub async fn chat_completions(
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", key.secret.expose_secret()))
             .map_err(|_| ProxyError::UpstreamAuth)?;
         auth.set_sensitive(true);
+        let inflight = p.health.begin(&key.id, SystemTime::now());
         let send = p
             .http
             .post(url)
@@ -225,12 +255,16 @@ pub async fn chat_completions(
             Err(_) => {
                 attempt.class = "timeout".into();
                 push_attempt(&mut recorder, attempt);
+                p.health
+                    .provider_result(&provider.id, false, SystemTime::now());
                 last_error = ProxyError::UpstreamTimeout;
                 continue;
             }
             Ok(Err(e)) => {
-                attempt.class = "provider_unavailable".into();
+                attempt.class = FailureClass::Overloaded.as_str().into();
                 push_attempt(&mut recorder, attempt);
+                p.health
+                    .provider_result(&provider.id, false, SystemTime::now());
                 last_error = ProxyError::UpstreamUnavailable(format!(
                     "provider {}: {}",
                     provider.name,
@@ -242,34 +276,42 @@ pub async fn chat_completions(
         };
         let status = resp.status();
         attempt.status = u32::from(status.as_u16());
+        let now = SystemTime::now();
         if status.is_success() {
             attempt.class = "ok".into();
             push_attempt(&mut recorder, attempt);
-            return Ok(relay(resp, stream, recorder));
-        }
-        match status.as_u16() {
-            429 => {
-                attempt.class = "rate_limited".into();
-                last_error = ProxyError::UpstreamRateLimited {
-                    retry_after: resp.headers().get(http::header::RETRY_AFTER).cloned(),
-                };
-            }
-            401 | 403 => {
-                attempt.class = "invalid_key".into();
-                last_error = ProxyError::UpstreamAuth;
-            }
-            s if s >= 500 => {
-                attempt.class = "provider_unavailable".into();
-                last_error = ProxyError::UpstreamUnavailable(format!(
-                    "provider {} answered {s}",
-                    provider.name
+            p.health.provider_result(&provider.id, true, now);
+            let recovered = p.health.record_success(
+                &key.id,
+                &target.upstream_model,
+                attempt_started.elapsed(),
+                exhausted_for(resp.headers(), now),
+                now,
+            );
+            if recovered || probe.is_some() {
+                p.reporter.outcome(outcome_msg(
+                    &key.id,
+                    &target.upstream_model,
+                    "ok",
+                    status.as_u16(),
+                    now,
+                    None,
+                    false,
                 ));
             }
-            _ => {
-                // A client error: the request itself is wrong, so no other key would do better.
-                attempt.class = "client_error".into();
-                push_attempt(&mut recorder, attempt);
-                let body = read_error_body(resp).await;
+            drop(probe);
+            return Ok(relay(resp, stream, recorder, inflight));
+        }
+        drop(inflight);
+        let headers = resp.headers().clone();
+        let body = read_error_body(resp).await;
+        let verdict = classify(provider.kind, status.as_u16(), &headers, &body, now);
+        attempt.class = verdict.class.as_str().into();
+        push_attempt(&mut recorder, attempt);
+        match verdict.class {
+            FailureClass::ClientError => {
+                // The request itself is wrong: no other key would do better, and no penalty.
+                p.health.provider_result(&provider.id, true, now);
                 let body = redact(body, key.secret.expose_secret());
                 recorder.finish(u32::from(status.as_u16()));
                 let mut r = Response::new(full(body));
@@ -278,13 +320,93 @@ pub async fn chat_completions(
                     .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 return Ok(r);
             }
+            FailureClass::Overloaded => {
+                p.health.provider_result(&provider.id, false, now);
+                last_error = ProxyError::UpstreamUnavailable(format!(
+                    "provider {} answered {status}",
+                    provider.name
+                ));
+            }
+            FailureClass::RateLimited | FailureClass::QuotaExhausted | FailureClass::InvalidKey => {
+                p.health.provider_result(&provider.id, true, now);
+                if let Some(until) =
+                    p.health
+                        .record_failure(&key.id, &target.upstream_model, &verdict, now)
+                {
+                    if verdict.class != FailureClass::InvalidKey {
+                        earliest = Some(earliest.map_or(until, |e| e.min(until)));
+                    }
+                    p.reporter.outcome(outcome_msg(
+                        &key.id,
+                        &target.upstream_model,
+                        verdict.class.as_str(),
+                        status.as_u16(),
+                        now,
+                        Some(until),
+                        verdict.retry_after.is_some(),
+                    ));
+                }
+                tracing::warn!(
+                    provider = %provider.name,
+                    key = %key.fingerprint,
+                    class = verdict.class.as_str(),
+                    status = status.as_u16(),
+                    "provider refused the key"
+                );
+                last_error = if verdict.class == FailureClass::InvalidKey {
+                    ProxyError::UpstreamAuth
+                } else {
+                    ProxyError::AllCooling(0)
+                };
+            }
         }
-        push_attempt(&mut recorder, attempt);
-        // The error body is drained and dropped: it may quote the key.
-        drop(resp);
+        drop(probe);
+    }
+    // Nothing worked or nothing was usable. When keys are only cooling down, say when to come
+    // back rather than failing generically.
+    if matches!(
+        last_error,
+        ProxyError::NoKeyAvailable | ProxyError::AllCooling(_)
+    ) && let Some(t) = earliest
+    {
+        let secs = t
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .as_secs_f64()
+            .ceil()
+            .max(1.0) as u64;
+        last_error = ProxyError::AllCooling(secs);
+    } else if let ProxyError::AllCooling(0) = last_error {
+        last_error = ProxyError::AllCooling(1);
     }
     recorder.finish(u32::from(last_error.status().as_u16()));
     Err(last_error)
+}
+
+fn skip(recorder: &mut Recorder, line: String) {
+    if let Some(r) = recorder.record.as_mut() {
+        r.skipped.push(line);
+    }
+}
+
+fn outcome_msg(
+    key_id: &str,
+    model: &str,
+    class: &str,
+    status: u16,
+    now: SystemTime,
+    until: Option<SystemTime>,
+    provider_stated: bool,
+) -> pb::KeyOutcome {
+    pb::KeyOutcome {
+        key_id: key_id.to_owned(),
+        upstream_model: model.to_owned(),
+        class: class.to_owned(),
+        status: u32::from(status),
+        observed_at: Some(timestamp(now)),
+        retry_at: until.map(timestamp),
+        provider_stated,
+    }
 }
 
 fn push_attempt(recorder: &mut Recorder, a: pb::Attempt) {
@@ -320,7 +442,12 @@ fn redact(body: Bytes, secret: &str) -> Bytes {
 }
 
 /// Relays an upstream success response chunk by chunk.
-fn relay(resp: reqwest::Response, sse: bool, recorder: Recorder) -> Response<Body> {
+fn relay(
+    resp: reqwest::Response,
+    sse: bool,
+    recorder: Recorder,
+    inflight: InFlight,
+) -> Response<Body> {
     let status = resp.status();
     let content_type = resp
         .headers()
@@ -343,6 +470,7 @@ fn relay(resp: reqwest::Response, sse: bool, recorder: Recorder) -> Response<Bod
         done: false,
         recorder,
         status: u32::from(status.as_u16()),
+        _inflight: inflight,
     };
     let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(relay)));
     *r.status_mut() = status;
@@ -362,6 +490,8 @@ struct Relay {
     done: bool,
     recorder: Recorder,
     status: u32,
+    /// The key counts as in flight until the body is fully relayed.
+    _inflight: InFlight,
 }
 
 /// Error event that ends an interrupted stream, in the OpenAI dialect.

@@ -39,6 +39,7 @@ pub fn full(b: impl Into<Bytes>) -> Body {
 /// Shared state of the public listener.
 pub struct Proxy {
     pub cell: Arc<SnapshotCell>,
+    pub health: Arc<crate::health::Health>,
     pub http: reqwest::Client,
     pub reporter: Reporter,
     pub max_body_bytes: usize,

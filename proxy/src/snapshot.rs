@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
+
+use crate::health::{Gate, Health};
 use hmac::{Hmac, Mac};
 use llmhub_proto::v1 as pb;
 use secrecy::{ExposeSecret, SecretString};
@@ -53,7 +55,11 @@ pub struct ProviderKey {
     pub fingerprint: String,
     pub weight: u32,
     pub allowed_models: Vec<String>,
-    pub active: bool,
+    /// Why the control plane disabled the key, when it did.
+    pub disabled_reason: Option<String>,
+    /// Cooldowns in force when the snapshot was built: (model or "" for the whole key, until, class).
+    pub cooldowns: Vec<(String, SystemTime, String)>,
+    pub rpm_limit: u32,
 }
 
 impl std::fmt::Debug for ProviderKey {
@@ -89,11 +95,22 @@ pub struct Target {
     pub priority: u32,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Round-robin in proportion to key weights.
+    Weighted,
+    /// The key with the fewest requests in flight on this proxy.
+    LeastInFlight,
+    /// The key with the lowest latency EWMA (untried keys first, to learn them).
+    Latency,
+}
+
 #[derive(Debug)]
 pub struct Route {
     pub public_model: String,
     /// Sorted by priority, lowest first.
     pub targets: Vec<Target>,
+    pub strategy: Strategy,
 }
 
 pub struct Snapshot {
@@ -178,10 +195,19 @@ impl Snapshot {
                 failure = Some(SnapshotError::KeySecret(k.id));
                 continue;
             }
-            let active = k
+            let disabled_reason = k
                 .state
                 .as_ref()
-                .is_none_or(|s| s.status == pb::KeyStatus::Active as i32);
+                .filter(|s| s.status == pb::KeyStatus::Disabled as i32)
+                .map(|s| s.reason.clone());
+            let cooldowns = k
+                .cooldowns
+                .iter()
+                .filter_map(|c| {
+                    let until = to_system_time(c.until.as_ref()?)?;
+                    Some((c.model.clone(), until, c.reason.clone()))
+                })
+                .collect();
             keys_by_provider
                 .entry(k.provider_id.clone())
                 .or_default()
@@ -193,7 +219,9 @@ impl Snapshot {
                     fingerprint: k.fingerprint,
                     weight: k.weight.max(1),
                     allowed_models: k.allowed_models,
-                    active,
+                    disabled_reason,
+                    cooldowns,
+                    rpm_limit: k.rpm_limit,
                 }));
         }
         if let Some(e) = failure {
@@ -241,11 +269,17 @@ impl Snapshot {
                 });
             }
             targets.sort_by_key(|t| t.priority);
+            let strategy = match r.strategy.as_str() {
+                "least_inflight" => Strategy::LeastInFlight,
+                "latency" => Strategy::Latency,
+                _ => Strategy::Weighted,
+            };
             routes.insert(
                 r.public_model.clone(),
                 Route {
                     public_model: r.public_model,
                     targets,
+                    strategy,
                 },
             );
         }
@@ -287,22 +321,40 @@ impl Snapshot {
         v
     }
 
-    /// Candidate (target, key) pairs for a request in the order they should be tried, and one
-    /// line for every candidate that was skipped.
-    pub fn candidates<'a>(
+    /// Plans a request: the candidates to try in order (per target, by priority; within a
+    /// target, keys ordered by the route's strategy, half-open keys first so their trial happens
+    /// promptly), one line for every candidate skipped, and the earliest moment a skipped key or
+    /// provider recovers.
+    pub fn plan<'a>(
         &'a self,
         route: &'a Route,
         client: &ClientKey,
-    ) -> (Vec<Candidate<'a>>, Vec<String>) {
-        let mut out = Vec::new();
-        let mut skipped = Vec::new();
+        health: &Health,
+        now: SystemTime,
+    ) -> Plan<'a> {
+        let mut plan = Plan::default();
         let turn = self.cursor.fetch_add(1, Ordering::Relaxed);
+        let earliest = |t: Option<SystemTime>, plan: &mut Plan<'a>| {
+            if let Some(t) = t {
+                plan.earliest = Some(plan.earliest.map_or(t, |e| e.min(t)));
+            }
+        };
         for target in &route.targets {
             let Some(provider) = self.providers.get(&target.provider_id) else {
                 continue;
             };
             if !provider.enabled {
-                skipped.push(format!("provider {}: disabled", provider.name));
+                plan.skipped
+                    .push(format!("provider {}: disabled", provider.name));
+                continue;
+            }
+            if let Err(until) = health.provider_allows(&provider.id, now) {
+                plan.skipped.push(format!(
+                    "provider {}: circuit open until {}",
+                    provider.name,
+                    crate::health::clock(until)
+                ));
+                earliest(Some(until), &mut plan);
                 continue;
             }
             let keys = self
@@ -310,7 +362,8 @@ impl Snapshot {
                 .get(&provider.id)
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            let mut usable: Vec<&Arc<ProviderKey>> = Vec::new();
+            let mut open: Vec<&Arc<ProviderKey>> = Vec::new();
+            let mut half_open: Vec<&Arc<ProviderKey>> = Vec::new();
             for k in keys {
                 let owned = match &k.owner_user_id {
                     Some(owner) => owner == &client.user_id,
@@ -319,44 +372,90 @@ impl Snapshot {
                 if !owned {
                     continue;
                 }
-                if !k.active {
-                    skipped.push(format!("key {}: disabled", k.fingerprint));
-                } else if !k.allowed_models.is_empty()
+                if !k.allowed_models.is_empty()
                     && !k.allowed_models.iter().any(|m| m == &target.upstream_model)
                 {
-                    skipped.push(format!(
+                    plan.skipped.push(format!(
                         "key {}: not allowed for {}",
                         k.fingerprint, target.upstream_model
                     ));
-                } else {
-                    usable.push(k);
+                    continue;
+                }
+                match health.gate(&k.id, &target.upstream_model, k.rpm_limit, now) {
+                    Gate::Open => open.push(k),
+                    Gate::HalfOpen => half_open.push(k),
+                    Gate::Skip { reason, until } => {
+                        plan.skipped
+                            .push(format!("key {}: {reason}", k.fingerprint));
+                        earliest(until, &mut plan);
+                    }
                 }
             }
-            if usable.is_empty() {
-                continue;
-            }
-            // Weighted round-robin: expand by weight, start at this request's turn.
-            let total: usize = usable.iter().map(|k| k.weight as usize).sum();
-            let mut slot = turn % total;
-            let mut first = 0;
-            for (i, k) in usable.iter().enumerate() {
-                if slot < k.weight as usize {
-                    first = i;
-                    break;
-                }
-                slot -= k.weight as usize;
-            }
-            for i in 0..usable.len() {
-                let k = usable[(first + i) % usable.len()];
-                out.push((target, provider, k.clone()));
+            let ordered = order(open, route.strategy, health, turn);
+            for k in half_open
+                .into_iter()
+                .map(|k| (k, true))
+                .chain(ordered.into_iter().map(|k| (k, false)))
+            {
+                plan.candidates.push(Candidate {
+                    target,
+                    provider,
+                    key: k.0.clone(),
+                    half_open: k.1,
+                });
             }
         }
-        (out, skipped)
+        plan
     }
 }
 
+/// Orders usable keys by the route's strategy.
+fn order<'k>(
+    keys: Vec<&'k Arc<ProviderKey>>,
+    strategy: Strategy,
+    health: &Health,
+    turn: usize,
+) -> Vec<&'k Arc<ProviderKey>> {
+    if keys.is_empty() {
+        return keys;
+    }
+    // Weighted round-robin start, also the tie-breaker for the other strategies.
+    let total: usize = keys.iter().map(|k| k.weight as usize).sum();
+    let mut slot = turn % total.max(1);
+    let mut first = 0;
+    for (i, k) in keys.iter().enumerate() {
+        if slot < k.weight as usize {
+            first = i;
+            break;
+        }
+        slot -= k.weight as usize;
+    }
+    let mut rotated: Vec<&Arc<ProviderKey>> = (0..keys.len())
+        .map(|i| keys[(first + i) % keys.len()])
+        .collect();
+    match strategy {
+        Strategy::Weighted => {}
+        Strategy::LeastInFlight => rotated.sort_by_key(|k| health.stats(&k.id).inflight()),
+        Strategy::Latency => rotated.sort_by_key(|k| health.stats(&k.id).ewma_us()),
+    }
+    rotated
+}
+
 /// One way to serve a request: a route target, its provider, and a key for it.
-pub type Candidate<'a> = (&'a Target, &'a Provider, Arc<ProviderKey>);
+pub struct Candidate<'a> {
+    pub target: &'a Target,
+    pub provider: &'a Provider,
+    pub key: Arc<ProviderKey>,
+    /// The key's cooldown ended: this attempt is its trial (take the probe first).
+    pub half_open: bool,
+}
+
+#[derive(Default)]
+pub struct Plan<'a> {
+    pub candidates: Vec<Candidate<'a>>,
+    pub skipped: Vec<String>,
+    pub earliest: Option<SystemTime>,
+}
 
 /// The current snapshot, swapped atomically as new ones arrive.
 #[derive(Default)]
@@ -438,6 +537,7 @@ pub(crate) mod tests {
             }],
             routes: vec![pb::Route {
                 public_model: "gpt-x".into(),
+                strategy: "weighted".into(),
                 targets: vec![pb::RouteTarget {
                     provider_id: "p1".into(),
                     upstream_model: "up-x".into(),
@@ -490,11 +590,12 @@ pub(crate) mod tests {
         let s = Snapshot::from_proto(sample()).unwrap();
         let client = s.authenticate("lh-good").unwrap();
         let route = &s.routes["gpt-x"];
+        let health = Health::default();
         let mut firsts = HashMap::new();
         for _ in 0..400 {
-            let (c, _) = s.candidates(route, client);
-            assert_eq!(c.len(), 2, "every usable key is a candidate");
-            *firsts.entry(c[0].2.id.clone()).or_insert(0) += 1;
+            let plan = s.plan(route, client, &health, SystemTime::now());
+            assert_eq!(plan.candidates.len(), 2, "every usable key is a candidate");
+            *firsts.entry(plan.candidates[0].key.id.clone()).or_insert(0) += 1;
         }
         assert_eq!(firsts["k1"], 100);
         assert_eq!(firsts["k2"], 300);
@@ -507,8 +608,13 @@ pub(crate) mod tests {
         m.provider_keys[0].owner_user_id = "someone-else".into();
         let s = Snapshot::from_proto(m).unwrap();
         let client = s.authenticate("lh-good").unwrap();
-        let (c, _) = s.candidates(&s.routes["gpt-x"], client);
-        assert!(c.is_empty());
+        let plan = s.plan(
+            &s.routes["gpt-x"],
+            client,
+            &Health::default(),
+            SystemTime::now(),
+        );
+        assert!(plan.candidates.is_empty());
     }
 
     #[test]
@@ -519,5 +625,60 @@ pub(crate) mod tests {
         older.version = 3;
         assert!(!cell.store(Snapshot::from_proto(older).unwrap()));
         assert_eq!(cell.version(), 7);
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::tests::sample;
+    use super::*;
+    use crate::classify::{FailureClass, Verdict};
+
+    #[test]
+    fn cooling_keys_are_skipped_with_a_reason_and_recovery_time() {
+        let s = Snapshot::from_proto(sample()).unwrap();
+        let client = s.authenticate("lh-good").unwrap();
+        let health = Health::default();
+        health.apply_snapshot(&s);
+        let now = SystemTime::now();
+        let v = Verdict {
+            class: FailureClass::RateLimited,
+            retry_after: Some(std::time::Duration::from_secs(30)),
+        };
+        health.record_failure("k1", "up-x", &v, now);
+        let plan = s.plan(&s.routes["gpt-x"], client, &health, now);
+        assert_eq!(plan.candidates.len(), 1);
+        assert_eq!(plan.candidates[0].key.id, "k2");
+        assert!(
+            plan.skipped[0].contains("fp_1") && plan.skipped[0].contains("cooling until"),
+            "{:?}",
+            plan.skipped
+        );
+        health.record_failure("k2", "up-x", &v, now);
+        let plan = s.plan(&s.routes["gpt-x"], client, &health, now);
+        assert!(plan.candidates.is_empty());
+        let wait = plan.earliest.unwrap().duration_since(now).unwrap();
+        assert!(
+            wait <= std::time::Duration::from_secs(30)
+                && wait >= std::time::Duration::from_secs(29)
+        );
+    }
+
+    #[test]
+    fn least_inflight_prefers_idle_keys() {
+        let mut m = sample();
+        m.routes[0].strategy = "least_inflight".into();
+        let s = Snapshot::from_proto(m).unwrap();
+        let client = s.authenticate("lh-good").unwrap();
+        let health = Health::default();
+        health.apply_snapshot(&s);
+        let _busy = (
+            health.begin("k2", SystemTime::now()),
+            health.begin("k2", SystemTime::now()),
+        );
+        for _ in 0..10 {
+            let plan = s.plan(&s.routes["gpt-x"], client, &health, SystemTime::now());
+            assert_eq!(plan.candidates[0].key.id, "k1");
+        }
     }
 }

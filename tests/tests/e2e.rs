@@ -227,13 +227,6 @@ async fn full_flow(backend: Backend) -> anyhow::Result<()> {
     assert_eq!(v["error"]["type"], "rate_limit_error");
     seen.0.push_str(&format!("{h:?}{body}"));
 
-    // Provider 401 quoting the key: the client gets a generic 502 that names no key.
-    let r = chat(&http, &proxy.url, &setup.client_key, "gpt-401", false).await?;
-    assert_eq!(r.status(), 502);
-    let body = r.text().await?;
-    assert!(body.contains("upstream_auth_failed"), "{body}");
-    seen.0.push_str(&body);
-
     // Provider 500: a generic 502 in the OpenAI shape.
     let r = chat(&http, &proxy.url, &setup.client_key, "gpt-500", false).await?;
     assert_eq!(r.status(), 502);
@@ -282,6 +275,14 @@ async fn full_flow(backend: Backend) -> anyhow::Result<()> {
         r.json::<Value>().await?["error"]["type"],
         "invalid_request_error"
     );
+
+    // Provider 401 quoting the key: the client gets a generic 502 that names no key (and the key
+    // is disabled fleet-wide, so this comes last).
+    let r = chat(&http, &proxy.url, &setup.client_key, "gpt-401", false).await?;
+    assert_eq!(r.status(), 502);
+    let body = r.text().await?;
+    assert!(body.contains("upstream_auth_failed"), "{body}");
+    seen.0.push_str(&body);
 
     // Routing records come back over the Report stream and are stored.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

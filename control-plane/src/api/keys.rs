@@ -32,7 +32,11 @@ fn cooldown_view(c: &key_cooldowns::Model) -> Value {
         "until": c.until, "class": c.class, "source": c.source})
 }
 
-fn key_view_with(s: &AppState, k: &provider_keys::Model, cooldowns: &[key_cooldowns::Model]) -> Value {
+fn key_view_with(
+    s: &AppState,
+    k: &provider_keys::Model,
+    cooldowns: &[key_cooldowns::Model],
+) -> Value {
     let mine: Vec<Value> = cooldowns
         .iter()
         .filter(|c| c.key_id == k.id)
@@ -519,7 +523,9 @@ pub(super) async fn force_cooldown(
 ) -> Result<Json<Value>, ApiError> {
     owned_key(&s, &admin, &provider_id, &key_id).await?;
     if !(1..=30 * 24 * 3600).contains(&body.seconds) {
-        return Err(ApiError::BadRequest("seconds: between 1 and 2592000".into()));
+        return Err(ApiError::BadRequest(
+            "seconds: between 1 and 2592000".into(),
+        ));
     }
     let model = body.model.unwrap_or_default();
     if !model.is_empty() && !valid_name(&model, 128) {
@@ -535,13 +541,16 @@ pub(super) async fn force_cooldown(
             until,
             "forced",
             &format!("admin:{}", admin.id),
-            Some(AuditEvent::new(&admin.actor(), "key_cooldown_forced", "provider_key").detail(
-                json!({"seconds": body.seconds, "model": model}),
-            )),
+            Some(
+                AuditEvent::new(&admin.actor(), "key_cooldown_forced", "provider_key")
+                    .detail(json!({"seconds": body.seconds, "model": model})),
+            ),
         )
         .await?;
-    s.hub
-        .publish_key_state(&key_id, crate::grpc::cooling_state(&c.model, c.until, &c.class));
+    s.hub.publish_key_state(
+        &key_id,
+        crate::grpc::cooling_state(&c.model, c.until, &c.class),
+    );
     Ok(Json(cooldown_view(&c)))
 }
 
@@ -557,7 +566,11 @@ pub(super) async fn clear_health(
             &key_id,
             None,
             &format!("admin:{}", admin.id),
-            Some(AuditEvent::new(&admin.actor(), "key_cooldown_cleared", "provider_key")),
+            Some(AuditEvent::new(
+                &admin.actor(),
+                "key_cooldown_cleared",
+                "provider_key",
+            )),
         )
         .await?;
     s.hub.publish_key_state(
@@ -591,7 +604,13 @@ pub(super) async fn history(
                 "until": e.until, "source": e.source})
         })
         .collect();
-    let live: Vec<Value> = s.store.cooldowns_of(&key_id).await?.iter().map(cooldown_view).collect();
+    let live: Vec<Value> = s
+        .store
+        .cooldowns_of(&key_id)
+        .await?
+        .iter()
+        .map(cooldown_view)
+        .collect();
     Ok(Json(json!({"cooldowns": live, "events": events})))
 }
 

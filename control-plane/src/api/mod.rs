@@ -159,7 +159,11 @@ fn endpoints() -> Vec<(Endpoint, MethodRouter<AppState>)> {
             get(keys::history),
         ),
         (
-            ep("POST", "/api/v1/providers/{id}/keys/{key_id}/cooldown", Admin),
+            ep(
+                "POST",
+                "/api/v1/providers/{id}/keys/{key_id}/cooldown",
+                Admin,
+            ),
             post(keys::force_cooldown),
         ),
         (

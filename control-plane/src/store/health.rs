@@ -125,8 +125,8 @@ impl Store {
             .one(&txn)
             .await?
             .ok_or(StoreError::NotFound)?;
-        let mut del = key_cooldowns::Entity::delete_many()
-            .filter(key_cooldowns::Column::KeyId.eq(key_id));
+        let mut del =
+            key_cooldowns::Entity::delete_many().filter(key_cooldowns::Column::KeyId.eq(key_id));
         if let Some(m) = model {
             del = del.filter(key_cooldowns::Column::Model.eq(m));
         }
@@ -140,7 +140,16 @@ impl Store {
             changed = true;
         }
         if changed {
-            event(&txn, key_id, "cleared", "", model.unwrap_or(""), None, source).await?;
+            event(
+                &txn,
+                key_id,
+                "cleared",
+                "",
+                model.unwrap_or(""),
+                None,
+                source,
+            )
+            .await?;
         }
         match audit {
             Some(ev) => self.commit_audited(txn, ev.target(key_id)).await?,
@@ -151,7 +160,12 @@ impl Store {
 
     /// Ends the cooldown of `key_id` × `model` if it has run out (a successful trial request
     /// confirmed the key works again). Returns whether a cooldown was removed.
-    pub async fn clear_key_health_if_expired(&self, key_id: &str, model: &str, source: &str) -> Result<bool> {
+    pub async fn clear_key_health_if_expired(
+        &self,
+        key_id: &str,
+        model: &str,
+        source: &str,
+    ) -> Result<bool> {
         let txn = self.begin().await?;
         let res = key_cooldowns::Entity::delete_many()
             .filter(key_cooldowns::Column::KeyId.eq(key_id))
