@@ -25,6 +25,8 @@ const ENV_KEYS: &[&str] = &[
     "max_body_bytes",
     "log_format",
     "report_queue",
+    "breaker_failures",
+    "breaker_open_ms",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +69,10 @@ pub struct RawConfig {
     pub log_format: Option<String>,
     /// Routing records buffered while the control plane is unreachable (default 10000).
     pub report_queue: Option<usize>,
+    /// Consecutive failures (5xx, connect errors, timeouts) that open a provider's circuit.
+    pub breaker_failures: Option<u32>,
+    /// How long an opened circuit stays open at first, in ms (doubles on repeat, up to 8x).
+    pub breaker_open_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +95,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub report_queue: usize,
     pub header_read_timeout: Duration,
+    pub breaker: crate::health::BreakerPolicy,
 }
 
 impl std::fmt::Debug for Config {
@@ -170,7 +177,19 @@ impl RawConfig {
         if report_queue == 0 {
             return Err(field("report_queue", "must be at least 1"));
         }
+        let breaker_failures = self.breaker_failures.unwrap_or(5);
+        if breaker_failures == 0 {
+            return Err(field("breaker_failures", "must be at least 1"));
+        }
+        let breaker_open_ms = self.breaker_open_ms.unwrap_or(10_000);
+        if !(100..=600_000).contains(&breaker_open_ms) {
+            return Err(field("breaker_open_ms", "must be between 100 and 600000"));
+        }
         Ok(Config {
+            breaker: crate::health::BreakerPolicy {
+                failures: breaker_failures,
+                open: Duration::from_millis(breaker_open_ms),
+            },
             listen,
             internal_listen,
             control_plane_url,

@@ -47,6 +47,7 @@ pub struct LinkStatus {
     pub connected: AtomicBool,
     pub snapshots_applied: AtomicU64,
     pub snapshots_rejected: AtomicU64,
+    pub deltas_applied: AtomicU64,
     pub reports_dropped: AtomicU64,
 }
 
@@ -140,14 +141,14 @@ async fn watch_once(
                 }
             }
             Some(pb::watch_event::Event::Delta(d)) => {
-                // Deltas arrive with fleet-wide cooldowns; until then a delta we cannot apply
-                // means our view is stale, so ask for a fresh snapshot by reconnecting.
-                tracing::warn!(
-                    base = d.base_version,
-                    version = d.version,
-                    "unsupported delta; resubscribing"
-                );
-                return Ok(());
+                // Key health changes apply on their own: each names the key and its new state.
+                for u in &d.key_states {
+                    if let Some(state) = &u.state {
+                        health.apply_delta(&u.key_id, state);
+                        status.deltas_applied.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(key_id = %u.key_id, status = state.status, model = %state.model, "key state applied");
+                    }
+                }
             }
             None => {}
         }

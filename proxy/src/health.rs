@@ -147,8 +147,25 @@ pub enum Gate {
 
 type CooldownMap = HashMap<(String, String), Cooling>;
 
+/// When a provider's circuit opens: consecutive failures, and the first open period.
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerPolicy {
+    pub failures: u32,
+    pub open: Duration,
+}
+
+impl Default for BreakerPolicy {
+    fn default() -> Self {
+        BreakerPolicy {
+            failures: BREAKER_THRESHOLD,
+            open: BREAKER_OPEN,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Health {
+    breaker_policy: BreakerPolicy,
     cooldowns: ArcSwap<CooldownMap>,
     disabled: ArcSwap<HashMap<String, String>>,
     stats: ArcSwap<HashMap<String, Arc<KeyStats>>>,
@@ -161,6 +178,13 @@ fn backoff(strikes: u32) -> Duration {
 }
 
 impl Health {
+    pub fn new(breaker_policy: BreakerPolicy) -> Self {
+        Health {
+            breaker_policy,
+            ..Default::default()
+        }
+    }
+
     /// Adopts the state in a new snapshot: disabled keys as given, cooldowns merged (the later
     /// end wins, so a snapshot built a moment before a local observation cannot undo it), and
     /// counters kept for keys that still exist.
@@ -460,9 +484,9 @@ impl Health {
         }
         let failures = b.failures.fetch_add(1, Ordering::Relaxed) + 1;
         let reopening = b.open_until_ms.load(Ordering::Relaxed) != 0;
-        if failures >= BREAKER_THRESHOLD || reopening {
+        if failures >= self.breaker_policy.failures || reopening {
             let opens = b.opens.fetch_add(1, Ordering::Relaxed).min(3);
-            let d = BREAKER_OPEN.saturating_mul(1 << opens);
+            let d = self.breaker_policy.open.saturating_mul(1 << opens);
             b.open_until_ms.store(millis(now + d), Ordering::Relaxed);
             b.failures.store(0, Ordering::Relaxed);
             tracing::warn!(

@@ -42,7 +42,7 @@ pub async fn run(
         .build()?;
 
     let cell = Arc::new(SnapshotCell::default());
-    let health = Arc::new(health::Health::default());
+    let health = Arc::new(health::Health::new(config.breaker));
     let status = Arc::new(LinkStatus::default());
     let (reporter, queues) = Reporter::new(config.report_queue, status.clone());
     let watch = tokio::spawn(control::watch_loop(

@@ -185,6 +185,7 @@ pub async fn internal(
                 "snapshot_version": version,
                 "control_plane_connected": status.connected.load(Ordering::Relaxed),
                 "snapshots_rejected": status.snapshots_rejected.load(Ordering::Relaxed),
+                "deltas_applied": status.deltas_applied.load(Ordering::Relaxed),
                 "reports_dropped": status.reports_dropped.load(Ordering::Relaxed),
             });
             let code = if version > 0 {

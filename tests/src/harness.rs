@@ -541,6 +541,16 @@ impl ControlPlane {
         name: &str,
         identity: Option<(&Path, &Path)>,
     ) -> anyhow::Result<Proxy> {
+        self.spawn_proxy_with(name, identity, "").await
+    }
+
+    /// Like [`ControlPlane::spawn_proxy`], with extra proxy configuration lines.
+    pub async fn spawn_proxy_with(
+        &self,
+        name: &str,
+        identity: Option<(&Path, &Path)>,
+        extra: &str,
+    ) -> anyhow::Result<Proxy> {
         let dir = self.dir.path();
         let mut toml = format!(
             "listen = \"127.0.0.1:0\"\ninternal_listen = \"127.0.0.1:0\"\ncontrol_plane_url = \"https://{}\"\n\
@@ -560,6 +570,8 @@ impl ControlPlane {
                 toml.push_str(&format!("tls_cert = {empty:?}\ntls_key = {empty:?}\n"));
             }
         }
+        toml.push_str(extra);
+        toml.push('\n');
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, toml)?;
         let mut cmd = Command::new(bin("llmhub-proxy"));
@@ -578,11 +590,17 @@ impl ControlPlane {
 
     /// The standard proxy with the valid certificate, once it serves the current snapshot.
     pub async fn ready_proxy(&self, name: &str) -> anyhow::Result<Proxy> {
+        self.ready_proxy_with(name, "").await
+    }
+
+    /// A ready proxy with extra configuration lines.
+    pub async fn ready_proxy_with(&self, name: &str, extra: &str) -> anyhow::Result<Proxy> {
         let certs = self.certs();
         let p = self
-            .spawn_proxy(
+            .spawn_proxy_with(
                 name,
                 Some((&certs.join("proxy-1.pem"), &certs.join("proxy-1.key"))),
+                extra,
             )
             .await?;
         p.wait_for_version(self.snapshot_version().await?).await?;
@@ -638,6 +656,27 @@ impl Proxy {
     pub async fn readyz(&self) -> anyhow::Result<(u16, Value)> {
         let r = reqwest::get(format!("{}/readyz", self.internal_url)).await?;
         Ok((r.status().as_u16(), r.json().await?))
+    }
+
+    /// Waits until the proxy has applied at least `n` key-state deltas.
+    pub async fn wait_for_deltas(&self, n: u64) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, v) = self.readyz().await?;
+            if v["deltas_applied"].as_u64().unwrap_or(0) >= n {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("proxy never applied {n} deltas: {v}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    pub async fn deltas_applied(&self) -> anyhow::Result<u64> {
+        Ok(self.readyz().await?.1["deltas_applied"]
+            .as_u64()
+            .unwrap_or(0))
     }
 
     /// Waits until the proxy serves a snapshot at least as new as `version`.

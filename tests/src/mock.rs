@@ -13,7 +13,18 @@
 //! | `mock-stream-cut`   | SSE: two chunks, then the connection is cut without `[DONE]`     |
 //! | `mock-stream-gated` | SSE: one chunk, then waits for [`MockProvider::release`]         |
 //!
-//! Every request is recorded (method, path, headers, body) for assertions.
+//! Some behaviours follow the provider key instead (the bearer token contains the marker), so a
+//! pool can hold good and bad keys side by side:
+//!
+//! | key contains | behaviour                                                              |
+//! |--------------|------------------------------------------------------------------------|
+//! | `rlhot`      | always 429 with `Retry-After: 30` and OpenAI rate-limit headers        |
+//! | `rlonce`     | the first request 429 with `retry-after-ms: 1000`, then normal         |
+//! | `quota`      | 429 `insufficient_quota` (no reset time)                               |
+//! | `revoked`    | 401 `invalid_api_key`                                                  |
+//! | `drained`    | 200, with `x-ratelimit-remaining-requests: 0` and a 2 s reset          |
+//!
+//! Model `mock-503` answers 503. Every request is recorded (method, path, headers, body).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -41,6 +52,8 @@ pub struct Recorded {
 struct Inner {
     requests: Mutex<Vec<Recorded>>,
     gate: Notify,
+    /// Requests seen per key, for the `rlonce` behaviour.
+    per_key: Mutex<std::collections::HashMap<String, u32>>,
 }
 
 #[derive(Clone)]
@@ -82,6 +95,20 @@ impl MockProvider {
 
     pub fn requests(&self) -> Vec<Recorded> {
         self.inner.requests.lock().unwrap().clone()
+    }
+
+    /// How many chat requests carried this provider key.
+    pub fn uses_of(&self, key: &str) -> usize {
+        let bearer = format!("Bearer {key}");
+        self.requests()
+            .iter()
+            .filter(|r| {
+                r.path.ends_with("/chat/completions")
+                    && r.headers
+                        .get("authorization")
+                        .is_some_and(|v| v == bearer.as_str())
+            })
+            .count()
     }
 
     /// Lets one waiting `mock-stream-gated` response continue.
@@ -159,7 +186,66 @@ async fn handle(
     }
     let model = parsed["model"].as_str().unwrap_or("mock-ok").to_owned();
     let stream = parsed["stream"].as_bool().unwrap_or(false);
+    let key = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .trim_start_matches("Bearer ")
+        .to_owned();
+    let seen = {
+        let mut m = inner.per_key.lock().unwrap();
+        let n = m.entry(key.clone()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    if key.contains("rlhot") || (key.contains("rlonce") && seen == 1) {
+        let mut r = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Rate limit reached for requests",
+            "requests",
+            "rate_limit_exceeded",
+        );
+        let h = r.headers_mut();
+        if key.contains("rlonce") {
+            h.insert("retry-after-ms", "1000".parse().unwrap());
+        } else {
+            h.insert("retry-after", "30".parse().unwrap());
+        }
+        h.insert("x-ratelimit-remaining-requests", "0".parse().unwrap());
+        h.insert("x-ratelimit-reset-requests", "30s".parse().unwrap());
+        return r;
+    }
+    if key.contains("quota") {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "You exceeded your current quota, please check your plan and billing details.",
+            "insufficient_quota",
+            "insufficient_quota",
+        );
+    }
+    if key.contains("revoked") {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "Incorrect API key provided.",
+            "invalid_request_error",
+            "invalid_api_key",
+        );
+    }
+    if key.contains("drained") && !stream {
+        let mut r = axum::Json(completion(&model)).into_response();
+        r.headers_mut()
+            .insert("x-ratelimit-remaining-requests", "0".parse().unwrap());
+        r.headers_mut()
+            .insert("x-ratelimit-reset-requests", "2s".parse().unwrap());
+        return r;
+    }
     match model.as_str() {
+        "mock-503" => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The engine is currently overloaded, please try again later",
+            "server_error",
+            "overloaded",
+        ),
         "mock-429" => {
             let mut r = error(
                 StatusCode::TOO_MANY_REQUESTS,
