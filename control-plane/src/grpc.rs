@@ -17,7 +17,7 @@ use llmhub_proto::{ControlPlane, ControlPlaneServer};
 use sea_orm::ActiveValue::Set;
 use serde::Serialize;
 use tokio::sync::watch;
-use tokio_stream::wrappers::{ReceiverStream, WatchStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 use zeroize::Zeroize;
@@ -58,11 +58,18 @@ pub struct SnapshotHub {
     vault: Arc<crate::vault::Vault>,
     hash_secret: Arc<HashSecret>,
     tx: watch::Sender<Option<Arc<Published>>>,
-    /// Key health changes, pushed to every Watch stream the moment they are recorded.
-    deltas: tokio::sync::broadcast::Sender<pb::Delta>,
+    /// Snapshots and key-health deltas in publication order. Every Watch stream starts with the
+    /// current snapshot and then follows this channel, so a proxy sees changes in the order the
+    /// control plane made them (a delta is never overtaken by an older snapshot).
+    events: tokio::sync::broadcast::Sender<HubEvent>,
+    /// Held while publishing and while a new Watch stream takes the current snapshot and
+    /// subscribes, so no event falls between the two.
+    publish: Mutex<()>,
     version: AtomicU64,
-    /// Serialises rebuilds so versions are published in the order they were built; holds the
-    /// digest of the last published content so an unchanged rebuild publishes nothing.
+    /// Serialises rebuilds and key-health changes: each reads or writes the store and publishes
+    /// while holding it, so what proxies receive is in the same order as what the store holds.
+    /// Also holds the digest of the last published content (an unchanged rebuild publishes
+    /// nothing).
     rebuild: tokio::sync::Mutex<Option<[u8; 32]>>,
     proxies: Mutex<HashMap<u64, ConnectedProxy>>,
     next_conn: AtomicU64,
@@ -75,6 +82,13 @@ fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
         seconds: t.timestamp(),
         nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
     }
+}
+
+/// What the hub publishes to Watch streams, in order.
+#[derive(Clone)]
+enum HubEvent {
+    Snapshot(Arc<Published>),
+    Delta(Arc<pb::Delta>),
 }
 
 /// The proto form of a live cooldown.
@@ -98,7 +112,7 @@ impl SnapshotHub {
         hash_secret: Arc<HashSecret>,
     ) -> Arc<Self> {
         let (tx, _) = watch::channel(None);
-        let (deltas, _) = tokio::sync::broadcast::channel(1024);
+        let (events, _) = tokio::sync::broadcast::channel(1024);
         // Seeded from the clock so a restarted control plane keeps versions increasing.
         let seed = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(1);
         Arc::new(SnapshotHub {
@@ -106,7 +120,8 @@ impl SnapshotHub {
             vault,
             hash_secret,
             tx,
-            deltas,
+            events,
+            publish: Mutex::new(()),
             version: AtomicU64::new(seed),
             rebuild: tokio::sync::Mutex::new(None),
             proxies: Mutex::new(HashMap::new()),
@@ -276,27 +291,78 @@ impl SnapshotHub {
             .unwrap_or(seed);
         snap.version = version;
         snap.generated_at = Some(ts(now));
-        self.tx.send_replace(Some(Arc::new(Published(snap))));
+        let published = Arc::new(Published(snap));
+        {
+            let _order = self.publish.lock().unwrap_or_else(|e| e.into_inner());
+            self.tx.send_replace(Some(published.clone()));
+            let _ = self.events.send(HubEvent::Snapshot(published));
+        }
         *last_digest = Some(digest);
         tracing::info!(version, "snapshot published");
         Ok(version)
     }
 
-    /// Pushes one key's health change to every connected proxy.
-    pub fn publish_key_state(&self, key_id: &str, state: pb::KeyState) {
+    /// Pushes one key's health change to every connected proxy. Callers hold the rebuild lock.
+    fn publish_key_state(&self, key_id: &str, state: pb::KeyState) {
         let version = self.current_version();
-        let _ = self.deltas.send(pb::Delta {
+        let delta = pb::Delta {
             base_version: version,
             version,
             key_states: vec![pb::KeyStateUpdate {
                 key_id: key_id.to_owned(),
                 state: Some(state),
             }],
-        });
+        };
+        let _order = self.publish.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self.events.send(HubEvent::Delta(Arc::new(delta)));
+    }
+
+    /// Admin: cools a key down fleet-wide.
+    pub async fn force_cooldown(
+        &self,
+        key_id: &str,
+        model: &str,
+        until: DateTime<Utc>,
+        source: &str,
+        audit: crate::store::AuditEvent,
+    ) -> Result<crate::store::entities::key_cooldowns::Model, StoreError> {
+        let _health = self.rebuild.lock().await;
+        let c = self
+            .store
+            .apply_cooldown(key_id, model, until, "forced", source, Some(audit))
+            .await?;
+        self.publish_key_state(key_id, cooling_state(&c.model, c.until, &c.class));
+        Ok(c)
+    }
+
+    /// Admin: ends every cooldown of a key and re-enables it, fleet-wide.
+    pub async fn clear_key(
+        &self,
+        key_id: &str,
+        source: &str,
+        audit: crate::store::AuditEvent,
+    ) -> Result<(), StoreError> {
+        {
+            let _health = self.rebuild.lock().await;
+            self.store
+                .clear_key_health(key_id, None, source, Some(audit))
+                .await?;
+            self.publish_key_state(
+                key_id,
+                pb::KeyState {
+                    status: pb::KeyStatus::Active as i32,
+                    ..Default::default()
+                },
+            );
+        }
+        // The enabled state also lives in snapshots, for proxies that connect later.
+        self.rebuild().await?;
+        Ok(())
     }
 
     /// Turns what a proxy observed into fleet-wide state: persisted, then pushed to every proxy.
     pub async fn apply_outcome(&self, o: &pb::KeyOutcome, source: &str) -> Result<(), StoreError> {
+        let _health = self.rebuild.lock().await;
         let now = Utc::now();
         let until = from_ts(o.retry_at.as_ref()).filter(|t| *t > now);
         let result = match o.class.as_str() {
@@ -478,27 +544,31 @@ impl ControlPlane for ControlPlaneService {
             hub: self.hub.clone(),
             id,
         };
-        // Subscribed before the first snapshot is read, so no delta can fall between them.
-        let deltas =
-            tokio_stream::wrappers::BroadcastStream::new(self.hub.deltas.subscribe()).map(|d| {
-                match d {
-                    Ok(d) => Ok(pb::WatchEvent {
-                        event: Some(pb::watch_event::Event::Delta(d)),
-                    }),
-                    // Lagging behind: fail the stream; the proxy reconnects and gets a snapshot.
-                    Err(_) => Err(Status::aborted("watch stream lagged; resubscribe")),
-                }
-            });
-        let snapshots = WatchStream::new(self.hub.tx.subscribe()).filter_map(move |snap| {
+        // The current snapshot and the subscription are taken together (under the publish
+        // lock), so the stream starts at a consistent point and then carries every event in order.
+        let (first, rx) = {
+            let _order = self.hub.publish.lock().unwrap_or_else(|e| e.into_inner());
+            (self.hub.tx.borrow().clone(), self.hub.events.subscribe())
+        };
+        let first = futures_util::stream::iter(first.map(|s| {
+            Ok(pb::WatchEvent {
+                event: Some(pb::watch_event::Event::Snapshot(s.0.clone())),
+            })
+        }));
+        let rest = tokio_stream::wrappers::BroadcastStream::new(rx).map(move |e| {
             let _alive = &guard;
-            std::future::ready(snap.map(|s| {
-                Ok(pb::WatchEvent {
+            match e {
+                Ok(HubEvent::Snapshot(s)) => Ok(pb::WatchEvent {
                     event: Some(pb::watch_event::Event::Snapshot(s.0.clone())),
-                })
-            }))
+                }),
+                Ok(HubEvent::Delta(d)) => Ok(pb::WatchEvent {
+                    event: Some(pb::watch_event::Event::Delta((*d).clone())),
+                }),
+                // Lagging behind: fail the stream; the proxy reconnects and gets a snapshot.
+                Err(_) => Err(Status::aborted("watch stream lagged; resubscribe")),
+            }
         });
-        let stream = tokio_stream::StreamExt::merge(snapshots, deltas)
-            .take_until(stopped(self.stop.clone()));
+        let stream = first.chain(rest).take_until(stopped(self.stop.clone()));
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -557,7 +627,8 @@ pub async fn serve(
         .client_ca_root(Certificate::from_pem(&tls.ca_cert_pem))
         .client_auth_optional(false)
         .timeout(std::time::Duration::from_secs(10));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Small, latency-sensitive frames (deltas): no Nagle delay.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     Server::builder()
         .tls_config(tls_config)?
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))

@@ -584,6 +584,7 @@ impl ControlPlane {
                 "http://{}",
                 listening["internal"].as_str().context("internal")?
             ),
+            http: reqwest::Client::new(),
             _child: child,
         })
     }
@@ -649,12 +650,18 @@ pub fn master_entry(version: u8) -> String {
 pub struct Proxy {
     pub url: String,
     pub internal_url: String,
+    /// Reused: building a client per call costs milliseconds (root certificates).
+    http: reqwest::Client,
     _child: Child,
 }
 
 impl Proxy {
     pub async fn readyz(&self) -> anyhow::Result<(u16, Value)> {
-        let r = reqwest::get(format!("{}/readyz", self.internal_url)).await?;
+        let r = self
+            .http
+            .get(format!("{}/readyz", self.internal_url))
+            .send()
+            .await?;
         Ok((r.status().as_u16(), r.json().await?))
     }
 

@@ -75,6 +75,9 @@ impl MockProvider {
         let app = Router::new().fallback(handle).with_state(inner.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
+            let listener = axum::serve::ListenerExt::tap_io(listener, |s| {
+                let _ = s.set_nodelay(true);
+            });
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async {
                     let _ = rx.await;

@@ -534,23 +534,16 @@ pub(super) async fn force_cooldown(
     let until = chrono::Utc::now()
         + chrono::Duration::seconds(i64::try_from(body.seconds).unwrap_or(i64::MAX / 2));
     let c = s
-        .store
-        .apply_cooldown(
+        .hub
+        .force_cooldown(
             &key_id,
             &model,
             until,
-            "forced",
             &format!("admin:{}", admin.id),
-            Some(
-                AuditEvent::new(&admin.actor(), "key_cooldown_forced", "provider_key")
-                    .detail(json!({"seconds": body.seconds, "model": model})),
-            ),
+            AuditEvent::new(&admin.actor(), "key_cooldown_forced", "provider_key")
+                .detail(json!({"seconds": body.seconds, "model": model})),
         )
         .await?;
-    s.hub.publish_key_state(
-        &key_id,
-        crate::grpc::cooling_state(&c.model, c.until, &c.class),
-    );
     Ok(Json(cooldown_view(&c)))
 }
 
@@ -561,27 +554,13 @@ pub(super) async fn clear_health(
     Path((provider_id, key_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     owned_key(&s, &admin, &provider_id, &key_id).await?;
-    s.store
-        .clear_key_health(
+    s.hub
+        .clear_key(
             &key_id,
-            None,
             &format!("admin:{}", admin.id),
-            Some(AuditEvent::new(
-                &admin.actor(),
-                "key_cooldown_cleared",
-                "provider_key",
-            )),
+            AuditEvent::new(&admin.actor(), "key_cooldown_cleared", "provider_key"),
         )
         .await?;
-    s.hub.publish_key_state(
-        &key_id,
-        llmhub_proto::v1::KeyState {
-            status: llmhub_proto::v1::KeyStatus::Active as i32,
-            ..Default::default()
-        },
-    );
-    // Snapshots carry the enabled state too; rebuild so reconnecting proxies agree.
-    s.hub.rebuild().await?;
     let row = s.store.provider_key(&key_id).await?;
     Ok(Json(key_view(&s, &row)))
 }
