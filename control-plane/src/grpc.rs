@@ -257,6 +257,7 @@ impl SnapshotHub {
             .map(|r| pb::Route {
                 public_model: r.route.public_model,
                 strategy: r.route.strategy,
+                aliases: parse_list(&r.route.aliases),
                 targets: r
                     .targets
                     .into_iter()

@@ -41,6 +41,7 @@ enum ProviderKeys {
 enum Routes {
     Table,
     Strategy,
+    Aliases,
 }
 
 #[async_trait::async_trait]
@@ -154,6 +155,18 @@ impl MigrationTrait for Migration {
                         .string_len(16)
                         .not_null()
                         .default("weighted"),
+                )
+                .to_owned(),
+        )
+        .await?;
+        m.alter_table(
+            Table::alter()
+                .table(Routes::Table)
+                .add_column(
+                    ColumnDef::new(Routes::Aliases)
+                        .text()
+                        .not_null()
+                        .default("[]"),
                 )
                 .to_owned(),
         )

@@ -117,7 +117,8 @@ pub struct Snapshot {
     pub version: u64,
     hash_secret: Zeroizing<Vec<u8>>,
     client_keys: HashMap<[u8; 32], ClientKey>,
-    pub routes: HashMap<String, Route>,
+    /// By public name and alias (aliases share the route).
+    pub routes: HashMap<String, Arc<Route>>,
     pub providers: HashMap<String, Provider>,
     pub keys_by_provider: HashMap<String, Vec<Arc<ProviderKey>>>,
     /// Round-robin cursor; relaxed ordering is enough, it only spreads load.
@@ -274,14 +275,14 @@ impl Snapshot {
                 "latency" => Strategy::Latency,
                 _ => Strategy::Weighted,
             };
-            routes.insert(
-                r.public_model.clone(),
-                Route {
-                    public_model: r.public_model,
-                    targets,
-                    strategy,
-                },
-            );
+            let route = Arc::new(Route {
+                public_model: r.public_model.clone(),
+                targets,
+                strategy,
+            });
+            for name in std::iter::once(r.public_model).chain(r.aliases) {
+                routes.insert(name, route.clone());
+            }
         }
 
         Ok(Snapshot {
@@ -538,6 +539,7 @@ pub(crate) mod tests {
             routes: vec![pb::Route {
                 public_model: "gpt-x".into(),
                 strategy: "weighted".into(),
+                aliases: vec!["gpt-alias".into()],
                 targets: vec![pb::RouteTarget {
                     provider_id: "p1".into(),
                     upstream_model: "up-x".into(),
@@ -547,6 +549,12 @@ pub(crate) mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn aliases_resolve_to_the_same_route() {
+        let s = Snapshot::from_proto(sample()).unwrap();
+        assert!(Arc::ptr_eq(&s.routes["gpt-x"], &s.routes["gpt-alias"]));
     }
 
     #[test]

@@ -23,6 +23,8 @@
 //! | `quota`      | 429 `insufficient_quota` (no reset time)                               |
 //! | `revoked`    | 401 `invalid_api_key`                                                  |
 //! | `drained`    | 200, with `x-ratelimit-remaining-requests: 0` and a 2 s reset          |
+//! | `quota60`    | a real per-key quota: 60 requests per 60 s window (configurable), with |
+//! |              | OpenAI's `x-ratelimit-*-requests` headers, 429 + `Retry-After` beyond  |
 //!
 //! Model `mock-503` answers 503. Every request is recorded (method, path, headers, body).
 
@@ -54,6 +56,10 @@ struct Inner {
     gate: Notify,
     /// Requests seen per key, for the `rlonce` behaviour.
     per_key: Mutex<std::collections::HashMap<String, u32>>,
+    /// `quota60` windows per key: (window start, requests in it).
+    windows: Mutex<std::collections::HashMap<String, (tokio::time::Instant, u32)>>,
+    quota: Mutex<(Duration, u32)>,
+    rejected: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Clone)]
@@ -72,6 +78,7 @@ impl MockProvider {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let inner = Arc::new(Inner::default());
+        *inner.quota.lock().unwrap() = (Duration::from_secs(60), 60);
         let app = Router::new().fallback(handle).with_state(inner.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -98,6 +105,18 @@ impl MockProvider {
 
     pub fn requests(&self) -> Vec<Recorded> {
         self.inner.requests.lock().unwrap().clone()
+    }
+
+    /// Sets the `quota60` window and limit.
+    pub fn set_quota(&self, window: Duration, limit: u32) {
+        *self.inner.quota.lock().unwrap() = (window, limit);
+    }
+
+    /// 429s answered by the `quota60` behaviour.
+    pub fn quota_rejections(&self) -> u64 {
+        self.inner
+            .rejected
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many chat requests carried this provider key.
@@ -216,6 +235,58 @@ async fn handle(
         }
         h.insert("x-ratelimit-remaining-requests", "0".parse().unwrap());
         h.insert("x-ratelimit-reset-requests", "30s".parse().unwrap());
+        return r;
+    }
+    if key.contains("quota60") {
+        let (window, limit) = *inner.quota.lock().unwrap();
+        let (remaining, reset, allowed) = {
+            let mut w = inner.windows.lock().unwrap();
+            let now = tokio::time::Instant::now();
+            let e = w.entry(key.clone()).or_insert((now, 0));
+            if now.duration_since(e.0) >= window {
+                *e = (now, 0);
+            }
+            let allowed = e.1 < limit;
+            if allowed {
+                e.1 += 1;
+            }
+            (
+                limit - e.1,
+                window.saturating_sub(now.duration_since(e.0)),
+                allowed,
+            )
+        };
+        let mut r = if allowed {
+            axum::Json(completion(&model)).into_response()
+        } else {
+            inner
+                .rejected
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Rate limit reached for requests",
+                "requests",
+                "rate_limit_exceeded",
+            );
+            r.headers_mut().insert(
+                "retry-after",
+                reset.as_secs().max(1).to_string().parse().unwrap(),
+            );
+            r
+        };
+        let h = r.headers_mut();
+        h.insert(
+            "x-ratelimit-limit-requests",
+            limit.to_string().parse().unwrap(),
+        );
+        h.insert(
+            "x-ratelimit-remaining-requests",
+            remaining.to_string().parse().unwrap(),
+        );
+        h.insert(
+            "x-ratelimit-reset-requests",
+            format!("{}ms", reset.as_millis()).parse().unwrap(),
+        );
         return r;
     }
     if key.contains("quota") {

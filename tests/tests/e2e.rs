@@ -51,8 +51,27 @@ async fn configure(cp: &ControlPlane, mock: &MockProvider) -> anyhow::Result<Set
     assert_eq!(s, 409, "{dup}");
     assert!(!dup.to_string().contains(&canary));
 
+    let (s, r) = cp
+        .api(
+            "POST",
+            "/api/v1/routes",
+            Some(
+                json!({"public_model": "gpt-test", "aliases": ["gpt-test-latest"],
+                "targets": [{"provider_id": pid, "upstream_model": "mock-ok"}]}),
+            ),
+        )
+        .await?;
+    assert_eq!(s, 201, "{r}");
+    let (s, _) = cp
+        .api(
+            "POST",
+            "/api/v1/routes",
+            Some(json!({"public_model": "gpt-test-latest",
+                "targets": [{"provider_id": pid, "upstream_model": "mock-ok"}]})),
+        )
+        .await?;
+    assert_eq!(s, 409, "an alias is a routed name");
     for (public, upstream) in [
-        ("gpt-test", "mock-ok"),
         ("gpt-stream", "mock-stream-gated"),
         ("gpt-cut", "mock-stream-cut"),
         ("gpt-429", "mock-429"),

@@ -243,7 +243,7 @@ pub(super) async fn list_routes(
         .map(|r| {
             json!({
                 "id": r.route.id, "public_model": r.route.public_model,
-                "strategy": r.route.strategy, "targets": r.targets.iter().map(|t| json!({
+                "strategy": r.route.strategy, "aliases": parse_list(&r.route.aliases), "targets": r.targets.iter().map(|t| json!({
                     "provider_id": t.provider_id, "upstream_model": t.upstream_model,
                     "weight": t.weight, "priority": t.priority,
                 })).collect::<Vec<_>>(),
@@ -259,6 +259,9 @@ pub(super) struct CreateRoute {
     public_model: String,
     /// `weighted` (default), `least_inflight` or `latency`.
     strategy: Option<String>,
+    /// Other public names for the same route.
+    #[serde(default)]
+    aliases: Vec<String>,
     targets: Vec<CreateTarget>,
 }
 
@@ -292,6 +295,29 @@ pub(super) async fn create_route(
             "strategy: must be weighted, least_inflight or latency".into(),
         ));
     }
+    if body.aliases.len() > 16 || !body.aliases.iter().all(|a| valid_name(a, 128)) {
+        return Err(ApiError::BadRequest("aliases: up to 16 model names".into()));
+    }
+    // A public name (or alias) may belong to one route only.
+    let taken: std::collections::HashSet<String> = s
+        .store
+        .routes()
+        .await?
+        .into_iter()
+        .flat_map(|r| {
+            let mut names = parse_list(&r.route.aliases);
+            names.push(r.route.public_model);
+            names
+        })
+        .collect();
+    if let Some(dup) = std::iter::once(&body.public_model)
+        .chain(&body.aliases)
+        .find(|n| taken.contains(*n))
+    {
+        return Err(ApiError::Conflict(format!(
+            "model name {dup:?} is already routed"
+        )));
+    }
     let mut targets = Vec::with_capacity(body.targets.len());
     for (i, t) in body.targets.into_iter().enumerate() {
         if s.store.provider(&t.provider_id).await.is_err() {
@@ -322,6 +348,7 @@ pub(super) async fn create_route(
         .create_route(
             &body.public_model,
             &strategy,
+            &body.aliases,
             targets,
             AuditEvent::new(&admin.actor(), "route_created", "route"),
         )
@@ -331,7 +358,7 @@ pub(super) async fn create_route(
         http::StatusCode::CREATED,
         Json(
             json!({"id": r.route.id, "public_model": r.route.public_model,
-            "strategy": r.route.strategy, "targets": r.targets.iter().map(|t| json!({
+            "strategy": r.route.strategy, "aliases": parse_list(&r.route.aliases), "targets": r.targets.iter().map(|t| json!({
                 "provider_id": t.provider_id, "upstream_model": t.upstream_model,
                 "weight": t.weight, "priority": t.priority,
             })).collect::<Vec<_>>()}),

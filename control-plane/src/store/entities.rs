@@ -200,6 +200,8 @@ pub mod routes {
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
         pub strategy: String,
+        /// JSON list of other public names for this route.
+        pub aliases: String,
     }
     no_relations!();
 }

@@ -661,6 +661,7 @@ impl Store {
         &self,
         public_model: &str,
         strategy: &str,
+        aliases: &[String],
         targets: Vec<NewRouteTarget>,
         audit: AuditEvent,
     ) -> Result<RouteWithTargets> {
@@ -672,6 +673,7 @@ impl Store {
             created_at: Set(now),
             updated_at: Set(now),
             strategy: Set(strategy.to_owned()),
+            aliases: Set(json_list(aliases)),
         })
         .exec_with_returning(&txn)
         .await
