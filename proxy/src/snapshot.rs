@@ -93,6 +93,9 @@ pub struct Target {
     pub upstream_model: String,
     pub weight: u32,
     pub priority: u32,
+    /// Round-robin cursor over this target's keys, separate from the route's target rotation so
+    /// the two do not fall into step.
+    pub cursor: AtomicUsize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,6 +270,7 @@ impl Snapshot {
                     upstream_model: t.upstream_model,
                     weight: t.weight.max(1),
                     priority: t.priority,
+                    cursor: AtomicUsize::new(0),
                 });
             }
             targets.sort_by_key(|t| t.priority);
@@ -340,7 +344,7 @@ impl Snapshot {
                 plan.earliest = Some(plan.earliest.map_or(t, |e| e.min(t)));
             }
         };
-        for target in &route.targets {
+        for target in weighted_targets(&route.targets, turn) {
             let Some(provider) = self.providers.get(&target.provider_id) else {
                 continue;
             };
@@ -392,7 +396,8 @@ impl Snapshot {
                     }
                 }
             }
-            let ordered = order(open, route.strategy, health, turn);
+            let key_turn = target.cursor.fetch_add(1, Ordering::Relaxed);
+            let ordered = order(open, route.strategy, health, key_turn);
             for k in half_open
                 .into_iter()
                 .map(|k| (k, true))
@@ -408,6 +413,33 @@ impl Snapshot {
         }
         plan
     }
+}
+
+/// Targets in priority order; targets sharing a priority take turns in proportion to their
+/// weights (the others follow as fallbacks).
+fn weighted_targets(targets: &[Target], turn: usize) -> Vec<&Target> {
+    let mut out = Vec::with_capacity(targets.len());
+    let mut i = 0;
+    while i < targets.len() {
+        let mut j = i;
+        while j < targets.len() && targets[j].priority == targets[i].priority {
+            j += 1;
+        }
+        let group = &targets[i..j];
+        let total: usize = group.iter().map(|t| t.weight as usize).sum();
+        let mut slot = turn % total.max(1);
+        let mut first = 0;
+        for (k, t) in group.iter().enumerate() {
+            if slot < t.weight as usize {
+                first = k;
+                break;
+            }
+            slot -= t.weight as usize;
+        }
+        out.extend((0..group.len()).map(|k| &group[(first + k) % group.len()]));
+        i = j;
+    }
+    out
 }
 
 /// Orders usable keys by the route's strategy.
@@ -641,6 +673,7 @@ mod plan_tests {
     use super::tests::sample;
     use super::*;
     use crate::classify::{FailureClass, Verdict};
+    use std::collections::HashMap;
 
     #[test]
     fn cooling_keys_are_skipped_with_a_reason_and_recovery_time() {
@@ -670,6 +703,29 @@ mod plan_tests {
             wait <= std::time::Duration::from_secs(30)
                 && wait >= std::time::Duration::from_secs(29)
         );
+    }
+
+    #[test]
+    fn equal_priority_targets_share_by_weight_and_fall_back() {
+        let t = |p: &str, prio, w| Target {
+            provider_id: p.into(),
+            upstream_model: "m".into(),
+            weight: w,
+            priority: prio,
+            cursor: AtomicUsize::new(0),
+        };
+        let targets = vec![t("a", 0, 3), t("b", 0, 1), t("c", 1, 1)];
+        let mut firsts = HashMap::new();
+        for turn in 0..400 {
+            let order: Vec<&str> = weighted_targets(&targets, turn)
+                .iter()
+                .map(|t| t.provider_id.as_str())
+                .collect();
+            assert_eq!(order.len(), 3);
+            assert_eq!(order[2], "c", "lower priority always last");
+            *firsts.entry(order[0].to_owned()).or_insert(0) += 1;
+        }
+        assert_eq!((firsts["a"], firsts["b"]), (300, 100));
     }
 
     #[test]
