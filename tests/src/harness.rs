@@ -460,6 +460,64 @@ impl ControlPlane {
         Ok(v["id"].as_str().context("id")?.to_owned())
     }
 
+    /// Creates a provider (as admin) and returns its id.
+    pub async fn add_provider(
+        &self,
+        name: &str,
+        kind: &str,
+        base_url: &str,
+    ) -> anyhow::Result<String> {
+        let (s, v) = self
+            .api(
+                "POST",
+                "/api/v1/providers",
+                Some(json!({"name": name, "kind": kind, "base_url": base_url})),
+            )
+            .await?;
+        anyhow::ensure!(s == 201, "create provider {name}: {s} {v}");
+        Ok(v["id"].as_str().context("id")?.to_owned())
+    }
+
+    /// Adds a key to the shared pool of a provider; returns the key's view.
+    pub async fn add_shared_key(&self, provider_id: &str, key: &str) -> anyhow::Result<Value> {
+        let (s, v) = self
+            .api(
+                "POST",
+                &format!("/api/v1/providers/{provider_id}/keys"),
+                Some(json!({"key": key, "shared": true})),
+            )
+            .await?;
+        anyhow::ensure!(s == 201, "add key: {s} {v}");
+        Ok(v)
+    }
+
+    /// Routes `public` to one provider target.
+    pub async fn add_route(
+        &self,
+        public: &str,
+        provider_id: &str,
+        upstream: &str,
+    ) -> anyhow::Result<()> {
+        let (s, v) = self
+            .api(
+                "POST",
+                "/api/v1/routes",
+                Some(json!({"public_model": public, "targets": [{"provider_id": provider_id, "upstream_model": upstream}]})),
+            )
+            .await?;
+        anyhow::ensure!(s == 201, "route {public}: {s} {v}");
+        Ok(())
+    }
+
+    /// A new client key of the admin; returns the full key (shown once).
+    pub async fn new_client_key(&self, name: &str) -> anyhow::Result<String> {
+        let (s, v) = self
+            .api("POST", "/api/v1/client-keys", Some(json!({"name": name})))
+            .await?;
+        anyhow::ensure!(s == 201, "client key: {s} {v}");
+        Ok(v["key"].as_str().context("key")?.to_owned())
+    }
+
     /// Logs in and returns the whole JSON body (access and refresh tokens).
     pub async fn login_tokens(&self, username: &str, password: &str) -> anyhow::Result<Value> {
         let r = self.login(username, password).await?;

@@ -27,35 +27,21 @@ impl Fleet {
     async fn start(backend: Backend, keys: &[&str]) -> anyhow::Result<Self> {
         let mock = MockProvider::start().await?;
         let cp = ControlPlane::start_with(backend, "").await?;
-        let (_, p) = cp
-            .api("POST", "/api/v1/providers", Some(json!({"name": "mock", "kind": "openai-compatible", "base_url": mock.base_url()})))
+        let pid = cp
+            .add_provider("mock", "openai-compatible", &mock.base_url())
             .await?;
-        let pid = p["id"].as_str().unwrap().to_owned();
         for k in keys {
-            let (s, v) = cp
-                .api(
-                    "POST",
-                    &format!("/api/v1/providers/{pid}/keys"),
-                    Some(json!({"key": k, "shared": true})),
-                )
-                .await?;
-            anyhow::ensure!(s == 201, "{v}");
+            cp.add_shared_key(&pid, k).await?;
         }
         for (public, upstream) in [("m", "mock-ok"), ("m400", "mock-400")] {
-            cp.api("POST", "/api/v1/routes", Some(json!({"public_model": public, "targets": [{"provider_id": pid, "upstream_model": upstream}]}))).await?;
+            cp.add_route(public, &pid, upstream).await?;
         }
-        let (_, ck) = cp
-            .api(
-                "POST",
-                "/api/v1/client-keys",
-                Some(json!({"name": "fleet"})),
-            )
-            .await?;
+        let client_key = cp.new_client_key("fleet").await?;
         Ok(Fleet {
             mock,
             cp,
             pid,
-            client_key: ck["key"].as_str().unwrap().to_owned(),
+            client_key,
             http: reqwest::Client::new(),
         })
     }

@@ -407,30 +407,14 @@ async fn vault_status(cp: &ControlPlane) -> Value {
 async fn rotation_flow(backend: Backend) -> anyhow::Result<()> {
     let mock = MockProvider::start().await?;
     let cp = ControlPlane::start_with(backend, "# master-file\n").await?;
-    let (_, p) = cp
-        .api(
-            "POST",
-            "/api/v1/providers",
-            Some(json!({"name": "mock", "kind": "openai-compatible", "base_url": mock.base_url()})),
-        )
+    let pid = cp
+        .add_provider("mock", "openai-compatible", &mock.base_url())
         .await?;
-    let pid = p["id"].as_str().unwrap().to_owned();
-    let keys: Vec<String> = (0..5).map(|_| secret_key()).collect();
-    for k in &keys {
-        let (s, v) = cp
-            .api(
-                "POST",
-                &format!("/api/v1/providers/{pid}/keys"),
-                Some(json!({"key": k, "shared": true})),
-            )
-            .await?;
-        assert_eq!(s, 201, "{v}");
+    for _ in 0..5 {
+        cp.add_shared_key(&pid, &secret_key()).await?;
     }
-    cp.api("POST", "/api/v1/routes", Some(json!({"public_model": "m", "targets": [{"provider_id": pid, "upstream_model": "mock-ok"}]}))).await?;
-    let (_, ck) = cp
-        .api("POST", "/api/v1/client-keys", Some(json!({"name": "load"})))
-        .await?;
-    let client_key = ck["key"].as_str().unwrap().to_owned();
+    cp.add_route("m", &pid, "mock-ok").await?;
+    let client_key = cp.new_client_key("load").await?;
     let proxy = cp.ready_proxy("proxy-1").await?;
 
     // Traffic for the whole rotation.
@@ -619,34 +603,17 @@ async fn tampered_ciphertext_fails_closed() -> anyhow::Result<()> {
     use sea_orm::{ConnectionTrait, QueryResult, Statement};
     let mock = MockProvider::start().await?;
     let cp = ControlPlane::start_with(Backend::Sqlite, "").await?;
-    let (_, p) = cp
-        .api(
-            "POST",
-            "/api/v1/providers",
-            Some(json!({"name": "mock", "kind": "openai-compatible", "base_url": mock.base_url()})),
-        )
+    let pid = cp
+        .add_provider("mock", "openai-compatible", &mock.base_url())
         .await?;
-    let pid = p["id"].as_str().unwrap().to_owned();
     let (good, bad) = (secret_key(), secret_key());
-    cp.api(
-        "POST",
-        &format!("/api/v1/providers/{pid}/keys"),
-        Some(json!({"key": good, "shared": true})),
-    )
-    .await?;
-    let (_, v) = cp
-        .api(
-            "POST",
-            &format!("/api/v1/providers/{pid}/keys"),
-            Some(json!({"key": bad, "shared": true})),
-        )
-        .await?;
-    let bad_id = v["id"].as_str().unwrap().to_owned();
-    cp.api("POST", "/api/v1/routes", Some(json!({"public_model": "m", "targets": [{"provider_id": pid, "upstream_model": "mock-ok"}]}))).await?;
-    let (_, ck) = cp
-        .api("POST", "/api/v1/client-keys", Some(json!({"name": "k"})))
-        .await?;
-    let client_key = ck["key"].as_str().unwrap().to_owned();
+    cp.add_shared_key(&pid, &good).await?;
+    let bad_id = cp.add_shared_key(&pid, &bad).await?["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    cp.add_route("m", &pid, "mock-ok").await?;
+    let client_key = cp.new_client_key("k").await?;
 
     let db = sea_orm::Database::connect(&cp.db.url).await?;
     let backend = db.get_database_backend();
