@@ -184,6 +184,7 @@ impl SnapshotHub {
                 base_url: p.base_url,
                 enabled: p.enabled,
                 request_timeout_ms: u32::try_from(p.request_timeout_ms).unwrap_or(60_000),
+                api_version: p.api_version.unwrap_or_default(),
             })
             .collect();
         let keyring = self.vault.keyring();

@@ -10,6 +10,7 @@ mod m20261129_000001_initial;
 mod m20261129_000002_accounts;
 mod m20261129_000003_vault;
 mod m20261129_000004_health;
+mod m20261129_000005_provider_settings;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000002_accounts::Migration),
             Box::new(m20261129_000003_vault::Migration),
             Box::new(m20261129_000004_health::Migration),
+            Box::new(m20261129_000005_provider_settings::Migration),
         ]
     }
 }

@@ -9,6 +9,22 @@ use serde_json::json;
 
 use crate::server::{Body, full};
 
+/// The API dialect a client speaks; errors are rendered in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    OpenAi,
+    Anthropic,
+}
+
+impl Dialect {
+    pub fn of(op: crate::providers::Op) -> Self {
+        match op {
+            crate::providers::Op::Messages => Dialect::Anthropic,
+            _ => Dialect::OpenAi,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("missing or invalid API key")]
@@ -86,8 +102,39 @@ impl ProxyError {
         )
     }
 
+    /// The error as Anthropic's `{"type":"error","error":{…}}`.
+    pub fn anthropic_json(&self) -> Bytes {
+        let ty = match self.status().as_u16() {
+            400 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 | 529 => "overloaded_error",
+            _ => "api_error",
+        };
+        let message = match self {
+            ProxyError::UpstreamUnavailable(_) => "the provider is unavailable".to_owned(),
+            other => other.to_string(),
+        };
+        Bytes::from(json!({"type": "error", "error": {"type": ty, "message": message}}).to_string())
+    }
+
     pub fn into_response(self, request_id: &HeaderValue) -> Response<Body> {
-        let mut resp = Response::new(full(self.openai_json()));
+        self.into_dialect_response(Dialect::OpenAi, request_id)
+    }
+
+    pub fn into_dialect_response(
+        self,
+        dialect: Dialect,
+        request_id: &HeaderValue,
+    ) -> Response<Body> {
+        let body = match dialect {
+            Dialect::OpenAi => self.openai_json(),
+            Dialect::Anthropic => self.anthropic_json(),
+        };
+        let mut resp = Response::new(full(body));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
         h.insert(
@@ -120,6 +167,13 @@ mod tests {
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert!(v["error"]["message"].as_str().unwrap().contains("gpt-9"));
         assert!(v["error"]["param"].is_null());
+        let v: serde_json::Value =
+            serde_json::from_slice(&ProxyError::InvalidApiKey.anthropic_json()).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "authentication_error");
+        let v: serde_json::Value =
+            serde_json::from_slice(&ProxyError::AllCooling(3).anthropic_json()).unwrap();
+        assert_eq!(v["error"]["type"], "rate_limit_error");
         let e = ProxyError::UpstreamUnavailable("connect refused to 10.0.0.1 key=x".into());
         let body = String::from_utf8(e.openai_json().to_vec()).unwrap();
         assert!(!body.contains("10.0.0.1"), "{body}");

@@ -8,6 +8,7 @@ pub mod control;
 pub mod error;
 pub mod health;
 pub mod openai;
+pub mod providers;
 pub mod server;
 pub mod snapshot;
 

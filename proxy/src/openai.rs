@@ -20,8 +20,9 @@ use serde_json::{Map, Value, json};
 
 use crate::classify::{FailureClass, classify, exhausted_for};
 use crate::control::Reporter;
-use crate::error::ProxyError;
+use crate::error::{Dialect, ProxyError};
 use crate::health::InFlight;
+use crate::providers::{self, Op};
 use crate::server::{Body, BoxError, Proxy, RequestLog, full};
 use crate::snapshot::{ClientKey, Snapshot};
 
@@ -36,8 +37,16 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// The client key from `Authorization: Bearer …` or (as Anthropic clients send it) `x-api-key`.
 fn authenticate<'s>(snap: &'s Snapshot, headers: &HeaderMap) -> Result<&'s ClientKey, ProxyError> {
-    let token = bearer(headers).ok_or(ProxyError::InvalidApiKey)?;
+    let token = bearer(headers)
+        .or_else(|| {
+            headers
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        })
+        .ok_or(ProxyError::InvalidApiKey)?;
     snap.authenticate(token).ok_or(ProxyError::InvalidApiKey)
 }
 
@@ -56,11 +65,19 @@ fn model_object(id: &str) -> Value {
 pub fn list_models(p: &Proxy, req: &Request<Incoming>) -> Result<Response<Body>, ProxyError> {
     let snap = p.cell.load().ok_or(ProxyError::NotReady)?;
     let client = authenticate(&snap, req.headers())?;
-    let data: Vec<Value> = snap
-        .models_for(client)
-        .into_iter()
-        .map(model_object)
-        .collect();
+    let models = snap.models_for(client);
+    // Anthropic's SDK lists models with `anthropic-version` set and expects its own shape.
+    if req.headers().contains_key("anthropic-version") {
+        let data: Vec<Value> = models
+            .iter()
+            .map(|id| json!({"type": "model", "id": id, "display_name": id, "created_at": "1970-01-01T00:00:00Z"}))
+            .collect();
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"data": data, "has_more": false, "first_id": models.first(), "last_id": models.last()}),
+        ));
+    }
+    let data: Vec<Value> = models.into_iter().map(model_object).collect();
     Ok(json_response(
         StatusCode::OK,
         &json!({"object": "list", "data": data}),
@@ -133,16 +150,47 @@ fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     }
 }
 
-pub async fn chat_completions(
+/// Checks the operation's required fields before anything is sent upstream.
+fn validate(op: Op, payload: &Map<String, Value>, stream: bool) -> Result<(), ProxyError> {
+    let non_empty_array =
+        |k: &str| matches!(payload.get(k), Some(Value::Array(a)) if !a.is_empty());
+    match op {
+        Op::ChatCompletions if !non_empty_array("messages") => Err(ProxyError::BadRequest(
+            "`messages` is required and must be a non-empty array".into(),
+        )),
+        Op::Messages if !non_empty_array("messages") => Err(ProxyError::BadRequest(
+            "messages: field required (a non-empty array)".into(),
+        )),
+        Op::Messages if !payload.get("max_tokens").is_some_and(Value::is_u64) => Err(
+            ProxyError::BadRequest("max_tokens: field required (a positive integer)".into()),
+        ),
+        Op::Completions if payload.get("prompt").is_none_or(Value::is_null) => {
+            Err(ProxyError::BadRequest("`prompt` is required".into()))
+        }
+        Op::Embeddings if payload.get("input").is_none_or(Value::is_null) => {
+            Err(ProxyError::BadRequest("`input` is required".into()))
+        }
+        Op::Embeddings if stream => Err(ProxyError::BadRequest(
+            "`stream` is not supported for embeddings".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Serves one LLM API operation: authenticate, validate, plan, try candidates, relay.
+pub async fn forward(
     p: &Proxy,
     req: Request<Incoming>,
     rid: &HeaderValue,
     log: &mut RequestLog,
+    op: Op,
 ) -> Result<Response<Body>, ProxyError> {
     let started = Instant::now();
     let snap: Arc<Snapshot> = p.cell.load().ok_or(ProxyError::NotReady)?;
     let client = authenticate(&snap, req.headers())?;
     log.client_prefix = Some(client.prefix.clone());
+    let anthropic_version = req.headers().get("anthropic-version").cloned();
+    let dialect = Dialect::of(op);
 
     let body = read_body(req, p.max_body_bytes).await?;
     let mut payload: Map<String, Value> = serde_json::from_slice(&body)
@@ -161,11 +209,7 @@ pub async fn chat_completions(
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(ProxyError::BadRequest("`stream` must be a boolean".into())),
     };
-    if !matches!(payload.get("messages"), Some(Value::Array(m)) if !m.is_empty()) {
-        return Err(ProxyError::BadRequest(
-            "`messages` is required and must be a non-empty array".into(),
-        ));
-    }
+    validate(op, &payload, stream)?;
     let route = snap
         .routes
         .get(&model)
@@ -191,11 +235,25 @@ pub async fn chat_completions(
     let mut earliest = plan.earliest;
     let mut last_error = ProxyError::NoKeyAvailable;
     let mut attempts = 0usize;
+    let mut unsupported = false;
     for cand in plan.candidates {
         if attempts >= MAX_ATTEMPTS {
             break;
         }
         let (target, provider, key) = (cand.target, cand.provider, cand.key);
+        if !providers::supports(provider.kind, op) {
+            unsupported = true;
+            skip(
+                &mut recorder,
+                format!(
+                    "provider {} ({}): cannot serve {} yet",
+                    provider.name,
+                    provider.kind.slug(),
+                    op.path()
+                ),
+            );
+            continue;
+        }
         // The one trial request after a cooldown; if another request holds it, move on.
         let probe = if cand.half_open {
             match p.health.try_probe(&key.id, &target.upstream_model) {
@@ -222,16 +280,26 @@ pub async fn chat_completions(
         payload.insert("model".into(), Value::String(target.upstream_model.clone()));
         let bytes =
             serde_json::to_vec(&payload).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-        let url = format!("{}/chat/completions", provider.base_url);
+        let Some(upstream) = providers::upstream(
+            provider,
+            op,
+            &target.upstream_model,
+            key.secret.expose_secret(),
+            anthropic_version.as_ref(),
+        ) else {
+            skip(
+                &mut recorder,
+                format!("key {}: not usable as a header", key.fingerprint),
+            );
+            continue;
+        };
         let attempt_started = Instant::now();
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", key.secret.expose_secret()))
-            .map_err(|_| ProxyError::UpstreamAuth)?;
-        auth.set_sensitive(true);
         let inflight = p.health.begin(&key.id, SystemTime::now());
-        let send = p
-            .http
-            .post(url)
-            .header(AUTHORIZATION, auth)
+        let mut request = p.http.post(upstream.url);
+        for (name, value) in upstream.headers {
+            request = request.header(name, value);
+        }
+        let send = request
             .header(CONTENT_TYPE, "application/json")
             .header(
                 ACCEPT,
@@ -300,7 +368,7 @@ pub async fn chat_completions(
                 ));
             }
             drop(probe);
-            return Ok(relay(resp, stream, recorder, inflight));
+            return Ok(relay(resp, stream, recorder, inflight, dialect));
         }
         drop(inflight);
         let headers = resp.headers().clone();
@@ -361,6 +429,12 @@ pub async fn chat_completions(
             }
         }
         drop(probe);
+    }
+    if attempts == 0 && unsupported && earliest.is_none() {
+        last_error = ProxyError::BadRequest(format!(
+            "model `{model}` is served only by providers that cannot serve {} yet",
+            op.path()
+        ));
     }
     // Nothing worked or nothing was usable. When keys are only cooling down, say when to come
     // back rather than failing generically.
@@ -447,6 +521,7 @@ fn relay(
     sse: bool,
     recorder: Recorder,
     inflight: InFlight,
+    dialect: Dialect,
 ) -> Response<Body> {
     let status = resp.status();
     let content_type = resp
@@ -471,6 +546,7 @@ fn relay(
         recorder,
         status: u32::from(status.as_u16()),
         _inflight: inflight,
+        dialect,
     };
     let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(relay)));
     *r.status_mut() = status;
@@ -492,10 +568,13 @@ struct Relay {
     status: u32,
     /// The key counts as in flight until the body is fully relayed.
     _inflight: InFlight,
+    dialect: Dialect,
 }
 
 /// Error event that ends an interrupted stream, in the OpenAI dialect.
 const SSE_INTERRUPTED: &[u8] = b"data: {\"error\":{\"message\":\"the provider stream was interrupted\",\"type\":\"server_error\",\"param\":null,\"code\":\"upstream_interrupted\"}}\n\n";
+/// The same in Anthropic's dialect.
+const SSE_INTERRUPTED_ANTHROPIC: &[u8] = b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"the provider stream was interrupted\"}}\n\n";
 
 impl Stream for Relay {
     type Item = Result<Frame<Bytes>, BoxError>;
@@ -512,7 +591,11 @@ impl Stream for Relay {
                 tracing::warn!(error = %e.without_url(), "upstream body interrupted");
                 self.recorder.finish(502);
                 if self.sse {
-                    Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(SSE_INTERRUPTED)))))
+                    let event = match self.dialect {
+                        Dialect::OpenAi => SSE_INTERRUPTED,
+                        Dialect::Anthropic => SSE_INTERRUPTED_ANTHROPIC,
+                    };
+                    Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(event)))))
                 } else {
                     Poll::Ready(Some(Err("upstream body interrupted".into())))
                 }

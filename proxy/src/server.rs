@@ -23,8 +23,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::control::{LinkStatus, Reporter};
-use crate::error::ProxyError;
+use crate::error::{Dialect, ProxyError};
 use crate::openai;
+use crate::providers::Op;
 use crate::snapshot::SnapshotCell;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -67,15 +68,21 @@ impl Proxy {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let mut log = RequestLog::default();
-        let result = match (&method, path.as_str()) {
-            (&Method::POST, "/v1/chat/completions") => {
-                openai::chat_completions(&self, req, &rid, &mut log).await
-            }
-            (&Method::GET, "/v1/models") => openai::list_models(&self, &req),
-            (&Method::GET, p) if p.starts_with("/v1/models/") => {
+        let op = match path.as_str() {
+            "/v1/chat/completions" => Some(Op::ChatCompletions),
+            "/v1/completions" => Some(Op::Completions),
+            "/v1/embeddings" => Some(Op::Embeddings),
+            "/v1/messages" => Some(Op::Messages),
+            _ => None,
+        };
+        let dialect = op.map_or(Dialect::OpenAi, Dialect::of);
+        let result = match (&method, path.as_str(), op) {
+            (&Method::POST, _, Some(op)) => openai::forward(&self, req, &rid, &mut log, op).await,
+            (&Method::GET, "/v1/models", _) => openai::list_models(&self, &req),
+            (&Method::GET, p, _) if p.starts_with("/v1/models/") => {
                 openai::get_model(&self, &req, &p["/v1/models/".len()..])
             }
-            (_, "/v1/chat/completions" | "/v1/models") => Err(ProxyError::MethodNotAllowed),
+            (_, "/v1/models", _) | (_, _, Some(_)) => Err(ProxyError::MethodNotAllowed),
             _ => Err(ProxyError::NotFound(format!("{method} {path}"))),
         };
         let mut resp = match result {
@@ -84,7 +91,7 @@ impl Proxy {
                 if e.status().is_server_error() {
                     tracing::warn!(request_id = ?rid, error = ?e, "request failed");
                 }
-                e.into_response(&rid)
+                e.into_dialect_response(dialect, &rid)
             }
         };
         resp.headers_mut().insert("x-request-id", rid.clone());

@@ -44,6 +44,8 @@ pub struct Provider {
     pub base_url: String,
     pub enabled: bool,
     pub request_timeout: std::time::Duration,
+    /// Azure OpenAI `api-version`.
+    pub api_version: String,
 }
 
 /// A provider key as the proxy holds it: the secret zeroizes on drop and prints as `[REDACTED]`.
@@ -172,6 +174,7 @@ impl Snapshot {
                     kind,
                     base_url: p.base_url,
                     enabled: p.enabled,
+                    api_version: p.api_version,
                 },
             );
         }
@@ -538,6 +541,7 @@ pub(crate) mod tests {
                 base_url: "http://127.0.0.1:9/v1".into(),
                 enabled: true,
                 request_timeout_ms: 5000,
+                api_version: String::new(),
             }],
             provider_keys: vec![
                 pb::ProviderKey {

@@ -192,13 +192,42 @@ async fn handle(
         headers: headers.clone(),
         body: parsed.clone(),
     });
-    if method == Method::GET && uri.path() == "/v1/models" {
+    // Paths are matched by their tail, so one mock can stand behind any base URL (presets,
+    // Azure deployment paths).
+    let path = uri.path();
+    if method == Method::GET && path.ends_with("/models") {
+        if headers.contains_key("anthropic-version") {
+            return axum::Json(json!({"data": [{"type": "model", "id": "claude-mock",
+                "display_name": "Claude Mock", "created_at": "2025-01-01T00:00:00Z"}],
+                "has_more": false, "first_id": "claude-mock", "last_id": "claude-mock"}))
+            .into_response();
+        }
         return axum::Json(
             json!({"object": "list", "data": [{"id": "mock-ok", "object": "model"}]}),
         )
         .into_response();
     }
-    if uri.path() != "/v1/chat/completions" {
+    if path.ends_with("/messages") {
+        return anthropic_messages(&parsed, &headers);
+    }
+    if path.ends_with("/embeddings") {
+        return axum::Json(json!({
+            "object": "list",
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+            "model": parsed["model"], "usage": {"prompt_tokens": 2, "total_tokens": 2}
+        }))
+        .into_response();
+    }
+    if path.ends_with("/completions") && !path.ends_with("/chat/completions") {
+        return axum::Json(json!({
+            "id": "cmpl-mock", "object": "text_completion", "created": 1_700_000_000,
+            "model": parsed["model"],
+            "choices": [{"text": "hello from mock", "index": 0, "logprobs": null, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
+        }))
+        .into_response();
+    }
+    if !path.ends_with("/chat/completions") {
         return error(
             StatusCode::NOT_FOUND,
             "unknown path",
@@ -418,4 +447,81 @@ async fn handle(
         }
         _ => axum::Json(completion(&model)).into_response(),
     }
+}
+
+/// Anthropic's Messages API: JSON, or SSE in Anthropic's event framing; errors in its shape.
+fn anthropic_messages(body: &Value, headers: &HeaderMap) -> Response {
+    let anthropic_error = |status: StatusCode, ty: &str, message: &str| {
+        (
+            status,
+            [("content-type", "application/json")],
+            json!({"type": "error", "error": {"type": ty, "message": message}}).to_string(),
+        )
+            .into_response()
+    };
+    if !headers.contains_key("anthropic-version") {
+        return anthropic_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "anthropic-version header is required",
+        );
+    }
+    if !headers.contains_key("x-api-key") {
+        return anthropic_error(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "x-api-key header is required",
+        );
+    }
+    let model = body["model"].as_str().unwrap_or("claude-mock").to_owned();
+    if model == "claude-overloaded" {
+        return anthropic_error(
+            StatusCode::from_u16(529).unwrap(),
+            "overloaded_error",
+            "Overloaded",
+        );
+    }
+    if !body["stream"].as_bool().unwrap_or(false) {
+        return axum::Json(json!({
+            "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": "hello from mock"}],
+            "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {"input_tokens": 5, "output_tokens": 3}
+        }))
+        .into_response();
+    }
+    let ev = |name: &str, data: Value| Bytes::from(format!("event: {name}\ndata: {data}\n\n"));
+    let frames = vec![
+        ev(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message",
+            "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": 5, "output_tokens": 1}}}),
+        ),
+        ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        ev("ping", json!({"type": "ping"})),
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hello"}}),
+        ),
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " from mock"}}),
+        ),
+        ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ),
+        ev(
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 3}}),
+        ),
+        ev("message_stop", json!({"type": "message_stop"})),
+    ];
+    sse(futures_util::stream::iter(
+        frames.into_iter().map(Ok::<_, std::io::Error>),
+    ))
 }

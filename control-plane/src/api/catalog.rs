@@ -8,13 +8,14 @@ use serde_json::{Value, json};
 use super::{AdminUser, ApiError, ApiJson, AppState, AuthUser, valid_name};
 use crate::auth::Role;
 use crate::store::entities::{client_keys, providers};
-use crate::store::{AuditEvent, NewClientKey, NewRouteTarget, parse_list};
+use crate::store::{AuditEvent, NewClientKey, NewProvider, NewRouteTarget, parse_list};
 use crate::vault::generate_client_key;
 
 fn provider_view(p: &providers::Model) -> Value {
     json!({
         "id": p.id, "name": p.name, "kind": p.kind, "base_url": p.base_url,
         "enabled": p.enabled, "request_timeout_ms": p.request_timeout_ms,
+        "preset": p.preset, "api_version": p.api_version,
         "created_at": p.created_at,
     })
 }
@@ -37,12 +38,62 @@ pub(super) async fn list_providers(
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateProvider {
     name: String,
-    kind: String,
-    base_url: String,
+    /// `openai`, `openai-compatible`, `anthropic`, `gemini` or `azure-openai`; implied by `preset`.
+    kind: Option<String>,
+    /// A known provider (`openai`, `anthropic`, `gemini`, `mistral`, `groq`, `deepseek`,
+    /// `openrouter`, `together`, `xai`, `ollama`, `vllm`): sets the kind and default base URL.
+    preset: Option<String>,
+    /// Required unless the preset has a default.
+    base_url: Option<String>,
+    /// Azure OpenAI's `api-version` (required for `azure-openai`).
+    api_version: Option<String>,
     #[serde(default = "yes")]
     enabled: bool,
     request_timeout_ms: Option<u32>,
 }
+
+/// (preset, kind, default base URL). OpenAI-compatible presets use bearer authentication.
+const PRESETS: &[(&str, &str, &str)] = &[
+    ("openai", "openai", "https://api.openai.com/v1"),
+    ("anthropic", "anthropic", "https://api.anthropic.com/v1"),
+    (
+        "gemini",
+        "gemini",
+        "https://generativelanguage.googleapis.com/v1beta",
+    ),
+    ("mistral", "openai-compatible", "https://api.mistral.ai/v1"),
+    (
+        "groq",
+        "openai-compatible",
+        "https://api.groq.com/openai/v1",
+    ),
+    (
+        "deepseek",
+        "openai-compatible",
+        "https://api.deepseek.com/v1",
+    ),
+    (
+        "openrouter",
+        "openai-compatible",
+        "https://openrouter.ai/api/v1",
+    ),
+    (
+        "together",
+        "openai-compatible",
+        "https://api.together.xyz/v1",
+    ),
+    ("xai", "openai-compatible", "https://api.x.ai/v1"),
+    ("ollama", "openai-compatible", "http://localhost:11434/v1"),
+    ("vllm", "openai-compatible", "http://localhost:8000/v1"),
+];
+
+const KINDS: &[&str] = &[
+    "openai",
+    "openai-compatible",
+    "anthropic",
+    "gemini",
+    "azure-openai",
+];
 
 pub(super) fn yes() -> bool {
     true
@@ -81,13 +132,52 @@ pub(super) async fn create_provider(
             "name: 1-64 characters of letters, digits, '-', '_', '.'".into(),
         ));
     }
-    if !matches!(body.kind.as_str(), "openai" | "openai-compatible") {
-        return Err(ApiError::BadRequest(format!(
-            "kind: {:?} is not supported yet; use openai or openai-compatible",
-            body.kind
-        )));
+    let preset = match &body.preset {
+        None => None,
+        Some(name) => Some(PRESETS.iter().find(|(p, _, _)| p == name).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "preset: unknown {name:?}; known: {}",
+                PRESETS.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")
+            ))
+        })?),
+    };
+    let kind: &'static str = match (&body.kind, preset) {
+        (Some(k), Some((_, pk, _))) if k != pk => {
+            return Err(ApiError::BadRequest(format!(
+                "kind: the preset implies {pk}"
+            )));
+        }
+        (_, Some((_, pk, _))) => pk,
+        (Some(k), None) => KINDS
+            .iter()
+            .find(|x| **x == k.as_str())
+            .copied()
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("kind: must be one of {}", KINDS.join(", ")))
+            })?,
+        (None, None) => return Err(ApiError::BadRequest("kind or preset is required".into())),
+    };
+    let base_url = match (&body.base_url, preset) {
+        (Some(u), _) => validate_base_url(u)?,
+        (None, Some((_, _, default))) => (*default).to_owned(),
+        (None, None) => return Err(ApiError::BadRequest("base_url: is required".into())),
+    };
+    let api_version = body.api_version.filter(|v| !v.is_empty());
+    if kind == "azure-openai" {
+        match &api_version {
+            Some(v)
+                if v.len() <= 32 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => {}
+            _ => {
+                return Err(ApiError::BadRequest(
+                    "api_version: required for azure-openai, e.g. 2024-10-21".into(),
+                ));
+            }
+        }
+    } else if api_version.is_some() {
+        return Err(ApiError::BadRequest(
+            "api_version: only for azure-openai".into(),
+        ));
     }
-    let base_url = validate_base_url(&body.base_url)?;
     let timeout = body.request_timeout_ms.unwrap_or(120_000);
     if !(1_000..=600_000).contains(&timeout) {
         return Err(ApiError::BadRequest(
@@ -97,11 +187,15 @@ pub(super) async fn create_provider(
     let p = s
         .store
         .create_provider(
-            &body.name,
-            &body.kind,
-            &base_url,
-            body.enabled,
-            timeout,
+            NewProvider {
+                name: body.name,
+                kind,
+                base_url,
+                enabled: body.enabled,
+                request_timeout_ms: timeout,
+                preset: body.preset,
+                api_version,
+            },
             AuditEvent::new(&admin.actor(), "provider_created", "provider"),
         )
         .await?;

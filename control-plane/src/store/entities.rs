@@ -125,6 +125,10 @@ pub mod providers {
         pub request_timeout_ms: i32,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
+        /// The preset the provider was created from (`groq`, `mistral`, …), if any.
+        pub preset: Option<String>,
+        /// Azure OpenAI `api-version` query parameter.
+        pub api_version: Option<String>,
     }
     no_relations!();
 }

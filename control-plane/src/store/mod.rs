@@ -67,6 +67,16 @@ pub struct NewProviderKey {
     pub tpm_limit: Option<u32>,
 }
 
+pub struct NewProvider {
+    pub name: String,
+    pub kind: &'static str,
+    pub base_url: String,
+    pub enabled: bool,
+    pub request_timeout_ms: u32,
+    pub preset: Option<String>,
+    pub api_version: Option<String>,
+}
+
 /// Fields an admin may change on a user; `None` leaves a field as it is.
 #[derive(Default)]
 pub struct UserChange<'a> {
@@ -346,23 +356,21 @@ impl Store {
 
     pub async fn create_provider(
         &self,
-        name: &str,
-        kind: &str,
-        base_url: &str,
-        enabled: bool,
-        request_timeout_ms: u32,
+        p: NewProvider,
         audit: AuditEvent,
     ) -> Result<providers::Model> {
         let now = Utc::now();
         let m = providers::ActiveModel {
             id: Set(new_id()),
-            name: Set(name.to_owned()),
-            kind: Set(kind.to_owned()),
-            base_url: Set(base_url.to_owned()),
-            enabled: Set(enabled),
-            request_timeout_ms: Set(i32::try_from(request_timeout_ms).unwrap_or(i32::MAX)),
+            name: Set(p.name),
+            kind: Set(p.kind.to_owned()),
+            base_url: Set(p.base_url),
+            enabled: Set(p.enabled),
+            request_timeout_ms: Set(i32::try_from(p.request_timeout_ms).unwrap_or(i32::MAX)),
             created_at: Set(now),
             updated_at: Set(now),
+            preset: Set(p.preset),
+            api_version: Set(p.api_version),
         };
         let txn = self.begin().await?;
         let p = providers::Entity::insert(m)
