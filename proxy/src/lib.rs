@@ -11,6 +11,7 @@ pub mod openai;
 pub mod providers;
 pub mod server;
 pub mod snapshot;
+pub mod translate;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -25,6 +25,8 @@ use crate::health::InFlight;
 use crate::providers::{self, Op};
 use crate::server::{Body, BoxError, Proxy, RequestLog, full};
 use crate::snapshot::{ClientKey, Snapshot};
+use crate::translate;
+use llmhub_proto::v1::ProviderKind;
 
 /// Attempts per request before giving up (each on a different key or provider).
 const MAX_ATTEMPTS: usize = 3;
@@ -278,8 +280,15 @@ pub async fn forward(
         log.provider = Some(provider.name.clone());
         log.key_fingerprint = Some(key.fingerprint.clone());
         payload.insert("model".into(), Value::String(target.upstream_model.clone()));
-        let bytes =
-            serde_json::to_vec(&payload).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        // OpenAI clients served by Anthropic: translate the request (and later the answer).
+        let translate = op == Op::ChatCompletions && provider.kind == ProviderKind::Anthropic;
+        let bytes = if translate {
+            let body = translate::anthropic::request(&payload).map_err(ProxyError::BadRequest)?;
+            serde_json::to_vec(&body)
+        } else {
+            serde_json::to_vec(&payload)
+        }
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
         let Some(upstream) = providers::upstream(
             provider,
             op,
@@ -368,6 +377,14 @@ pub async fn forward(
                 ));
             }
             drop(probe);
+            if translate {
+                let include_usage = payload
+                    .get("stream_options")
+                    .and_then(|o| o.get("include_usage"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                return translated(resp, stream, recorder, inflight, &model, include_usage).await;
+            }
             return Ok(relay(resp, stream, recorder, inflight, dialect));
         }
         drop(inflight);
@@ -381,6 +398,12 @@ pub async fn forward(
                 // The request itself is wrong: no other key would do better, and no penalty.
                 p.health.provider_result(&provider.id, true, now);
                 let body = redact(body, key.secret.expose_secret());
+                let body = if translate {
+                    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    Bytes::from(translate::anthropic::error(&v).to_string())
+                } else {
+                    body
+                };
                 recorder.finish(u32::from(status.as_u16()));
                 let mut r = Response::new(full(body));
                 *r.status_mut() = status;
@@ -515,6 +538,57 @@ fn redact(body: Bytes, secret: &str) -> Bytes {
     body
 }
 
+/// Answers an OpenAI client from an Anthropic success: the JSON translated whole, or the stream
+/// translated event by event as it arrives.
+async fn translated(
+    resp: reqwest::Response,
+    stream: bool,
+    mut recorder: Recorder,
+    inflight: InFlight,
+    public_model: &str,
+    include_usage: bool,
+) -> Result<Response<Body>, ProxyError> {
+    let created = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    if stream {
+        let relay = Relay {
+            inner: Box::pin(resp.bytes_stream()),
+            sse: true,
+            done: false,
+            recorder,
+            status: 200,
+            _inflight: inflight,
+            dialect: Dialect::OpenAi,
+            translator: Some(translate::anthropic::StreamTranslator::new(
+                public_model,
+                created,
+                include_usage,
+            )),
+        };
+        let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(relay)));
+        r.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        r.headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        return Ok(r);
+    }
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| ProxyError::UpstreamUnavailable(e.without_url().to_string()))?;
+    drop(inflight);
+    let v: Value = serde_json::from_slice(&body).map_err(|_| {
+        ProxyError::UpstreamUnavailable("provider answered with invalid JSON".into())
+    })?;
+    recorder.finish(200);
+    Ok(json_response(
+        StatusCode::OK,
+        &translate::anthropic::response(&v, public_model, created),
+    ))
+}
+
 /// Relays an upstream success response chunk by chunk.
 fn relay(
     resp: reqwest::Response,
@@ -547,6 +621,7 @@ fn relay(
         status: u32::from(status.as_u16()),
         _inflight: inflight,
         dialect,
+        translator: None,
     };
     let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(relay)));
     *r.status_mut() = status;
@@ -569,6 +644,8 @@ struct Relay {
     /// The key counts as in flight until the body is fully relayed.
     _inflight: InFlight,
     dialect: Dialect,
+    /// Rewrites the provider's events into the client's dialect on the way through.
+    translator: Option<translate::anthropic::StreamTranslator>,
 }
 
 /// Error event that ends an interrupted stream, in the OpenAI dialect.
@@ -580,32 +657,55 @@ impl Stream for Relay {
     type Item = Result<Frame<Bytes>, BoxError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        match self.inner.as_mut().poll_next(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(chunk))) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
-            Poll::Ready(Some(Err(e))) => {
-                self.done = true;
-                tracing::warn!(error = %e.without_url(), "upstream body interrupted");
-                self.recorder.finish(502);
-                if self.sse {
-                    let event = match self.dialect {
-                        Dialect::OpenAi => SSE_INTERRUPTED,
-                        Dialect::Anthropic => SSE_INTERRUPTED_ANTHROPIC,
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            return match self.inner.as_mut().poll_next(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let Some(t) = self.translator.as_mut() else {
+                        return Poll::Ready(Some(Ok(Frame::data(chunk))));
                     };
-                    Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(event)))))
-                } else {
-                    Poll::Ready(Some(Err("upstream body interrupted".into())))
+                    let out = t.feed(&chunk);
+                    if out.is_empty() {
+                        // Nothing complete yet (or an event with no counterpart): read on.
+                        continue;
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))))
                 }
-            }
-            Poll::Ready(None) => {
-                self.done = true;
-                let status = self.status;
-                self.recorder.finish(status);
-                Poll::Ready(None)
-            }
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!(error = %e.without_url(), "upstream body interrupted");
+                    Poll::Ready(self.interrupted())
+                }
+                Poll::Ready(None) => {
+                    // A translated stream that ends without its final event was cut short.
+                    if self.translator.as_ref().is_some_and(|t| !t.finished()) {
+                        return Poll::Ready(self.interrupted());
+                    }
+                    self.done = true;
+                    let status = self.status;
+                    self.recorder.finish(status);
+                    Poll::Ready(None)
+                }
+            };
+        }
+    }
+}
+
+impl Relay {
+    /// Ends the body after an upstream failure: an error event for streams, an error otherwise.
+    fn interrupted(&mut self) -> Option<Result<Frame<Bytes>, BoxError>> {
+        self.done = true;
+        self.recorder.finish(502);
+        if self.sse {
+            let event = match self.dialect {
+                Dialect::OpenAi => SSE_INTERRUPTED,
+                Dialect::Anthropic => SSE_INTERRUPTED_ANTHROPIC,
+            };
+            Some(Ok(Frame::data(Bytes::from_static(event))))
+        } else {
+            Some(Err("upstream body interrupted".into()))
         }
     }
 }

@@ -34,9 +34,8 @@ impl Op {
 pub fn supports(kind: ProviderKind, op: Op) -> bool {
     use ProviderKind::*;
     match op {
-        Op::ChatCompletions | Op::Completions | Op::Embeddings => {
-            matches!(kind, Openai | OpenaiCompatible | AzureOpenai)
-        }
+        Op::ChatCompletions => matches!(kind, Openai | OpenaiCompatible | AzureOpenai | Anthropic),
+        Op::Completions | Op::Embeddings => matches!(kind, Openai | OpenaiCompatible | AzureOpenai),
         Op::Messages => kind == Anthropic,
     }
 }
@@ -69,6 +68,8 @@ pub fn upstream(
     }
     let base = provider.base_url.trim_end_matches('/');
     let tail = match op {
+        // Anthropic serves chat completions through translation to its Messages API.
+        Op::ChatCompletions if provider.kind == ProviderKind::Anthropic => "messages",
         Op::ChatCompletions => "chat/completions",
         Op::Completions => "completions",
         Op::Embeddings => "embeddings",
@@ -181,10 +182,22 @@ mod tests {
         assert_eq!(u.headers[0].0.as_str(), "x-api-key");
         assert_eq!(u.headers[1].1, ANTHROPIC_VERSION);
 
+        let u = upstream(
+            &provider(ProviderKind::Anthropic, "https://a/v1"),
+            Op::ChatCompletions,
+            "m",
+            "k",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            u.url, "https://a/v1/messages",
+            "chat completions translate to messages"
+        );
         assert!(
             upstream(
                 &provider(ProviderKind::Anthropic, "https://a"),
-                Op::ChatCompletions,
+                Op::Embeddings,
                 "m",
                 "k",
                 None

@@ -188,7 +188,7 @@ async fn presets_and_kinds_reach_the_right_url_with_the_right_auth() -> anyhow::
     assert_eq!(r.status(), 400, "missing input");
 
     // Models without a translation yet get a clear 400 instead of a silent loss.
-    for model in ["claude", "gemini-model"] {
+    for model in ["gemini-model"] {
         let r = env
             .openai(
                 "/v1/chat/completions",
@@ -343,6 +343,74 @@ async fn anthropic_surface_passes_through_natively() -> anyhow::Result<()> {
     assert_eq!(
         r.json::<Value>().await?["error"]["type"],
         "rate_limit_error"
+    );
+    Ok(())
+}
+
+/// OpenAI clients served by an Anthropic provider: request, answer and stream translated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_requests_are_translated_for_anthropic() -> anyhow::Result<()> {
+    let env = setup().await?;
+    let r = env
+        .openai(
+            "/v1/chat/completions",
+            json!({"model": "claude", "max_tokens": 20, "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await?;
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], "claude");
+    assert_eq!(v["choices"][0]["message"]["content"], "hello from mock");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["usage"]["total_tokens"], 8);
+    let seen = env.mock.requests().pop().unwrap();
+    assert_eq!(seen.path, "/v1/messages");
+    assert_eq!(seen.headers["x-api-key"], "sk-ant-api03-0123456789abcdef");
+    assert_eq!(seen.body["system"][0]["text"], "be brief");
+    assert_eq!(seen.body["max_tokens"], 20);
+    assert_eq!(seen.body["model"], "claude-mock");
+
+    let r = env
+        .openai(
+            "/v1/chat/completions",
+            json!({"model": "claude", "stream": true, "stream_options": {"include_usage": true},
+                "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await?;
+    let chunks: Vec<Value> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "hello from mock");
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 3);
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+
+    // A field Anthropic cannot honour is refused by name.
+    let r = env
+        .openai("/v1/chat/completions", json!({"model": "claude", "logprobs": true, "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(r.status(), 400);
+    assert!(
+        r.json::<Value>().await?["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("logprobs")
     );
     Ok(())
 }
