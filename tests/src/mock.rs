@@ -343,6 +343,14 @@ async fn handle(
         return r;
     }
     match model.as_str() {
+        "mock-tools" => axum::Json(json!({
+            "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,
+                "tool_calls": [{"id": "call_1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}]}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+        }))
+        .into_response(),
         "mock-503" => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "The engine is currently overloaded, please try again later",
