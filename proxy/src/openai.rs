@@ -175,6 +175,9 @@ fn validate(op: Op, payload: &Map<String, Value>, stream: bool) -> Result<(), Pr
         Op::Embeddings if stream => Err(ProxyError::BadRequest(
             "`stream` is not supported for embeddings".into(),
         )),
+        Op::Responses if payload.get("input").is_none_or(Value::is_null) => {
+            Err(ProxyError::BadRequest("`input` is required".into()))
+        }
         _ => Ok(()),
     }
 }

@@ -15,6 +15,8 @@ pub enum Op {
     Embeddings,
     /// Anthropic's Messages API.
     Messages,
+    /// OpenAI's Responses API, passed through to providers that have it.
+    Responses,
 }
 
 impl Op {
@@ -24,6 +26,7 @@ impl Op {
             Op::Completions => "/v1/completions",
             Op::Embeddings => "/v1/embeddings",
             Op::Messages => "/v1/messages",
+            Op::Responses => "/v1/responses",
         }
     }
 }
@@ -37,6 +40,7 @@ pub fn supports(kind: ProviderKind, op: Op) -> bool {
         Op::ChatCompletions => matches!(kind, Openai | OpenaiCompatible | AzureOpenai | Anthropic),
         Op::Completions | Op::Embeddings => matches!(kind, Openai | OpenaiCompatible | AzureOpenai),
         Op::Messages => kind == Anthropic,
+        Op::Responses => matches!(kind, Openai | AzureOpenai),
     }
 }
 
@@ -74,6 +78,7 @@ pub fn upstream(
         Op::Completions => "completions",
         Op::Embeddings => "embeddings",
         Op::Messages => "messages",
+        Op::Responses => "responses",
     };
     Some(match provider.kind {
         ProviderKind::AzureOpenai => Upstream {

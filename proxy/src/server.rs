@@ -73,6 +73,7 @@ impl Proxy {
             "/v1/completions" => Some(Op::Completions),
             "/v1/embeddings" => Some(Op::Embeddings),
             "/v1/messages" => Some(Op::Messages),
+            "/v1/responses" => Some(Op::Responses),
             _ => None,
         };
         let dialect = op.map_or(Dialect::OpenAi, Dialect::of);

@@ -210,6 +210,15 @@ async fn handle(
     if path.ends_with("/messages") {
         return anthropic_messages(&parsed, &headers);
     }
+    if path.ends_with("/responses") {
+        return axum::Json(json!({
+            "id": "resp_mock", "object": "response", "status": "completed", "model": parsed["model"],
+            "output": [{"type": "message", "id": "msg_mock", "role": "assistant",
+                "content": [{"type": "output_text", "text": "hello from mock", "annotations": []}]}],
+            "usage": {"input_tokens": 2, "output_tokens": 3, "total_tokens": 5}
+        }))
+        .into_response();
+    }
     if path.ends_with("/embeddings") {
         return axum::Json(json!({
             "object": "list",

@@ -187,6 +187,34 @@ async fn presets_and_kinds_reach_the_right_url_with_the_right_auth() -> anyhow::
         .await;
     assert_eq!(r.status(), 400, "missing input");
 
+    // The Responses API passes through to OpenAI, and only there.
+    let r = env
+        .openai(
+            "/v1/responses",
+            json!({"model": "openai-model", "input": "hello"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await?["object"], "response");
+    let seen = env.mock.requests().pop().unwrap();
+    assert_eq!(
+        (seen.path.as_str(), seen.body["model"].clone()),
+        ("/openai/v1/responses", json!("openai-upstream"))
+    );
+    let r = env
+        .openai(
+            "/v1/responses",
+            json!({"model": "groq-model", "input": "hello"}),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    assert!(
+        r.json::<Value>().await?["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/v1/responses")
+    );
+
     // Models without a translation yet get a clear 400 instead of a silent loss.
     for model in ["gemini-model"] {
         let r = env
