@@ -25,8 +25,7 @@ use crate::health::InFlight;
 use crate::providers::{self, Op};
 use crate::server::{Body, BoxError, Proxy, RequestLog, full};
 use crate::snapshot::{ClientKey, Snapshot};
-use crate::translate;
-use llmhub_proto::v1::ProviderKind;
+use crate::translate::{self, StreamTranslator, Translation};
 
 /// Attempts per request before giving up (each on a different key or provider).
 const MAX_ATTEMPTS: usize = 3;
@@ -283,13 +282,20 @@ pub async fn forward(
         log.provider = Some(provider.name.clone());
         log.key_fingerprint = Some(key.fingerprint.clone());
         payload.insert("model".into(), Value::String(target.upstream_model.clone()));
-        // OpenAI clients served by Anthropic: translate the request (and later the answer).
-        let translate = op == Op::ChatCompletions && provider.kind == ProviderKind::Anthropic;
-        let bytes = if translate {
-            let body = translate::anthropic::request(&payload).map_err(ProxyError::BadRequest)?;
-            serde_json::to_vec(&body)
-        } else {
-            serde_json::to_vec(&payload)
+        // Across dialects the request is translated here, and the answer on the way back.
+        let translation = match (op, providers::wire_op(provider.kind, op)) {
+            (Op::ChatCompletions, Op::Messages) => Translation::OpenAiToAnthropic,
+            (Op::Messages, Op::ChatCompletions) => Translation::AnthropicToOpenAi,
+            _ => Translation::None,
+        };
+        let bytes = match translation {
+            Translation::None => serde_json::to_vec(&payload),
+            Translation::OpenAiToAnthropic => serde_json::to_vec(
+                &translate::anthropic::request(&payload).map_err(ProxyError::BadRequest)?,
+            ),
+            Translation::AnthropicToOpenAi => serde_json::to_vec(
+                &translate::chat::request(&payload).map_err(ProxyError::BadRequest)?,
+            ),
         }
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
         let Some(upstream) = providers::upstream(
@@ -380,13 +386,22 @@ pub async fn forward(
                 ));
             }
             drop(probe);
-            if translate {
+            if translation != Translation::None {
                 let include_usage = payload
                     .get("stream_options")
                     .and_then(|o| o.get("include_usage"))
                     .and_then(Value::as_bool)
                     .unwrap_or(false);
-                return translated(resp, stream, recorder, inflight, &model, include_usage).await;
+                return translated(
+                    resp,
+                    stream,
+                    recorder,
+                    inflight,
+                    &model,
+                    include_usage,
+                    translation,
+                )
+                .await;
             }
             return Ok(relay(resp, stream, recorder, inflight, dialect));
         }
@@ -401,11 +416,15 @@ pub async fn forward(
                 // The request itself is wrong: no other key would do better, and no penalty.
                 p.health.provider_result(&provider.id, true, now);
                 let body = redact(body, key.secret.expose_secret());
-                let body = if translate {
-                    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    Bytes::from(translate::anthropic::error(&v).to_string())
-                } else {
-                    body
+                let v = || serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
+                let body = match translation {
+                    Translation::None => body,
+                    Translation::OpenAiToAnthropic => {
+                        Bytes::from(translate::anthropic::error(&v()).to_string())
+                    }
+                    Translation::AnthropicToOpenAi => {
+                        Bytes::from(translate::chat::error(&v(), status.as_u16()).to_string())
+                    }
                 };
                 recorder.finish(u32::from(status.as_u16()));
                 let mut r = Response::new(full(body));
@@ -550,6 +569,7 @@ async fn translated(
     inflight: InFlight,
     public_model: &str,
     include_usage: bool,
+    translation: Translation,
 ) -> Result<Response<Body>, ProxyError> {
     let created = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -563,12 +583,21 @@ async fn translated(
             recorder,
             status: 200,
             _inflight: inflight,
-            dialect: Dialect::OpenAi,
-            translator: Some(translate::anthropic::StreamTranslator::new(
-                public_model,
-                created,
-                include_usage,
-            )),
+            dialect: if translation == Translation::AnthropicToOpenAi {
+                Dialect::Anthropic
+            } else {
+                Dialect::OpenAi
+            },
+            translator: Some(match translation {
+                Translation::AnthropicToOpenAi => StreamTranslator::ToAnthropic(
+                    translate::chat::StreamTranslator::new(public_model),
+                ),
+                _ => StreamTranslator::ToOpenAi(translate::anthropic::StreamTranslator::new(
+                    public_model,
+                    created,
+                    include_usage,
+                )),
+            }),
         };
         let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(relay)));
         r.headers_mut()
@@ -586,10 +615,11 @@ async fn translated(
         ProxyError::UpstreamUnavailable("provider answered with invalid JSON".into())
     })?;
     recorder.finish(200);
-    Ok(json_response(
-        StatusCode::OK,
-        &translate::anthropic::response(&v, public_model, created),
-    ))
+    let answer = match translation {
+        Translation::AnthropicToOpenAi => translate::chat::response(&v, public_model),
+        _ => translate::anthropic::response(&v, public_model, created),
+    };
+    Ok(json_response(StatusCode::OK, &answer))
 }
 
 /// Relays an upstream success response chunk by chunk.
@@ -648,7 +678,7 @@ struct Relay {
     _inflight: InFlight,
     dialect: Dialect,
     /// Rewrites the provider's events into the client's dialect on the way through.
-    translator: Option<translate::anthropic::StreamTranslator>,
+    translator: Option<StreamTranslator>,
 }
 
 /// Error event that ends an interrupted stream, in the OpenAI dialect.

@@ -39,8 +39,19 @@ pub fn supports(kind: ProviderKind, op: Op) -> bool {
     match op {
         Op::ChatCompletions => matches!(kind, Openai | OpenaiCompatible | AzureOpenai | Anthropic),
         Op::Completions | Op::Embeddings => matches!(kind, Openai | OpenaiCompatible | AzureOpenai),
-        Op::Messages => kind == Anthropic,
+        // Native for Anthropic, translated to chat completions for the OpenAI family.
+        Op::Messages => matches!(kind, Anthropic | Openai | OpenaiCompatible | AzureOpenai),
         Op::Responses => matches!(kind, Openai | AzureOpenai),
+    }
+}
+
+/// The operation the provider receives for what the client asked (differs under translation).
+pub fn wire_op(kind: ProviderKind, op: Op) -> Op {
+    match (kind, op) {
+        (ProviderKind::Anthropic, Op::ChatCompletions) => Op::Messages,
+        (ProviderKind::Anthropic, other) => other,
+        (_, Op::Messages) => Op::ChatCompletions,
+        (_, other) => other,
     }
 }
 
@@ -71,9 +82,7 @@ pub fn upstream(
         return None;
     }
     let base = provider.base_url.trim_end_matches('/');
-    let tail = match op {
-        // Anthropic serves chat completions through translation to its Messages API.
-        Op::ChatCompletions if provider.kind == ProviderKind::Anthropic => "messages",
+    let tail = match wire_op(provider.kind, op) {
         Op::ChatCompletions => "chat/completions",
         Op::Completions => "completions",
         Op::Embeddings => "embeddings",

@@ -114,6 +114,17 @@ def _():
     assert text == "hello from mock", text
 
 
+@case("anthropic: served by an OpenAI-compatible provider (translated)")
+def _():
+    r = an.messages.create(model="gpt-test", max_tokens=64, messages=MSG)
+    assert r.content[0].text == "hello from mock", r
+    text = ""
+    with an.messages.stream(model="gpt-test", max_tokens=64, messages=MSG) as s:
+        for t in s.text_stream:
+            text += t
+    assert text == "hello from mock", text
+
+
 @case("anthropic: bad key raises AuthenticationError")
 def _():
     bad = anthropic.Anthropic(base_url=PROXY, api_key="lh-not-a-key", max_retries=0)

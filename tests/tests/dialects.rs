@@ -319,8 +319,8 @@ async fn anthropic_surface_passes_through_natively() -> anyhow::Result<()> {
             .contains("max_tokens"),
         "{v}"
     );
-    let r = env.anthropic(&env.client_key, json!({"model": "groq-model", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})).await;
-    assert_eq!(r.status(), 400);
+    let r = env.anthropic(&env.client_key, json!({"model": "gemini-model", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})).await;
+    assert_eq!(r.status(), 400, "no translation to Gemini yet");
     assert_eq!(r.json::<Value>().await?["type"], "error");
     // Bearer works too, and the model list answers in Anthropic's shape.
     let r = env
@@ -439,6 +439,67 @@ async fn openai_requests_are_translated_for_anthropic() -> anyhow::Result<()> {
             .as_str()
             .unwrap()
             .contains("logprobs")
+    );
+    Ok(())
+}
+
+/// Anthropic clients served by an OpenAI-compatible provider: request, answer and stream
+/// translated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_requests_are_translated_for_openai_compatible() -> anyhow::Result<()> {
+    let env = setup().await?;
+    let body = json!({"model": "groq-model", "max_tokens": 32, "system": "be brief",
+        "messages": [{"role": "user", "content": "hi"}]});
+    let r = env.anthropic(&env.client_key, body.clone()).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await?;
+    assert_eq!(
+        (v["type"].clone(), v["model"].clone()),
+        (json!("message"), json!("groq-model"))
+    );
+    assert_eq!(v["content"][0]["text"], "hello from mock");
+    assert_eq!(v["stop_reason"], "end_turn");
+    let seen = env.mock.requests().pop().unwrap();
+    assert_eq!(seen.path, "/groq/v1/chat/completions");
+    assert_eq!(
+        seen.headers["authorization"],
+        "Bearer sk-groq-key-0123456789abcdef"
+    );
+    assert_eq!(
+        seen.body["messages"][0],
+        json!({"role": "system", "content": "be brief"})
+    );
+    assert_eq!(seen.body["model"], "groq-upstream");
+
+    let mut stream = body;
+    stream["stream"] = json!(true);
+    let r = env.anthropic(&env.client_key, stream).await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await?;
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(names.first(), Some(&"message_start"));
+    assert_eq!(names.last(), Some(&"message_stop"));
+    let content: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter_map(|d| d["delta"]["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(content, "hello from mock");
+
+    // Anthropic-only fields are refused by name.
+    let r = env
+        .anthropic(&env.client_key, json!({"model": "groq-model", "max_tokens": 5, "top_k": 3, "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await?;
+    assert_eq!(v["type"], "error");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("top_k"),
+        "{v}"
     );
     Ok(())
 }

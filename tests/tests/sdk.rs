@@ -87,6 +87,6 @@ async fn official_sdks_work_against_the_proxy() -> anyhow::Result<()> {
         "SDK checks failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("12 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("13 passed, 0 failed"), "{stdout}");
     Ok(())
 }

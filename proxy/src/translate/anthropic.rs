@@ -11,6 +11,11 @@
 
 use serde_json::{Map, Value, json};
 
+/// A top-level field, or null (indexing a `Map` directly would panic on a missing key).
+fn field<'a>(m: &'a Map<String, Value>, k: &str) -> &'a Value {
+    m.get(k).unwrap_or(&Value::Null)
+}
+
 /// Anthropic requires `max_tokens`; OpenAI clients often omit it.
 const DEFAULT_MAX_TOKENS: u64 = 4096;
 
@@ -106,7 +111,7 @@ pub fn request(openai: &Map<String, Value>) -> Result<Value, String> {
     }
     let mut system: Vec<Value> = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
-    for m in openai["messages"].as_array().into_iter().flatten() {
+    for m in field(openai, "messages").as_array().into_iter().flatten() {
         match m["role"].as_str() {
             Some("system" | "developer") => system.extend(content_blocks(&m["content"])?),
             Some("user") => push(&mut messages, "user", content_blocks(&m["content"])?),
@@ -138,7 +143,7 @@ pub fn request(openai: &Map<String, Value>) -> Result<Value, String> {
         }
     }
     let mut out = Map::new();
-    out.insert("model".into(), openai["model"].clone());
+    out.insert("model".into(), field(openai, "model").clone());
     out.insert("messages".into(), Value::Array(messages));
     if !system.is_empty() {
         out.insert("system".into(), Value::Array(system));
