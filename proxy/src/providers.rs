@@ -218,9 +218,21 @@ mod tests {
             )
             .is_none()
         );
+        let u = upstream(
+            &provider(ProviderKind::Openai, "https://a/v1"),
+            Op::Messages,
+            "m",
+            "k",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            u.url, "https://a/v1/chat/completions",
+            "messages translate to chat"
+        );
         assert!(
             upstream(
-                &provider(ProviderKind::Openai, "https://a"),
+                &provider(ProviderKind::Gemini, "https://a"),
                 Op::Messages,
                 "m",
                 "k",
