@@ -336,12 +336,13 @@ impl Vault {
     }
 
     pub async fn status(&self, store: &Store) -> Result<VaultStatus, VaultAdminError> {
-        // Counted first: no lock is held across the await.
+        // Progress first, counts after: a status that says a re-wrap finished then always shows
+        // the counts from after it. (No lock is held across the await.)
+        let rewrap = lock(&self.progress).clone();
         let sealed_by_version = store.sealed_counts().await?;
         let ring = self.keyring();
         let retired = lock(&self.retired).iter().copied().collect();
         let unreadable_keys = lock(&self.unreadable).iter().cloned().collect();
-        let rewrap = lock(&self.progress).clone();
         Ok(VaultStatus {
             versions: ring.versions(),
             current: ring.current_version(),

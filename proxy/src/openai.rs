@@ -26,6 +26,7 @@ use crate::providers::{self, Op};
 use crate::server::{Body, BoxError, Proxy, RequestLog, full};
 use crate::snapshot::{ClientKey, Snapshot};
 use crate::translate::{self, StreamTranslator, Translation};
+use llmhub_proto::v1::ProviderKind;
 
 /// Attempts per request before giving up (each on a different key or provider).
 const MAX_ATTEMPTS: usize = 3;
@@ -286,6 +287,9 @@ pub async fn forward(
         let translation = match (op, providers::wire_op(provider.kind, op)) {
             (Op::ChatCompletions, Op::Messages) => Translation::OpenAiToAnthropic,
             (Op::Messages, Op::ChatCompletions) => Translation::AnthropicToOpenAi,
+            (Op::ChatCompletions, _) if provider.kind == ProviderKind::Gemini => {
+                Translation::OpenAiToGemini
+            }
             _ => Translation::None,
         };
         let bytes = match translation {
@@ -296,6 +300,9 @@ pub async fn forward(
             Translation::AnthropicToOpenAi => serde_json::to_vec(
                 &translate::chat::request(&payload).map_err(ProxyError::BadRequest)?,
             ),
+            Translation::OpenAiToGemini => serde_json::to_vec(
+                &translate::gemini::request(&payload).map_err(ProxyError::BadRequest)?,
+            ),
         }
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
         let Some(upstream) = providers::upstream(
@@ -304,6 +311,7 @@ pub async fn forward(
             &target.upstream_model,
             key.secret.expose_secret(),
             anthropic_version.as_ref(),
+            stream,
         ) else {
             skip(
                 &mut recorder,
@@ -424,6 +432,9 @@ pub async fn forward(
                     }
                     Translation::AnthropicToOpenAi => {
                         Bytes::from(translate::chat::error(&v(), status.as_u16()).to_string())
+                    }
+                    Translation::OpenAiToGemini => {
+                        Bytes::from(translate::gemini::error(&v()).to_string())
                     }
                 };
                 recorder.finish(u32::from(status.as_u16()));
@@ -589,6 +600,9 @@ async fn translated(
                 Dialect::OpenAi
             },
             translator: Some(match translation {
+                Translation::OpenAiToGemini => StreamTranslator::ToOpenAiFromGemini(
+                    translate::gemini::StreamTranslator::new(public_model, created, include_usage),
+                ),
                 Translation::AnthropicToOpenAi => StreamTranslator::ToAnthropic(
                     translate::chat::StreamTranslator::new(public_model),
                 ),
@@ -617,6 +631,7 @@ async fn translated(
     recorder.finish(200);
     let answer = match translation {
         Translation::AnthropicToOpenAi => translate::chat::response(&v, public_model),
+        Translation::OpenAiToGemini => translate::gemini::response(&v, public_model, created),
         _ => translate::anthropic::response(&v, public_model, created),
     };
     Ok(json_response(StatusCode::OK, &answer))
@@ -712,9 +727,19 @@ impl Stream for Relay {
                     Poll::Ready(self.interrupted())
                 }
                 Poll::Ready(None) => {
-                    // A translated stream that ends without its final event was cut short.
-                    if self.translator.as_ref().is_some_and(|t| !t.finished()) {
-                        return Poll::Ready(self.interrupted());
+                    // A translated stream that ends without its final event was cut short;
+                    // one that finished may still owe the client its closing events.
+                    if let Some(t) = self.translator.as_mut() {
+                        match t.end() {
+                            None => return Poll::Ready(self.interrupted()),
+                            Some(tail) if !tail.is_empty() => {
+                                self.done = true;
+                                let status = self.status;
+                                self.recorder.finish(status);
+                                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(tail)))));
+                            }
+                            Some(_) => {}
+                        }
                     }
                     self.done = true;
                     let status = self.status;

@@ -37,7 +37,12 @@ impl Op {
 pub fn supports(kind: ProviderKind, op: Op) -> bool {
     use ProviderKind::*;
     match op {
-        Op::ChatCompletions => matches!(kind, Openai | OpenaiCompatible | AzureOpenai | Anthropic),
+        Op::ChatCompletions => {
+            matches!(
+                kind,
+                Openai | OpenaiCompatible | AzureOpenai | Anthropic | Gemini
+            )
+        }
         Op::Completions | Op::Embeddings => matches!(kind, Openai | OpenaiCompatible | AzureOpenai),
         // Native for Anthropic, translated to chat completions for the OpenAI family.
         Op::Messages => matches!(kind, Anthropic | Openai | OpenaiCompatible | AzureOpenai),
@@ -77,6 +82,7 @@ pub fn upstream(
     upstream_model: &str,
     secret: &str,
     anthropic_version: Option<&HeaderValue>,
+    stream: bool,
 ) -> Option<Upstream> {
     if !supports(provider.kind, op) {
         return None;
@@ -112,10 +118,17 @@ pub fn upstream(
             ],
         },
         ProviderKind::Gemini => Upstream {
-            url: format!(
-                "{base}/models/{}:generateContent",
-                url_segment(upstream_model)
-            ),
+            url: if stream {
+                format!(
+                    "{base}/models/{}:streamGenerateContent?alt=sse",
+                    url_segment(upstream_model)
+                )
+            } else {
+                format!(
+                    "{base}/models/{}:generateContent",
+                    url_segment(upstream_model)
+                )
+            },
             headers: vec![(
                 HeaderName::from_static("x-goog-api-key"),
                 sensitive(secret)?,
@@ -163,6 +176,7 @@ mod tests {
             "llama",
             "gsk_x",
             None,
+            false,
         )
         .unwrap();
         assert_eq!(u.url, "https://api.groq.com/openai/v1/chat/completions");
@@ -176,6 +190,7 @@ mod tests {
             "my deploy",
             "k",
             None,
+            false,
         )
         .unwrap();
         assert_eq!(
@@ -190,6 +205,7 @@ mod tests {
             "claude",
             "sk-ant-x",
             None,
+            false,
         )
         .unwrap();
         assert_eq!(u.url, "https://api.anthropic.com/v1/messages");
@@ -202,6 +218,7 @@ mod tests {
             "m",
             "k",
             None,
+            false,
         )
         .unwrap();
         assert_eq!(
@@ -214,7 +231,8 @@ mod tests {
                 Op::Embeddings,
                 "m",
                 "k",
-                None
+                None,
+                false
             )
             .is_none()
         );
@@ -224,6 +242,7 @@ mod tests {
             "m",
             "k",
             None,
+            false,
         )
         .unwrap();
         assert_eq!(
@@ -236,7 +255,8 @@ mod tests {
                 Op::Messages,
                 "m",
                 "k",
-                None
+                None,
+                false
             )
             .is_none()
         );
@@ -246,7 +266,8 @@ mod tests {
                 Op::ChatCompletions,
                 "m",
                 "bad\nkey",
-                None
+                None,
+                false
             )
             .is_none()
         );
@@ -273,6 +294,7 @@ mod tests {
                     "m",
                     "SECRETKEY123",
                     None,
+                    false,
                 ) {
                     assert!(!u.url.contains("SECRETKEY123"), "{kind:?} {op:?}");
                 }

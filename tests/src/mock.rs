@@ -207,6 +207,9 @@ async fn handle(
         )
         .into_response();
     }
+    if path.ends_with(":generateContent") || path.ends_with(":streamGenerateContent") {
+        return gemini(path.ends_with(":streamGenerateContent"), &headers);
+    }
     if path.ends_with("/messages") {
         return anthropic_messages(&parsed, &headers);
     }
@@ -541,4 +544,33 @@ fn anthropic_messages(body: &Value, headers: &HeaderMap) -> Response {
     sse(futures_util::stream::iter(
         frames.into_iter().map(Ok::<_, std::io::Error>),
     ))
+}
+
+/// Gemini's `generateContent` (JSON) and `streamGenerateContent?alt=sse` (SSE, CRLF-framed).
+fn gemini(stream: bool, headers: &HeaderMap) -> Response {
+    if !headers.contains_key("x-goog-api-key") {
+        return (
+            StatusCode::FORBIDDEN,
+            [("content-type", "application/json")],
+            json!({"error": {"code": 403, "message": "Method doesn't allow unregistered callers", "status": "PERMISSION_DENIED"}}).to_string(),
+        )
+            .into_response();
+    }
+    let usage = json!({"promptTokenCount": 4, "candidatesTokenCount": 3, "totalTokenCount": 7});
+    if !stream {
+        return axum::Json(json!({
+            "candidates": [{"content": {"role": "model", "parts": [{"text": "hello from mock"}]},
+                "finishReason": "STOP", "index": 0}],
+            "usageMetadata": usage, "modelVersion": "gemini-mock", "responseId": "gem-1"
+        }))
+        .into_response();
+    }
+    let frames = vec![
+        json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "hello"}]}, "index": 0}]}),
+        json!({"candidates": [{"content": {"role": "model", "parts": [{"text": " from mock"}]},
+            "finishReason": "STOP", "index": 0}], "usageMetadata": usage}),
+    ];
+    sse(futures_util::stream::iter(frames.into_iter().map(|f| {
+        Ok::<_, std::io::Error>(Bytes::from(format!("data: {f}\r\n\r\n")))
+    })))
 }

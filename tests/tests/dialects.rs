@@ -215,24 +215,22 @@ async fn presets_and_kinds_reach_the_right_url_with_the_right_auth() -> anyhow::
             .contains("/v1/responses")
     );
 
-    // Models without a translation yet get a clear 400 instead of a silent loss.
-    for model in ["gemini-model"] {
-        let r = env
-            .openai(
-                "/v1/chat/completions",
-                json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}),
-            )
-            .await;
-        assert_eq!(r.status(), 400, "{model}");
-        let v: Value = r.json().await?;
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("cannot serve /v1/chat/completions"),
-            "{v}"
-        );
-    }
+    // Embeddings have no translation to Gemini yet: a clear 400 instead of a silent loss.
+    let r = env
+        .openai(
+            "/v1/embeddings",
+            json!({"model": "gemini-model", "input": "x"}),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await?;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot serve /v1/embeddings"),
+        "{v}"
+    );
     // Provider presets validate.
     let (s, v) = env
         .cp
@@ -500,6 +498,63 @@ async fn anthropic_requests_are_translated_for_openai_compatible() -> anyhow::Re
     assert!(
         v["error"]["message"].as_str().unwrap().contains("top_k"),
         "{v}"
+    );
+    Ok(())
+}
+
+/// OpenAI clients served by Gemini: the key in `x-goog-api-key` (never in the URL), request,
+/// answer and stream translated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_requests_are_translated_for_gemini() -> anyhow::Result<()> {
+    let env = setup().await?;
+    let key = format!("AIza{}", "g".repeat(35));
+    let r = env
+        .openai("/v1/chat/completions", json!({"model": "gemini-model", "max_tokens": 10,
+            "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await?;
+    assert_eq!(
+        (v["object"].clone(), v["model"].clone()),
+        (json!("chat.completion"), json!("gemini-model"))
+    );
+    assert_eq!(v["choices"][0]["message"]["content"], "hello from mock");
+    assert_eq!(v["usage"]["total_tokens"], 7);
+    let seen = env.mock.requests().pop().unwrap();
+    assert_eq!(seen.path, "/gemini/models/gemini-2.0-flash:generateContent");
+    assert_eq!(seen.headers["x-goog-api-key"], key.as_str());
+    assert!(!seen.path.contains(&key));
+    assert_eq!(
+        seen.body["systemInstruction"]["parts"][0]["text"],
+        "be brief"
+    );
+    assert_eq!(seen.body["generationConfig"]["maxOutputTokens"], 10);
+
+    let r = env
+        .openai(
+            "/v1/chat/completions",
+            json!({"model": "gemini-model", "stream": true,
+            "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await?;
+    let content: String = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(content, "hello from mock");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert_eq!(
+        env.mock.requests().pop().unwrap().path,
+        "/gemini/models/gemini-2.0-flash:streamGenerateContent"
     );
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 pub mod anthropic;
 pub mod chat;
+pub mod gemini;
 
 /// Which way a request is translated, if at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,12 +14,15 @@ pub enum Translation {
     OpenAiToAnthropic,
     /// An Anthropic Messages request served by an OpenAI-compatible provider.
     AnthropicToOpenAi,
+    /// An OpenAI chat request served by Gemini.
+    OpenAiToGemini,
 }
 
 /// A stream translator of either direction.
 pub enum StreamTranslator {
     ToOpenAi(anthropic::StreamTranslator),
     ToAnthropic(chat::StreamTranslator),
+    ToOpenAiFromGemini(gemini::StreamTranslator),
 }
 
 impl StreamTranslator {
@@ -26,6 +30,16 @@ impl StreamTranslator {
         match self {
             StreamTranslator::ToOpenAi(t) => t.feed(bytes),
             StreamTranslator::ToAnthropic(t) => t.feed(bytes),
+            StreamTranslator::ToOpenAiFromGemini(t) => t.feed(bytes),
+        }
+    }
+
+    /// Called when the upstream body ends: the closing events still owed to the client, or
+    /// `None` when the provider's stream stopped before it finished.
+    pub fn end(&mut self) -> Option<String> {
+        match self {
+            StreamTranslator::ToOpenAiFromGemini(t) => t.end(),
+            other => other.finished().then(String::new),
         }
     }
 
@@ -33,6 +47,7 @@ impl StreamTranslator {
         match self {
             StreamTranslator::ToOpenAi(t) => t.finished(),
             StreamTranslator::ToAnthropic(t) => t.finished(),
+            StreamTranslator::ToOpenAiFromGemini(_) => false,
         }
     }
 }
