@@ -498,3 +498,48 @@ pub(super) async fn fleet(State(s): State<AppState>, _admin: AdminUser) -> Json<
         "rpc": s.hub.counters(),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_have_the_providers_own_base_urls_and_kinds() {
+        let find = |name: &str| PRESETS.iter().find(|p| p.0 == name).copied().unwrap();
+        assert_eq!(
+            find("groq"),
+            (
+                "groq",
+                "openai-compatible",
+                "https://api.groq.com/openai/v1"
+            )
+        );
+        assert_eq!(find("mistral").2, "https://api.mistral.ai/v1");
+        assert_eq!(find("deepseek").2, "https://api.deepseek.com/v1");
+        assert_eq!(find("openrouter").2, "https://openrouter.ai/api/v1");
+        assert_eq!(find("together").2, "https://api.together.xyz/v1");
+        assert_eq!(find("xai").2, "https://api.x.ai/v1");
+        assert_eq!(find("ollama").2, "http://localhost:11434/v1");
+        assert_eq!(find("vllm").2, "http://localhost:8000/v1");
+        assert_eq!(find("anthropic").1, "anthropic");
+        assert_eq!(find("gemini").1, "gemini");
+        for (_, kind, url) in PRESETS {
+            assert!(KINDS.contains(kind));
+            assert!(validate_base_url(url).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn base_urls_must_be_plain() {
+        for bad in [
+            "ftp://x",
+            "https://u:p@h/v1",
+            "https://h/v1?x=1",
+            "https://h/v1#f",
+            "not a url",
+        ] {
+            assert!(validate_base_url(bad).is_err(), "{bad}");
+        }
+        assert_eq!(validate_base_url("https://h/v1/").unwrap(), "https://h/v1");
+    }
+}
