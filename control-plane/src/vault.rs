@@ -2,7 +2,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
@@ -67,8 +67,8 @@ impl HashSecret {
     }
 
     fn mac(&self, domain: &[u8], data: &[u8]) -> [u8; 32] {
-        let mut m =
-            <HmacSha256 as Mac>::new_from_slice(&self.0).expect("HMAC accepts keys of any length");
+        let mut m = <HmacSha256 as KeyInit>::new_from_slice(&self.0)
+            .expect("HMAC accepts keys of any length");
         m.update(domain);
         m.update(data);
         m.finalize().into_bytes().into()
@@ -77,8 +77,8 @@ impl HashSecret {
     /// Keyed hash stored for a client key; proxies compute the same over a presented key.
     pub fn client_key_hash(&self, key: &str) -> Vec<u8> {
         // No domain prefix: the proxy computes plain HMAC(secret, key).
-        let mut m =
-            <HmacSha256 as Mac>::new_from_slice(&self.0).expect("HMAC accepts keys of any length");
+        let mut m = <HmacSha256 as KeyInit>::new_from_slice(&self.0)
+            .expect("HMAC accepts keys of any length");
         m.update(key.as_bytes());
         m.finalize().into_bytes().to_vec()
     }

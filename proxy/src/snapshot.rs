@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwapOption;
 
 use crate::health::{Gate, Health};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use llmhub_proto::v1 as pb;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
@@ -306,7 +306,7 @@ impl Snapshot {
     /// Looks up a presented client key by its keyed hash: the same work for every input, and the
     /// key itself is never stored or compared.
     pub fn authenticate(&self, presented: &str) -> Option<&ClientKey> {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.hash_secret)
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.hash_secret)
             .expect("HMAC accepts keys of any length");
         mac.update(presented.as_bytes());
         let digest: [u8; 32] = mac.finalize().into_bytes().into();
@@ -524,7 +524,7 @@ pub(crate) mod tests {
     use super::*;
 
     pub fn hash(secret: &[u8], key: &str) -> Vec<u8> {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap();
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret).unwrap();
         mac.update(key.as_bytes());
         mac.finalize().into_bytes().to_vec()
     }

@@ -6,7 +6,7 @@
 //! caller's transaction, so a mutation and its audit row commit together.
 
 use chrono::{DateTime, Utc};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sea_orm::ActiveValue::Set;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement,
@@ -97,7 +97,7 @@ fn canonical(r: &audit_log::Model) -> Vec<u8> {
 
 fn chain_hash(key: &AuditKey, prev: &[u8], row: &audit_log::Model) -> Vec<u8> {
     let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(key.0.as_slice()).expect("any key length works");
+        <Hmac<Sha256> as KeyInit>::new_from_slice(key.0.as_slice()).expect("any key length works");
     mac.update(prev);
     mac.update(&canonical(row));
     mac.finalize().into_bytes().to_vec()
