@@ -11,10 +11,7 @@
 
 use serde_json::{Map, Value, json};
 
-/// A top-level field, or null (indexing a `Map` directly would panic on a missing key).
-fn field<'a>(m: &'a Map<String, Value>, k: &str) -> &'a Value {
-    m.get(k).unwrap_or(&Value::Null)
-}
+use super::field;
 
 /// Anthropic requires `max_tokens`; OpenAI clients often omit it.
 const DEFAULT_MAX_TOKENS: u64 = 4096;
@@ -298,7 +295,7 @@ impl StreamTranslator {
     pub fn feed(&mut self, bytes: &[u8]) -> String {
         self.buf.extend_from_slice(bytes);
         let mut out = String::new();
-        while let Some(end) = find_event_end(&self.buf) {
+        while let Some(end) = super::event_end(&self.buf) {
             let event: Vec<u8> = self.buf.drain(..end.1).collect();
             let text = String::from_utf8_lossy(&event[..end.0]).into_owned();
             let data: String = text
@@ -384,22 +381,6 @@ impl StreamTranslator {
     /// Whether the upstream stream ended properly (`message_stop` or an error event).
     pub fn finished(&self) -> bool {
         self.done
-    }
-}
-
-/// The end of the first complete SSE event: (end of its text, end including the separator).
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let lf = buf
-        .windows(2)
-        .position(|w| w == b"\n\n")
-        .map(|i| (i, i + 2));
-    let crlf = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| (i, i + 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 < b.0 { a } else { b }),
-        (a, b) => a.or(b),
     }
 }
 

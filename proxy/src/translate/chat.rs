@@ -9,10 +9,7 @@
 
 use serde_json::{Map, Value, json};
 
-/// A top-level field, or null (indexing a `Map` directly would panic on a missing key).
-fn field<'a>(m: &'a Map<String, Value>, k: &str) -> &'a Value {
-    m.get(k).unwrap_or(&Value::Null)
-}
+use super::field;
 
 const KNOWN: &[&str] = &[
     "model",
@@ -240,8 +237,8 @@ impl StreamTranslator {
     pub fn feed(&mut self, bytes: &[u8]) -> String {
         self.buf.extend_from_slice(bytes);
         let mut out = String::new();
-        while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
-            let event: Vec<u8> = self.buf.drain(..end + 2).collect();
+        while let Some((_, full)) = super::event_end(&self.buf) {
+            let event: Vec<u8> = self.buf.drain(..full).collect();
             let text = String::from_utf8_lossy(&event).into_owned();
             for line in text.lines() {
                 let Some(data) = line.strip_prefix("data:").map(str::trim) else {

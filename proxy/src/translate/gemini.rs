@@ -9,10 +9,7 @@
 
 use serde_json::{Map, Value, json};
 
-/// A top-level field, or null.
-fn field<'a>(m: &'a Map<String, Value>, k: &str) -> &'a Value {
-    m.get(k).unwrap_or(&Value::Null)
-}
+use super::field;
 
 const KNOWN: &[&str] = &[
     "model",
@@ -306,24 +303,8 @@ impl StreamTranslator {
     pub fn feed(&mut self, bytes: &[u8]) -> String {
         self.buf.extend_from_slice(bytes);
         let mut out = String::new();
-        loop {
-            let lf = self
-                .buf
-                .windows(2)
-                .position(|w| w == b"\n\n")
-                .map(|i| (i, 2));
-            let crlf = self
-                .buf
-                .windows(4)
-                .position(|w| w == b"\r\n\r\n")
-                .map(|i| (i, 4));
-            let Some((end, sep)) = (match (lf, crlf) {
-                (Some(a), Some(b)) => Some(if a.0 < b.0 { a } else { b }),
-                (a, b) => a.or(b),
-            }) else {
-                break;
-            };
-            let event: Vec<u8> = self.buf.drain(..end + sep).collect();
+        while let Some((end, full)) = super::event_end(&self.buf) {
+            let event: Vec<u8> = self.buf.drain(..full).collect();
             let text = String::from_utf8_lossy(&event[..end]).into_owned();
             for data in text
                 .lines()

@@ -2,9 +2,33 @@
 //! over JSON (requests, responses) or a small state machine over SSE events (streams), so it can
 //! be tested table by table without a network.
 
+use serde_json::{Map, Value};
+
 pub mod anthropic;
 pub mod chat;
 pub mod gemini;
+
+/// A top-level field, or null (indexing a `Map` directly would panic on a missing key).
+fn field<'a>(m: &'a Map<String, Value>, k: &str) -> &'a Value {
+    m.get(k).unwrap_or(&Value::Null)
+}
+
+/// The end of the first complete SSE event in `buf`: (end of its text, end including the
+/// blank-line separator, `\n\n` or `\r\n\r\n`).
+fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|i| (i, i + 2));
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, i + 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 < b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
 
 /// Which way a request is translated, if at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
