@@ -95,52 +95,80 @@ pub fn upstream(
         Op::Messages => "messages",
         Op::Responses => "responses",
     };
-    Some(match provider.kind {
-        ProviderKind::AzureOpenai => Upstream {
-            // The deployment is the upstream model; the key goes in `api-key`.
-            url: format!(
-                "{base}/openai/deployments/{}/{tail}?api-version={}",
-                url_segment(upstream_model),
-                url_segment(&provider.api_version)
+    let url = match provider.kind {
+        // The deployment is the upstream model.
+        ProviderKind::AzureOpenai => format!(
+            "{base}/openai/deployments/{}/{tail}?api-version={}",
+            url_segment(upstream_model),
+            url_segment(&provider.api_version)
+        ),
+        ProviderKind::Gemini if stream => format!(
+            "{base}/models/{}:streamGenerateContent?alt=sse",
+            url_segment(upstream_model)
+        ),
+        ProviderKind::Gemini => {
+            format!(
+                "{base}/models/{}:generateContent",
+                url_segment(upstream_model)
+            )
+        }
+        _ => format!("{base}/{tail}"),
+    };
+    Some(Upstream {
+        url,
+        headers: credentials(provider.kind, secret, anthropic_version)?,
+    })
+}
+
+/// The headers that carry a key the way each provider expects it (never the URL), marked
+/// sensitive. `None` when the key cannot be a header value.
+pub fn credentials(
+    kind: ProviderKind,
+    secret: &str,
+    anthropic_version: Option<&HeaderValue>,
+) -> Option<Vec<(HeaderName, HeaderValue)>> {
+    Some(match kind {
+        ProviderKind::AzureOpenai => vec![(HeaderName::from_static("api-key"), sensitive(secret)?)],
+        ProviderKind::Anthropic => vec![
+            (HeaderName::from_static("x-api-key"), sensitive(secret)?),
+            (
+                HeaderName::from_static("anthropic-version"),
+                anthropic_version
+                    .cloned()
+                    .unwrap_or(HeaderValue::from_static(ANTHROPIC_VERSION)),
             ),
-            headers: vec![(HeaderName::from_static("api-key"), sensitive(secret)?)],
-        },
-        ProviderKind::Anthropic => Upstream {
-            url: format!("{base}/{tail}"),
-            headers: vec![
-                (HeaderName::from_static("x-api-key"), sensitive(secret)?),
-                (
-                    HeaderName::from_static("anthropic-version"),
-                    anthropic_version
-                        .cloned()
-                        .unwrap_or(HeaderValue::from_static(ANTHROPIC_VERSION)),
-                ),
-            ],
-        },
-        ProviderKind::Gemini => Upstream {
-            url: if stream {
-                format!(
-                    "{base}/models/{}:streamGenerateContent?alt=sse",
-                    url_segment(upstream_model)
-                )
-            } else {
-                format!(
-                    "{base}/models/{}:generateContent",
-                    url_segment(upstream_model)
-                )
-            },
-            headers: vec![(
-                HeaderName::from_static("x-goog-api-key"),
-                sensitive(secret)?,
-            )],
-        },
-        _ => Upstream {
-            url: format!("{base}/{tail}"),
-            headers: vec![(
-                http::header::AUTHORIZATION,
-                sensitive(&format!("Bearer {secret}"))?,
-            )],
-        },
+        ],
+        ProviderKind::Gemini => vec![(
+            HeaderName::from_static("x-goog-api-key"),
+            sensitive(secret)?,
+        )],
+        _ => vec![(
+            http::header::AUTHORIZATION,
+            sensitive(&format!("Bearer {secret}"))?,
+        )],
+    })
+}
+
+/// The cheapest authenticated call to a provider (list models), for testing a key.
+pub fn models_request(
+    kind: ProviderKind,
+    base_url: &str,
+    api_version: &str,
+    secret: &str,
+) -> Option<Upstream> {
+    let base = base_url.trim_end_matches('/');
+    let url = match kind {
+        ProviderKind::AzureOpenai => {
+            format!(
+                "{base}/openai/models?api-version={}",
+                url_segment(api_version)
+            )
+        }
+        _ => format!("{base}/models"),
+    };
+    Some(Upstream {
+        url,
+        headers: credentials(kind, secret, None)?,
     })
 }
 

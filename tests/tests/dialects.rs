@@ -215,6 +215,53 @@ async fn presets_and_kinds_reach_the_right_url_with_the_right_auth() -> anyhow::
             .contains("/v1/responses")
     );
 
+    // The key test action authenticates each kind its own way.
+    let (_, providers) = env.cp.api("GET", "/api/v1/providers", None).await?;
+    for (name, path, header) in [
+        ("anthropic", "/v1/models", "x-api-key"),
+        ("gemini", "/gemini/models", "x-goog-api-key"),
+        ("azure", "/azure/openai/models", "api-key"),
+        ("groq", "/groq/v1/models", "authorization"),
+    ] {
+        let pid = providers["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (_, keys) = env
+            .cp
+            .api("GET", &format!("/api/v1/providers/{pid}/keys"), None)
+            .await?;
+        let kid = keys["data"][0]["id"].as_str().unwrap().to_owned();
+        let (s, v) = env
+            .cp
+            .api(
+                "POST",
+                &format!("/api/v1/providers/{pid}/keys/{kid}/test"),
+                None,
+            )
+            .await?;
+        assert_eq!((s, v["result"].clone()), (200, json!("ok")), "{name}: {v}");
+        let probe = env.mock.requests().pop().unwrap();
+        assert_eq!(
+            (probe.method.as_str(), probe.path.as_str()),
+            ("GET", path),
+            "{name}"
+        );
+        assert!(
+            probe.headers.contains_key(header),
+            "{name}: {:?}",
+            probe.headers
+        );
+        if name != "groq" {
+            assert!(probe.headers.get("authorization").is_none(), "{name}");
+        }
+    }
+
     // Embeddings have no translation to Gemini yet: a clear 400 instead of a silent loss.
     let r = env
         .openai(

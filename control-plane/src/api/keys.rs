@@ -18,6 +18,7 @@ use crate::keyring::provider_key_aad;
 use crate::store::entities::{key_cooldowns, provider_keys, providers};
 use crate::store::{AuditEvent, KeyChange, NewProviderKey, parse_list};
 use crate::vault::mask;
+use llmhub_proto::v1::ProviderKind;
 
 /// Most keys accepted by one import.
 const MAX_IMPORT: usize = 1000;
@@ -464,18 +465,21 @@ pub(super) async fn test(
     let secret = plain
         .expose_str()
         .ok_or_else(|| ApiError::Conflict("this key is not valid text; replace it".into()))?;
-    let mut auth = http::HeaderValue::from_str(&format!("Bearer {secret}")).map_err(|_| {
-        ApiError::Conflict("this key cannot be sent as a header; replace it".into())
-    })?;
-    auth.set_sensitive(true);
+    // The proxy's own rules for where each provider takes its key (one place for both planes).
+    let kind = ProviderKind::from_slug(&provider.kind).unwrap_or(ProviderKind::OpenaiCompatible);
+    let probe = llmhub_proxy::providers::models_request(
+        kind,
+        &provider.base_url,
+        provider.api_version.as_deref().unwrap_or_default(),
+        secret,
+    )
+    .ok_or_else(|| ApiError::Conflict("this key cannot be sent as a header; replace it".into()))?;
+    let mut req = s.http.get(probe.url).timeout(Duration::from_secs(10));
+    for (name, value) in probe.headers {
+        req = req.header(name, value);
+    }
     let started = Instant::now();
-    let sent = s
-        .http
-        .get(format!("{}/models", provider.base_url))
-        .header(http::header::AUTHORIZATION, auth)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await;
+    let sent = req.send().await;
     let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let (result, class, status) = match &sent {
         Ok(r) if r.status().is_success() => ("ok", None, Some(r.status().as_u16())),
