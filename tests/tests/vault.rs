@@ -346,7 +346,21 @@ async fn keys_flow(backend: Backend) -> anyhow::Result<()> {
         503,
         "without shared-pool access bob must have no key"
     );
-    let _ = bob_key2;
+    // Disabling a user takes their client keys off every proxy.
+    let (s, v) = cp
+        .api(
+            "PATCH",
+            &format!("/api/v1/users/{bob_id}"),
+            Some(json!({"status": "disabled"})),
+        )
+        .await?;
+    assert_eq!(s, 200, "{v}");
+    proxy.wait_for_version(cp.snapshot_version().await?).await?;
+    assert_eq!(
+        chat(bob_key2).await.status(),
+        401,
+        "a disabled user's client key still works"
+    );
 
     // --- delete (audited) ---
     let (s, _, _) = cp.call("DELETE", &key_path, Some(&alice), None).await?;
