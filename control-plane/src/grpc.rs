@@ -178,7 +178,9 @@ impl SnapshotHub {
         snap.providers = providers
             .into_iter()
             .map(|p| pb::Provider {
-                kind: ProviderKind::from_slug(&p.kind).unwrap_or(ProviderKind::Unspecified) as i32,
+                kind: llmhub_providers::Kind::from_slug(&p.kind)
+                    .map_or(ProviderKind::Unspecified, ProviderKind::from)
+                    as i32,
                 id: p.id,
                 name: p.name,
                 base_url: p.base_url,
@@ -257,6 +259,8 @@ impl SnapshotHub {
             .into_iter()
             .map(|r| pb::Route {
                 public_model: r.route.public_model,
+                routing_strategy: llmhub_providers::Strategy::parse(&r.route.strategy)
+                    .map_or(0, |s| pb::RoutingStrategy::from(s) as i32),
                 strategy: r.route.strategy,
                 aliases: parse_list(&r.route.aliases),
                 targets: r
@@ -367,14 +371,19 @@ impl SnapshotHub {
         let _health = self.rebuild.lock().await;
         let now = Utc::now();
         let until = from_ts(o.retry_at.as_ref()).filter(|t| *t > now);
-        let result = match o.class.as_str() {
+        // The enum when the proxy sent it, else the string of an older proxy.
+        let class: &str = match o.outcome_class() {
+            Some(c) => pb::class_str(c),
+            None => &o.class,
+        };
+        let result = match class {
             "rate_limited" | "quota_exhausted" => {
-                let model = if o.class == "rate_limited" {
+                let model = if class == "rate_limited" {
                     o.upstream_model.as_str()
                 } else {
                     ""
                 };
-                let fallback = if o.class == "rate_limited" {
+                let fallback = if class == "rate_limited" {
                     chrono::Duration::seconds(5)
                 } else {
                     chrono::Duration::hours(1)
@@ -382,7 +391,7 @@ impl SnapshotHub {
                 let until = until.unwrap_or(now + fallback);
                 let c = self
                     .store
-                    .apply_cooldown(&o.key_id, model, until, &o.class, source, None)
+                    .apply_cooldown(&o.key_id, model, until, class, source, None)
                     .await?;
                 self.publish_key_state(&o.key_id, cooling_state(&c.model, c.until, &c.class));
                 Ok(())
@@ -429,7 +438,7 @@ impl SnapshotHub {
             }
             _ => Ok(()),
         };
-        let class = (o.class != "ok").then_some(o.class.as_str());
+        let class = (class != "ok").then_some(class);
         self.store
             .touch_provider_key(
                 &o.key_id,

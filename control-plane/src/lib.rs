@@ -5,8 +5,8 @@
 pub mod api;
 pub mod auth;
 pub mod certs;
+pub mod cli;
 pub mod config;
-pub mod embedded;
 pub mod grpc;
 pub mod keyring;
 pub mod limits;

@@ -9,6 +9,8 @@ pub mod v1 {
 
     use std::fmt;
 
+    use llmhub_providers::{FailureClass as Class, Kind, Strategy};
+
     /// Redacts the provider secret: snapshots pass through tracing and panic messages in both
     /// processes, and the generated Debug would print the key bytes.
     impl fmt::Debug for ProviderKey {
@@ -41,28 +43,123 @@ pub mod v1 {
         }
     }
 
-    impl ProviderKind {
-        /// The name used in configuration and the admin API.
-        pub fn slug(self) -> &'static str {
-            match self {
-                ProviderKind::Unspecified => "unspecified",
-                ProviderKind::Openai => "openai",
-                ProviderKind::OpenaiCompatible => "openai-compatible",
-                ProviderKind::Anthropic => "anthropic",
-                ProviderKind::Gemini => "gemini",
-                ProviderKind::AzureOpenai => "azure-openai",
+    // Domain <-> wire conversions for the shared vocabulary. Readers prefer the enum fields and
+    // fall back to the strings a peer of an earlier version sends; writers fill both.
+
+    impl From<Kind> for ProviderKind {
+        fn from(k: Kind) -> Self {
+            match k {
+                Kind::OpenAi => ProviderKind::Openai,
+                Kind::OpenAiCompatible => ProviderKind::OpenaiCompatible,
+                Kind::Anthropic => ProviderKind::Anthropic,
+                Kind::Gemini => ProviderKind::Gemini,
+                Kind::AzureOpenAi => ProviderKind::AzureOpenai,
             }
         }
+    }
 
-        pub fn from_slug(s: &str) -> Option<Self> {
-            Some(match s {
-                "openai" => ProviderKind::Openai,
-                "openai-compatible" => ProviderKind::OpenaiCompatible,
-                "anthropic" => ProviderKind::Anthropic,
-                "gemini" => ProviderKind::Gemini,
-                "azure-openai" => ProviderKind::AzureOpenai,
-                _ => return None,
-            })
+    impl ProviderKind {
+        /// The domain kind; `None` for `UNSPECIFIED`.
+        pub fn kind(self) -> Option<Kind> {
+            match self {
+                ProviderKind::Unspecified => None,
+                ProviderKind::Openai => Some(Kind::OpenAi),
+                ProviderKind::OpenaiCompatible => Some(Kind::OpenAiCompatible),
+                ProviderKind::Anthropic => Some(Kind::Anthropic),
+                ProviderKind::Gemini => Some(Kind::Gemini),
+                ProviderKind::AzureOpenai => Some(Kind::AzureOpenAi),
+            }
+        }
+    }
+
+    impl From<Strategy> for RoutingStrategy {
+        fn from(s: Strategy) -> Self {
+            match s {
+                Strategy::Weighted => RoutingStrategy::Weighted,
+                Strategy::LeastInFlight => RoutingStrategy::LeastInflight,
+                Strategy::Latency => RoutingStrategy::Latency,
+            }
+        }
+    }
+
+    impl Route {
+        /// Sets both the enum and the string form.
+        pub fn set_strategy(&mut self, s: Strategy) {
+            self.strategy = s.as_str().to_owned();
+            self.routing_strategy = RoutingStrategy::from(s) as i32;
+        }
+
+        /// The route's strategy: the enum when set, else the string (an older control plane;
+        /// empty means the default). `None` when neither names a known strategy.
+        pub fn strategy(&self) -> Option<Strategy> {
+            match RoutingStrategy::try_from(self.routing_strategy) {
+                Ok(RoutingStrategy::Weighted) => Some(Strategy::Weighted),
+                Ok(RoutingStrategy::LeastInflight) => Some(Strategy::LeastInFlight),
+                Ok(RoutingStrategy::Latency) => Some(Strategy::Latency),
+                Ok(RoutingStrategy::Unspecified) if self.strategy.is_empty() => {
+                    Some(Strategy::default())
+                }
+                Ok(RoutingStrategy::Unspecified) => Strategy::parse(&self.strategy),
+                Err(_) => None,
+            }
+        }
+    }
+
+    /// An outcome's class on the wire: `None` is success.
+    impl From<Option<Class>> for FailureClass {
+        fn from(c: Option<Class>) -> Self {
+            match c {
+                None => FailureClass::Ok,
+                Some(Class::RateLimited) => FailureClass::RateLimited,
+                Some(Class::QuotaExhausted) => FailureClass::QuotaExhausted,
+                Some(Class::InvalidKey) => FailureClass::InvalidKey,
+                Some(Class::Overloaded) => FailureClass::ProviderUnavailable,
+                Some(Class::ClientError) => FailureClass::ClientError,
+            }
+        }
+    }
+
+    /// The string form of an outcome's class (`"ok"` for success).
+    pub fn class_str(c: Option<Class>) -> &'static str {
+        c.map_or("ok", Class::as_str)
+    }
+
+    /// Reads a class from the enum field, falling back to the string: `Some(None)` is success,
+    /// `None` is a class this build does not know.
+    fn read_class(value: i32, text: &str) -> Option<Option<Class>> {
+        match FailureClass::try_from(value) {
+            Ok(FailureClass::Ok) => Some(None),
+            Ok(FailureClass::RateLimited) => Some(Some(Class::RateLimited)),
+            Ok(FailureClass::QuotaExhausted) => Some(Some(Class::QuotaExhausted)),
+            Ok(FailureClass::InvalidKey) => Some(Some(Class::InvalidKey)),
+            Ok(FailureClass::ProviderUnavailable) => Some(Some(Class::Overloaded)),
+            Ok(FailureClass::ClientError) => Some(Some(Class::ClientError)),
+            Ok(FailureClass::Unspecified) if text == "ok" => Some(None),
+            Ok(FailureClass::Unspecified) => Class::parse(text).map(Some),
+            Err(_) => None,
+        }
+    }
+
+    impl KeyOutcome {
+        pub fn set_class(&mut self, c: Option<Class>) {
+            self.class = class_str(c).to_owned();
+            self.failure_class = FailureClass::from(c) as i32;
+        }
+
+        /// See [`read_class`]: `Some(None)` success, `None` unknown.
+        pub fn outcome_class(&self) -> Option<Option<Class>> {
+            read_class(self.failure_class, &self.class)
+        }
+    }
+
+    impl Attempt {
+        pub fn set_class(&mut self, c: Option<Class>) {
+            self.class = class_str(c).to_owned();
+            self.failure_class = FailureClass::from(c) as i32;
+        }
+
+        pub fn attempt_class(&self) -> Option<Option<Class>> {
+            read_class(self.failure_class, &self.class)
         }
     }
 }
@@ -92,16 +189,63 @@ mod tests {
     }
 
     #[test]
-    fn provider_kind_slugs_round_trip() {
-        for k in [
-            ProviderKind::Openai,
-            ProviderKind::OpenaiCompatible,
-            ProviderKind::Anthropic,
-            ProviderKind::Gemini,
-            ProviderKind::AzureOpenai,
-        ] {
-            assert_eq!(ProviderKind::from_slug(k.slug()), Some(k));
+    fn provider_kinds_convert_both_ways() {
+        for k in llmhub_providers::Kind::ALL {
+            assert_eq!(ProviderKind::from(k).kind(), Some(k));
         }
-        assert_eq!(ProviderKind::from_slug("nope"), None);
+        assert_eq!(ProviderKind::Unspecified.kind(), None);
+    }
+
+    #[test]
+    fn readers_prefer_the_enum_and_fall_back_to_strings() {
+        use llmhub_providers::{FailureClass as C, Strategy as S};
+        // A route from an older control plane: only the string.
+        let old = Route {
+            strategy: "latency".into(),
+            ..Default::default()
+        };
+        assert_eq!(old.strategy(), Some(S::Latency));
+        assert_eq!(Route::default().strategy(), Some(S::Weighted));
+        let unknown = Route {
+            strategy: "random".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            unknown.strategy(),
+            None,
+            "an unknown strategy is not silently weighted"
+        );
+        let mut new = Route::default();
+        new.set_strategy(S::LeastInFlight);
+        assert_eq!(new.strategy, "least_inflight");
+        new.strategy = "latency".into();
+        assert_eq!(new.strategy(), Some(S::LeastInFlight), "the enum wins");
+        let bad_enum = Route {
+            routing_strategy: 99,
+            ..Default::default()
+        };
+        assert_eq!(bad_enum.strategy(), None);
+
+        let old = KeyOutcome {
+            class: "quota_exhausted".into(),
+            ..Default::default()
+        };
+        assert_eq!(old.outcome_class(), Some(Some(C::QuotaExhausted)));
+        let ok = KeyOutcome {
+            class: "ok".into(),
+            ..Default::default()
+        };
+        assert_eq!(ok.outcome_class(), Some(None));
+        for c in C::ALL.into_iter().map(Some).chain([None]) {
+            let mut o = KeyOutcome::default();
+            o.set_class(c);
+            assert_eq!(o.outcome_class(), Some(c));
+            o.class = "garbage".into();
+            assert_eq!(o.outcome_class(), Some(c), "the enum wins");
+            let mut a = Attempt::default();
+            a.set_class(c);
+            assert_eq!(a.attempt_class(), Some(c));
+        }
+        assert_eq!(KeyOutcome::default().outcome_class(), None);
     }
 }

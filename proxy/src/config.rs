@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Environment keys the proxy reads, without the `LLMHUB_` prefix. The control plane shares the
 /// prefix, so other `LLMHUB_…` variables are ignored rather than refused.
@@ -44,7 +44,8 @@ fn field(field: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-#[derive(Debug, Deserialize, Default)]
+/// Serializable too, so a launcher (`llmhub up`) can write a typed configuration for a child.
+#[derive(Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// Public LLM API listener.

@@ -13,9 +13,10 @@ use llmhub_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use crate::clock::Clock;
 use crate::config::Config;
-use crate::health::Health;
-use crate::snapshot::{Snapshot, SnapshotCell};
+use crate::health::{Health, KeyChange};
+use crate::state::{Snapshot, SnapshotCell};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -76,17 +77,84 @@ impl Backoff {
     }
 }
 
+/// Where the Watch stream's events land: the snapshot cell and this proxy's key health. The
+/// watch loop feeds it from the control plane; component tests feed it scripted events.
+#[derive(Clone)]
+pub struct Sink {
+    pub cell: Arc<SnapshotCell>,
+    pub health: Arc<Health>,
+    pub status: Arc<LinkStatus>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Sink {
+    /// Applies one Watch event in order. A snapshot is validated whole and installed unless it
+    /// is older than the one served; only then does its key health apply, so an older snapshot
+    /// can never undo newer health.
+    pub fn apply(&self, event: pb::watch_event::Event) {
+        match event {
+            pb::watch_event::Event::Snapshot(msg) => {
+                let version = msg.version;
+                match Snapshot::from_proto(msg) {
+                    Ok(snap) => {
+                        if self.cell.store(snap)
+                            && let Some(current) = self.cell.load()
+                        {
+                            self.health.apply_snapshot(&current, self.clock.now());
+                            self.status
+                                .snapshots_applied
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(version, "snapshot applied");
+                        }
+                    }
+                    Err(e) => {
+                        self.status
+                            .snapshots_rejected
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(version, error = %e, "snapshot rejected; keeping the last good one");
+                    }
+                }
+            }
+            pb::watch_event::Event::Delta(d) => {
+                // Key health changes apply on their own: each names the key and its new state.
+                for u in &d.key_states {
+                    if let Some(change) = u.state.as_ref().and_then(key_change) {
+                        self.health.apply_change(&u.key_id, &change);
+                        self.status.deltas_applied.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(key_id = %u.key_id, ?change, "key state applied");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The domain change a wire key state describes; `None` for one this build cannot act on.
+fn key_change(state: &pb::KeyState) -> Option<KeyChange> {
+    match pb::KeyStatus::try_from(state.status).ok()? {
+        pb::KeyStatus::CoolingDown => Some(KeyChange::Cooling {
+            model: state.model.clone(),
+            until: state
+                .until
+                .as_ref()
+                .and_then(crate::state::to_system_time)?,
+            reason: state.reason.clone(),
+        }),
+        pb::KeyStatus::Disabled => Some(KeyChange::Disabled {
+            reason: state.reason.clone(),
+        }),
+        pb::KeyStatus::Active => Some(KeyChange::Active {
+            model: state.model.clone(),
+        }),
+        pb::KeyStatus::Unspecified => None,
+    }
+}
+
 /// Follows the Watch stream forever, installing every valid snapshot.
-pub async fn watch_loop(
-    endpoint: Endpoint,
-    proxy_id: String,
-    cell: Arc<SnapshotCell>,
-    health: Arc<Health>,
-    status: Arc<LinkStatus>,
-) {
+pub async fn watch_loop(endpoint: Endpoint, proxy_id: String, sink: Sink) {
     let mut backoff = Backoff::new();
     loop {
-        match watch_once(&endpoint, &proxy_id, &cell, &health, &status, &mut backoff).await {
+        match watch_once(&endpoint, &proxy_id, &sink, &mut backoff).await {
             Ok(()) => {
                 tracing::warn!("control plane closed the watch stream; serving last snapshot")
             }
@@ -94,7 +162,7 @@ pub async fn watch_loop(
                 tracing::warn!(error = %e, "control plane watch failed; serving last snapshot")
             }
         }
-        status.connected.store(false, Ordering::Relaxed);
+        sink.status.connected.store(false, Ordering::Relaxed);
         backoff.wait().await;
     }
 }
@@ -102,9 +170,7 @@ pub async fn watch_loop(
 async fn watch_once(
     endpoint: &Endpoint,
     proxy_id: &str,
-    cell: &SnapshotCell,
-    health: &Health,
-    status: &LinkStatus,
+    sink: &Sink,
     backoff: &mut Backoff,
 ) -> Result<(), tonic::Status> {
     let channel = endpoint
@@ -115,42 +181,16 @@ async fn watch_once(
     let mut stream = client
         .watch(pb::WatchRequest {
             proxy_id: proxy_id.to_owned(),
-            known_version: cell.version(),
+            known_version: sink.cell.version(),
         })
         .await?
         .into_inner();
-    status.connected.store(true, Ordering::Relaxed);
+    sink.status.connected.store(true, Ordering::Relaxed);
     tracing::info!("connected to control plane");
     backoff.reset();
     while let Some(event) = stream.message().await? {
-        match event.event {
-            Some(pb::watch_event::Event::Snapshot(msg)) => {
-                let version = msg.version;
-                match Snapshot::from_proto(msg) {
-                    Ok(snap) => {
-                        health.apply_snapshot(&snap);
-                        if cell.store(snap) {
-                            status.snapshots_applied.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(version, "snapshot applied");
-                        }
-                    }
-                    Err(e) => {
-                        status.snapshots_rejected.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(version, error = %e, "snapshot rejected; keeping the last good one");
-                    }
-                }
-            }
-            Some(pb::watch_event::Event::Delta(d)) => {
-                // Key health changes apply on their own: each names the key and its new state.
-                for u in &d.key_states {
-                    if let Some(state) = &u.state {
-                        health.apply_delta(&u.key_id, state);
-                        status.deltas_applied.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(key_id = %u.key_id, status = state.status, model = %state.model, "key state applied");
-                    }
-                }
-            }
-            None => {}
+        if let Some(event) = event.event {
+            sink.apply(event);
         }
     }
     Ok(())
@@ -179,6 +219,23 @@ pub struct Reporter {
 pub struct ReportQueues {
     records: mpsc::Receiver<pb::RoutingRecord>,
     outcomes: mpsc::Receiver<pb::KeyOutcome>,
+}
+
+impl ReportQueues {
+    /// The next routing record, as the report loop would send it (component tests).
+    pub async fn next_record(&mut self) -> Option<pb::RoutingRecord> {
+        self.records.recv().await
+    }
+
+    /// The next key outcome (component tests).
+    pub async fn next_outcome(&mut self) -> Option<pb::KeyOutcome> {
+        self.outcomes.recv().await
+    }
+
+    /// A key outcome already queued, if any (component tests).
+    pub fn try_outcome(&mut self) -> Option<pb::KeyOutcome> {
+        self.outcomes.try_recv().ok()
+    }
 }
 
 impl Reporter {
@@ -226,7 +283,13 @@ pub async fn report_loop(endpoint: Endpoint, proxy_id: String, queues: ReportQue
     let mut pending: BTreeMap<u64, pb::ReportBatch> = BTreeMap::new();
     let mut seq = 0u64;
     let mut backoff = Backoff::new();
+    // Set when every `Reporter` is gone (shutdown): the loop then ends once all it holds is
+    // acknowledged, so the last requests' records are not lost.
+    let (mut records_closed, mut outcomes_closed) = (false, false);
     loop {
+        if records_closed && outcomes_closed && pending.is_empty() {
+            return;
+        }
         let channel: Channel = match endpoint.connect().await {
             Ok(c) => c,
             Err(e) => {
@@ -252,11 +315,17 @@ pub async fn report_loop(endpoint: Endpoint, proxy_id: String, queues: ReportQue
         // Everything not yet acknowledged is sent again, oldest first.
         let mut to_send: VecDeque<u64> = pending.keys().copied().collect();
         loop {
+            if records_closed && outcomes_closed && pending.is_empty() {
+                return;
+            }
             tokio::select! {
                 // Outcomes first: other proxies wait on them.
                 biased;
-                first = orx.recv(), if pending.len() < MAX_PENDING_BATCHES => {
-                    let Some(first) = first else { return };
+                first = orx.recv(), if !outcomes_closed && pending.len() < MAX_PENDING_BATCHES => {
+                    let Some(first) = first else {
+                        outcomes_closed = true;
+                        continue;
+                    };
                     let mut outcomes = vec![first];
                     while let Ok(o) = orx.try_recv() {
                         outcomes.push(o);
@@ -271,8 +340,11 @@ pub async fn report_loop(endpoint: Endpoint, proxy_id: String, queues: ReportQue
                         permit.send(b.clone());
                     }
                 }
-                first = rx.recv(), if pending.len() < MAX_PENDING_BATCHES => {
-                    let Some(first) = first else { return };
+                first = rx.recv(), if !records_closed && pending.len() < MAX_PENDING_BATCHES => {
+                    let Some(first) = first else {
+                        records_closed = true;
+                        continue;
+                    };
                     let mut records = vec![first];
                     while records.len() < MAX_BATCH {
                         match rx.try_recv() {
@@ -285,7 +357,12 @@ pub async fn report_loop(endpoint: Endpoint, proxy_id: String, queues: ReportQue
                     to_send.push_back(seq);
                 }
                 ack = acks.message() => match ack {
-                    Ok(Some(a)) => { pending.remove(&a.seq); }
+                    Ok(Some(a)) => {
+                        pending.remove(&a.seq);
+                        if records_closed && outcomes_closed && pending.is_empty() {
+                            return;
+                        }
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         tracing::debug!(error = %e, "report stream ended");

@@ -1,28 +1,29 @@
-//! The proxy's error type and its one mapping to the client's API dialect (OpenAI for now).
+//! The proxy's error type and its one mapping to the client's API dialect (OpenAI or Anthropic
+//! error JSON).
 //!
-//! Messages never name a provider key, its fingerprint or the upstream's own error text for
-//! credential failures; 5xx bodies are generic and the detail is logged once.
+//! Every error says where it came from (the client, the upstream, or the proxy itself), whether
+//! another key or provider could do better, and when to come back. Messages never name a
+//! provider key, its fingerprint or the upstream's own error text for credential failures; 5xx
+//! bodies are generic and the detail is logged once.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
+use llmhub_providers::Dialect;
 use serde_json::json;
 
-use crate::server::{Body, full};
+use crate::body::{Body, json};
 
-/// The API dialect a client speaks; errors are rendered in it.
+/// Who caused an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    OpenAi,
-    Anthropic,
-}
-
-impl Dialect {
-    pub fn of(op: crate::providers::Op) -> Self {
-        match op {
-            crate::providers::Op::Messages => Dialect::Anthropic,
-            _ => Dialect::OpenAi,
-        }
-    }
+pub enum Source {
+    /// The request is wrong or not allowed: 4xx, never retried.
+    Client,
+    /// A provider failed or refused: 502/504, or 429 while keys cool down.
+    Upstream,
+    /// The proxy cannot serve right now (no snapshot, nothing usable).
+    Internal,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +44,11 @@ pub enum ProxyError {
     NoKeyAvailable,
     #[error("the gateway is starting and has no configuration yet")]
     NotReady,
-    #[error("every key for this model is cooling down after rate limits or quota; retry in {0} s")]
-    AllCooling(u64),
+    #[error(
+        "every key for this model is cooling down after rate limits or quota; retry in {} s",
+        retry_after_secs(*.0)
+    )]
+    AllCooling(Duration),
     #[error("the provider rejected the gateway's credentials")]
     UpstreamAuth,
     #[error("the provider is unavailable")]
@@ -53,7 +57,41 @@ pub enum ProxyError {
     UpstreamTimeout,
 }
 
+/// Whole seconds for `Retry-After`: rounded up, and at least one.
+fn retry_after_secs(d: Duration) -> u64 {
+    (d.as_secs_f64().ceil() as u64).max(1)
+}
+
 impl ProxyError {
+    pub fn source(&self) -> Source {
+        match self {
+            ProxyError::InvalidApiKey
+            | ProxyError::BadRequest(_)
+            | ProxyError::PayloadTooLarge(_)
+            | ProxyError::NotFound(_)
+            | ProxyError::MethodNotAllowed
+            | ProxyError::ModelNotFound(_) => Source::Client,
+            ProxyError::AllCooling(_)
+            | ProxyError::UpstreamAuth
+            | ProxyError::UpstreamUnavailable(_)
+            | ProxyError::UpstreamTimeout => Source::Upstream,
+            ProxyError::NoKeyAvailable | ProxyError::NotReady => Source::Internal,
+        }
+    }
+
+    /// Whether trying another key or provider may succeed where this failed.
+    pub fn retryable(&self) -> bool {
+        self.source() == Source::Upstream
+    }
+
+    /// When the client should come back, if the error says.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ProxyError::AllCooling(d) => Some(retry_after_secs(*d)),
+            _ => None,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::InvalidApiKey => StatusCode::UNAUTHORIZED,
@@ -88,16 +126,19 @@ impl ProxyError {
         }
     }
 
+    /// What the client may read; the detail of an upstream failure is for the log only.
+    fn public_message(&self) -> String {
+        match self {
+            ProxyError::UpstreamUnavailable(_) => "the provider is unavailable".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
     /// The error as an OpenAI-style JSON body.
     pub fn openai_json(&self) -> Bytes {
         let (ty, code) = self.kind();
-        let message = match self {
-            // The detail is for the log, not the client.
-            ProxyError::UpstreamUnavailable(_) => "the provider is unavailable".to_owned(),
-            other => other.to_string(),
-        };
         Bytes::from(
-            json!({"error": {"message": message, "type": ty, "param": null, "code": code}})
+            json!({"error": {"message": self.public_message(), "type": ty, "param": null, "code": code}})
                 .to_string(),
         )
     }
@@ -114,36 +155,24 @@ impl ProxyError {
             503 | 529 => "overloaded_error",
             _ => "api_error",
         };
-        let message = match self {
-            ProxyError::UpstreamUnavailable(_) => "the provider is unavailable".to_owned(),
-            other => other.to_string(),
-        };
-        Bytes::from(json!({"type": "error", "error": {"type": ty, "message": message}}).to_string())
+        Bytes::from(
+            json!({"type": "error", "error": {"type": ty, "message": self.public_message()}})
+                .to_string(),
+        )
     }
 
-    pub fn into_response(self, request_id: &HeaderValue) -> Response<Body> {
-        self.into_dialect_response(Dialect::OpenAi, request_id)
-    }
-
-    pub fn into_dialect_response(
-        self,
-        dialect: Dialect,
-        request_id: &HeaderValue,
-    ) -> Response<Body> {
+    /// The response in the client's dialect, with `Retry-After` and `WWW-Authenticate` where
+    /// they apply.
+    pub fn into_response(self, dialect: Dialect, request_id: &HeaderValue) -> Response<Body> {
         let body = match dialect {
             Dialect::OpenAi => self.openai_json(),
             Dialect::Anthropic => self.anthropic_json(),
         };
-        let mut resp = Response::new(full(body));
-        *resp.status_mut() = self.status();
+        let mut resp = json(self.status(), body);
         let h = resp.headers_mut();
-        h.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
         h.insert("x-request-id", request_id.clone());
-        if let ProxyError::AllCooling(secs) = &self {
-            h.insert(http::header::RETRY_AFTER, HeaderValue::from(*secs));
+        if let Some(secs) = self.retry_after() {
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if matches!(self, ProxyError::InvalidApiKey) {
             h.insert(
@@ -171,12 +200,32 @@ mod tests {
             serde_json::from_slice(&ProxyError::InvalidApiKey.anthropic_json()).unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "authentication_error");
-        let v: serde_json::Value =
-            serde_json::from_slice(&ProxyError::AllCooling(3).anthropic_json()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(
+            &ProxyError::AllCooling(Duration::from_secs(3)).anthropic_json(),
+        )
+        .unwrap();
         assert_eq!(v["error"]["type"], "rate_limit_error");
         let e = ProxyError::UpstreamUnavailable("connect refused to 10.0.0.1 key=x".into());
         let body = String::from_utf8(e.openai_json().to_vec()).unwrap();
         assert!(!body.contains("10.0.0.1"), "{body}");
         assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+    }
+
+    #[test]
+    fn source_retryability_and_retry_after() {
+        let cooling = ProxyError::AllCooling(Duration::from_millis(1200));
+        assert_eq!(cooling.source(), Source::Upstream);
+        assert!(cooling.retryable());
+        assert_eq!(cooling.retry_after(), Some(2), "rounded up");
+        assert_eq!(
+            ProxyError::AllCooling(Duration::ZERO).retry_after(),
+            Some(1)
+        );
+        assert!(cooling.to_string().ends_with("retry in 2 s"), "{cooling}");
+        assert!(!ProxyError::BadRequest("x".into()).retryable());
+        assert_eq!(ProxyError::NotReady.source(), Source::Internal);
+        let r = cooling.into_response(Dialect::Anthropic, &HeaderValue::from_static("req_1"));
+        assert_eq!(r.headers()["retry-after"], "2");
+        assert_eq!(r.headers()["x-request-id"], "req_1");
     }
 }

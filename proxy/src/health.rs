@@ -2,8 +2,9 @@
 //! key), disabled keys, half-open trials, proactive exhaustion from `x-ratelimit-remaining-*`,
 //! per-key in-flight counts, latency EWMA and request rate, and a circuit breaker per provider.
 //!
-//! Reads on the request path are one `ArcSwap` load each; writes (failures, control-plane
-//! deltas) copy the small maps and swap them.
+//! Reads on the request path are one `ArcSwap` load each and allocate nothing; writes (failures,
+//! ended cooldowns, control-plane deltas) copy the small maps and swap them. A success copies
+//! nothing unless it ends a cooldown.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,9 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use llmhub_proto::v1 as pb;
 
-use crate::classify::{FailureClass, Verdict};
+use llmhub_providers::{FailureClass, Verdict};
 
 /// Longest backoff for a rate limit the provider gave no reset time for.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -135,6 +135,24 @@ impl Drop for Probe {
     }
 }
 
+/// A change to one key's health decided by the control plane (forced or observed by any proxy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyChange {
+    /// Cool `model` (`""` = the whole key) down until `until`.
+    Cooling {
+        model: String,
+        until: SystemTime,
+        reason: String,
+    },
+    Disabled {
+        reason: String,
+    },
+    /// Clear the cooldown for `model`; `""` clears every cooldown and a disabled state.
+    Active {
+        model: String,
+    },
+}
+
 pub enum Gate {
     Open,
     /// The cooldown ended; the next request is a trial (take it with [`Health::try_probe`]).
@@ -145,7 +163,18 @@ pub enum Gate {
     },
 }
 
-type CooldownMap = HashMap<(String, String), Cooling>;
+/// Cooldowns by key id, then by upstream model (`""` = the whole key). Nested so a lookup by
+/// `&str` needs no allocation.
+type CooldownMap = HashMap<String, HashMap<String, Cooling>>;
+
+/// The cooldown that governs `key_id` × `model`: the later of the model's and the whole key's.
+fn governing<'m>(map: &'m CooldownMap, key_id: &str, model: &str) -> Option<&'m Cooling> {
+    let models = map.get(key_id)?;
+    [model, ""]
+        .iter()
+        .filter_map(|m| models.get(*m))
+        .max_by_key(|c| c.until)
+}
 
 /// When a provider's circuit opens: consecutive failures, and the first open period.
 #[derive(Debug, Clone, Copy)]
@@ -188,7 +217,7 @@ impl Health {
     /// Adopts the state in a new snapshot: disabled keys as given, cooldowns merged (the later
     /// end wins, so a snapshot built a moment before a local observation cannot undo it), and
     /// counters kept for keys that still exist.
-    pub fn apply_snapshot(&self, snap: &crate::snapshot::Snapshot) {
+    pub fn apply_snapshot(&self, snap: &crate::state::Snapshot, now: SystemTime) {
         let mut disabled = HashMap::new();
         let mut stats = HashMap::new();
         let old_stats = self.stats.load();
@@ -221,55 +250,57 @@ impl Health {
             })
             .collect();
         self.breakers.store(Arc::new(breakers));
-        let now = SystemTime::now();
         self.cooldowns.rcu(|cur| {
             let mut next: CooldownMap = cur
                 .iter()
-                .filter(|(_, c)| c.until > now)
-                .map(|(k, c)| (k.clone(), c.clone()))
+                .map(|(k, models)| {
+                    let live = models
+                        .iter()
+                        .filter(|(_, c)| c.until > now)
+                        .map(|(m, c)| (m.clone(), c.clone()))
+                        .collect::<HashMap<_, _>>();
+                    (k.clone(), live)
+                })
+                .filter(|(_, models)| !models.is_empty())
                 .collect();
-            for (k, until, class) in &incoming {
-                merge(&mut next, k.clone(), *until, class, 1);
+            for ((key, model), until, class) in &incoming {
+                merge(&mut next, key, model, *until, class, 1);
             }
             next
         });
     }
 
-    /// Applies a control-plane delta for one key.
-    pub fn apply_delta(&self, key_id: &str, state: &pb::KeyState) {
-        let until = state
-            .until
-            .as_ref()
-            .and_then(|t| u64::try_from(t.seconds).ok())
-            .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
-            .map(|t| {
-                t + Duration::from_nanos(
-                    u64::try_from(state.until.as_ref().map_or(0, |t| t.nanos)).unwrap_or(0),
-                )
-            });
-        match pb::KeyStatus::try_from(state.status).unwrap_or(pb::KeyStatus::Unspecified) {
-            pb::KeyStatus::CoolingDown => {
-                if let Some(until) = until {
-                    let k = (key_id.to_owned(), state.model.clone());
-                    self.cooldowns.rcu(|cur| {
-                        let mut next = (**cur).clone();
-                        merge(&mut next, k.clone(), until, &state.reason, 1);
-                        next
-                    });
-                }
-            }
-            pb::KeyStatus::Disabled => {
-                self.disabled.rcu(|cur| {
+    /// Applies a control-plane change to one key.
+    pub fn apply_change(&self, key_id: &str, change: &KeyChange) {
+        match change {
+            KeyChange::Cooling {
+                model,
+                until,
+                reason,
+            } => {
+                self.cooldowns.rcu(|cur| {
                     let mut next = (**cur).clone();
-                    next.insert(key_id.to_owned(), state.reason.clone());
+                    merge(&mut next, key_id, model, *until, reason, 1);
                     next
                 });
             }
-            pb::KeyStatus::Active => {
-                let all = state.model.is_empty();
+            KeyChange::Disabled { reason } => {
+                self.disabled.rcu(|cur| {
+                    let mut next = (**cur).clone();
+                    next.insert(key_id.to_owned(), reason.clone());
+                    next
+                });
+            }
+            KeyChange::Active { model } => {
+                let all = model.is_empty();
                 self.cooldowns.rcu(|cur| {
                     let mut next = (**cur).clone();
-                    next.retain(|(k, m), _| !(k == key_id && (all || *m == state.model)));
+                    if let Some(models) = next.get_mut(key_id) {
+                        models.retain(|m, _| !(all || m == model));
+                        if models.is_empty() {
+                            next.remove(key_id);
+                        }
+                    }
                     next
                 });
                 if all {
@@ -280,7 +311,6 @@ impl Health {
                     });
                 }
             }
-            pb::KeyStatus::Unspecified => {}
         }
     }
 
@@ -300,11 +330,7 @@ impl Health {
             };
         }
         let cooldowns = self.cooldowns.load();
-        let entry = [model, ""]
-            .iter()
-            .filter_map(|m| cooldowns.get(&(key_id.to_owned(), (*m).to_owned())))
-            .max_by_key(|c| c.until);
-        if let Some(c) = entry {
+        if let Some(c) = governing(&cooldowns, key_id, model) {
             if now < c.until {
                 return Gate::Skip {
                     reason: format!(
@@ -349,10 +375,7 @@ impl Health {
     /// Takes the single trial slot of a key whose cooldown ended.
     pub fn try_probe(&self, key_id: &str, model: &str) -> Option<Probe> {
         let cooldowns = self.cooldowns.load();
-        let c = [model, ""]
-            .iter()
-            .filter_map(|m| cooldowns.get(&(key_id.to_owned(), (*m).to_owned())))
-            .max_by_key(|c| c.until)?;
+        let c = governing(&cooldowns, key_id, model)?;
         c.probe
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .ok()
@@ -383,14 +406,27 @@ impl Health {
             s.exhausted_until_ms
                 .store(millis(now + d), Ordering::Relaxed);
         }
+        let ends = |map: &CooldownMap| {
+            map.get(key_id).is_some_and(|models| {
+                models
+                    .iter()
+                    .any(|(m, c)| (m == model || m.is_empty()) && c.until <= now)
+            })
+        };
+        // The common case, a key that was not cooling, reads and copies nothing.
+        if !ends(&self.cooldowns.load()) {
+            return false;
+        }
         let mut ended = false;
         self.cooldowns.rcu(|cur| {
+            ended = ends(cur);
             let mut next = (**cur).clone();
-            let before = next.len();
-            next.retain(|(k, m), c| {
-                !(k == key_id && (m == model || m.is_empty()) && c.until <= now)
-            });
-            ended = next.len() != before;
+            if let Some(models) = next.get_mut(key_id) {
+                models.retain(|m, c| !((m == model || m.is_empty()) && c.until <= now));
+                if models.is_empty() {
+                    next.remove(key_id);
+                }
+            }
             next
         });
         ended
@@ -408,15 +444,18 @@ impl Health {
         match verdict.class {
             FailureClass::RateLimited | FailureClass::QuotaExhausted => {
                 let scope_model = if verdict.class == FailureClass::RateLimited {
-                    model.to_owned()
+                    model
                 } else {
-                    String::new()
+                    ""
                 };
-                let k = (key_id.to_owned(), scope_model);
                 let mut applied = now;
                 self.cooldowns.rcu(|cur| {
                     let mut next = (**cur).clone();
-                    let strikes = next.get(&k).map_or(0, |c| c.strikes) + 1;
+                    let strikes = next
+                        .get(key_id)
+                        .and_then(|m| m.get(scope_model))
+                        .map_or(0, |c| c.strikes)
+                        + 1;
                     let wait = verdict.retry_after.unwrap_or(match verdict.class {
                         FailureClass::QuotaExhausted => QUOTA_COOLDOWN,
                         _ => backoff(strikes),
@@ -425,7 +464,8 @@ impl Health {
                     applied = now + wait.max(Duration::from_millis(200));
                     merge(
                         &mut next,
-                        k.clone(),
+                        key_id,
+                        scope_model,
                         applied,
                         verdict.class.as_str(),
                         strikes,
@@ -498,8 +538,16 @@ impl Health {
     }
 }
 
-fn merge(map: &mut CooldownMap, k: (String, String), until: SystemTime, class: &str, strikes: u32) {
-    match map.get_mut(&k) {
+fn merge(
+    map: &mut CooldownMap,
+    key_id: &str,
+    model: &str,
+    until: SystemTime,
+    class: &str,
+    strikes: u32,
+) {
+    let models = map.entry(key_id.to_owned()).or_default();
+    match models.get_mut(model) {
         Some(c) if c.until >= until => {
             c.strikes = c.strikes.max(strikes);
         }
@@ -509,8 +557,8 @@ fn merge(map: &mut CooldownMap, k: (String, String), until: SystemTime, class: &
             c.strikes = c.strikes.max(strikes);
         }
         None => {
-            map.insert(
-                k,
+            models.insert(
+                model.to_owned(),
                 Cooling {
                     until,
                     class: class.to_owned(),
@@ -604,28 +652,22 @@ mod tests {
     fn deltas_set_and_clear() {
         let h = Health::default();
         let until = SystemTime::now() + Duration::from_secs(60);
-        let secs = i64::try_from(millis(until) / 1000).unwrap();
-        h.apply_delta(
+        h.apply_change(
             "k",
-            &pb::KeyState {
-                status: pb::KeyStatus::CoolingDown as i32,
-                until: Some(prost_types::Timestamp {
-                    seconds: secs,
-                    nanos: 0,
-                }),
-                reason: "forced".into(),
+            &KeyChange::Cooling {
                 model: String::new(),
+                until,
+                reason: "forced".into(),
             },
         );
         assert!(matches!(
             h.gate("k", "m", 0, SystemTime::now()),
             Gate::Skip { .. }
         ));
-        h.apply_delta(
+        h.apply_change(
             "k",
-            &pb::KeyState {
-                status: pb::KeyStatus::Active as i32,
-                ..Default::default()
+            &KeyChange::Active {
+                model: String::new(),
             },
         );
         assert!(matches!(h.gate("k", "m", 0, SystemTime::now()), Gate::Open));

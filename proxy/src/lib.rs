@@ -1,17 +1,31 @@
 //! llm-hub data plane. A hyper server for the public LLM API whose whole configuration is a
 //! snapshot streamed from the control plane over mutual TLS. It never touches a database.
+//!
+//! Module map (no cycles; checked by the architecture test):
+//! - `api` — the public API and the request's phases: `admission` → `routing` → `upstream`
+//!   → `relay`, over one per-request `exchange`;
+//! - `dialects` — translation between client and provider dialects;
+//! - `state` — the validated snapshot; `health` — this proxy's key and provider health;
+//! - `control` — the link to the control plane (Watch, Report);
+//! - `server` — listeners; `app` — shared state; `error`, `body`, `clock`, `config`, `cli`.
 
-pub mod classify;
+pub mod admission;
+pub mod api;
+pub mod app;
+pub mod body;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod control;
+pub mod dialects;
 pub mod error;
+pub mod exchange;
 pub mod health;
-pub mod openai;
-pub mod providers;
+pub mod relay;
+pub mod routing;
 pub mod server;
-pub mod snapshot;
-pub mod translate;
+pub mod state;
+pub mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,13 +33,60 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::app::App;
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::control::{LinkStatus, Reporter};
-use crate::server::Proxy;
-use crate::snapshot::SnapshotCell;
+use crate::control::{LinkStatus, ReportQueues, Reporter, Sink};
+use crate::health::{BreakerPolicy, Health};
+use crate::state::SnapshotCell;
 
 /// How long in-flight requests and streams may take to finish after shutdown begins.
 const DRAIN: Duration = Duration::from_secs(30);
+/// How long queued routing records may take to reach the control plane after the drain.
+const REPORT_FLUSH: Duration = Duration::from_secs(5);
+
+/// The data plane's parts before any listener or control-plane link exists: the public API's
+/// state, where Watch events land, and the report queues. `run` connects them to the control
+/// plane; component tests drive them directly.
+pub struct Parts {
+    pub app: Arc<App>,
+    pub sink: Sink,
+    pub queues: ReportQueues,
+}
+
+impl Parts {
+    pub fn new(
+        breaker: BreakerPolicy,
+        report_queue: usize,
+        max_body_bytes: usize,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Parts> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let cell = Arc::new(SnapshotCell::default());
+        let health = Arc::new(Health::new(breaker));
+        let status = Arc::new(LinkStatus::default());
+        let (reporter, queues) = Reporter::new(report_queue, status.clone());
+        let sink = Sink {
+            cell: cell.clone(),
+            health: health.clone(),
+            status,
+            clock: clock.clone(),
+        };
+        let app = Arc::new(App {
+            cell,
+            health,
+            http,
+            reporter,
+            clock,
+            max_body_bytes,
+        });
+        Ok(Parts { app, sink, queues })
+    }
+}
 
 /// Runs the proxy on already-bound listeners until `shutdown` resolves.
 pub async fn run(
@@ -37,22 +98,16 @@ pub async fn run(
     // One process-wide crypto provider (ring) for reqwest's rustls and tonic.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let endpoint = control::endpoint(&config)?;
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .pool_idle_timeout(Duration::from_secs(90))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
-
-    let cell = Arc::new(SnapshotCell::default());
-    let health = Arc::new(health::Health::new(config.breaker));
-    let status = Arc::new(LinkStatus::default());
-    let (reporter, queues) = Reporter::new(config.report_queue, status.clone());
+    let Parts { app, sink, queues } = Parts::new(
+        config.breaker,
+        config.report_queue,
+        config.max_body_bytes,
+        Arc::new(SystemClock),
+    )?;
     let watch = tokio::spawn(control::watch_loop(
         endpoint.clone(),
         config.proxy_id.clone(),
-        cell.clone(),
-        health.clone(),
-        status.clone(),
+        sink.clone(),
     ));
     let report = tokio::spawn(control::report_loop(
         endpoint,
@@ -60,17 +115,11 @@ pub async fn run(
         queues,
     ));
 
-    let proxy = Arc::new(Proxy {
-        health,
-        cell: cell.clone(),
-        http,
-        reporter,
-        max_body_bytes: config.max_body_bytes,
-    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
+    let (cell, status) = (sink.cell.clone(), sink.status.clone());
     let internal_task = tokio::spawn(server::serve(
         internal,
         move |req| server::internal(req, cell.clone(), status.clone()),
@@ -80,7 +129,7 @@ pub async fn run(
     ));
     let public_task = tokio::spawn(server::serve(
         public,
-        move |req| proxy.clone().handle(req),
+        move |req| api::handle(app.clone(), req),
         config.header_read_timeout,
         stopped(stop_rx),
         DRAIN,
@@ -91,8 +140,16 @@ pub async fn run(
     let _ = public_task.await;
     let _ = internal_task.await;
     watch.abort();
-    // Give queued routing records a moment to reach the control plane.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    report.abort();
+    drop(sink);
+    // The public task owned the last reporters: the report loop now sends what is queued and
+    // ends once the control plane has acknowledged it (bounded, in case it is unreachable).
+    let mut report = report;
+    if tokio::time::timeout(REPORT_FLUSH, &mut report)
+        .await
+        .is_err()
+    {
+        tracing::warn!("routing records not acknowledged before shutdown");
+        report.abort();
+    }
     Ok(())
 }

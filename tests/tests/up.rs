@@ -1,4 +1,4 @@
-//! `llmhub-control up`: the one-command development setup, started twice on the same data.
+//! `llmhub up`: the one-command development setup, started twice on the same data.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -22,7 +22,7 @@ struct Up {
 }
 
 async fn start_up(data: &Path) -> anyhow::Result<Up> {
-    let mut cmd = Command::new(bin("llmhub-control"));
+    let mut cmd = Command::new(bin("llmhub"));
     cmd.args([
         "up",
         "--admin-port",

@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use llmhub_providers::{Kind, Strategy, presets};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -52,49 +53,6 @@ pub(super) struct CreateProvider {
     request_timeout_ms: Option<u32>,
 }
 
-/// (preset, kind, default base URL). OpenAI-compatible presets use bearer authentication.
-const PRESETS: &[(&str, &str, &str)] = &[
-    ("openai", "openai", "https://api.openai.com/v1"),
-    ("anthropic", "anthropic", "https://api.anthropic.com/v1"),
-    (
-        "gemini",
-        "gemini",
-        "https://generativelanguage.googleapis.com/v1beta",
-    ),
-    ("mistral", "openai-compatible", "https://api.mistral.ai/v1"),
-    (
-        "groq",
-        "openai-compatible",
-        "https://api.groq.com/openai/v1",
-    ),
-    (
-        "deepseek",
-        "openai-compatible",
-        "https://api.deepseek.com/v1",
-    ),
-    (
-        "openrouter",
-        "openai-compatible",
-        "https://openrouter.ai/api/v1",
-    ),
-    (
-        "together",
-        "openai-compatible",
-        "https://api.together.xyz/v1",
-    ),
-    ("xai", "openai-compatible", "https://api.x.ai/v1"),
-    ("ollama", "openai-compatible", "http://localhost:11434/v1"),
-    ("vllm", "openai-compatible", "http://localhost:8000/v1"),
-];
-
-const KINDS: &[&str] = &[
-    "openai",
-    "openai-compatible",
-    "anthropic",
-    "gemini",
-    "azure-openai",
-];
-
 pub(super) fn yes() -> bool {
     true
 }
@@ -134,36 +92,38 @@ pub(super) async fn create_provider(
     }
     let preset = match &body.preset {
         None => None,
-        Some(name) => Some(PRESETS.iter().find(|(p, _, _)| p == name).ok_or_else(|| {
+        Some(name) => Some(presets::find(name).ok_or_else(|| {
             ApiError::BadRequest(format!(
                 "preset: unknown {name:?}; known: {}",
-                PRESETS.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")
+                presets::PRESETS
+                    .iter()
+                    .map(|p| p.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         })?),
     };
     let kind: &'static str = match (&body.kind, preset) {
-        (Some(k), Some((_, pk, _))) if k != pk => {
+        (Some(k), Some(p)) if k != p.kind.slug() => {
             return Err(ApiError::BadRequest(format!(
-                "kind: the preset implies {pk}"
+                "kind: the preset implies {}",
+                p.kind.slug()
             )));
         }
-        (_, Some((_, pk, _))) => pk,
-        (Some(k), None) => KINDS
-            .iter()
-            .find(|x| **x == k.as_str())
-            .copied()
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!("kind: must be one of {}", KINDS.join(", ")))
-            })?,
+        (_, Some(p)) => p.kind.slug(),
+        (Some(k), None) => Kind::from_slug(k).map(Kind::slug).ok_or_else(|| {
+            let all: Vec<&str> = Kind::ALL.iter().map(|k| k.slug()).collect();
+            ApiError::BadRequest(format!("kind: must be one of {}", all.join(", ")))
+        })?,
         (None, None) => return Err(ApiError::BadRequest("kind or preset is required".into())),
     };
     let base_url = match (&body.base_url, preset) {
         (Some(u), _) => validate_base_url(u)?,
-        (None, Some((_, _, default))) => (*default).to_owned(),
+        (None, Some(p)) => p.base_url.to_owned(),
         (None, None) => return Err(ApiError::BadRequest("base_url: is required".into())),
     };
     let api_version = body.api_version.filter(|v| !v.is_empty());
-    if kind == "azure-openai" {
+    if kind == Kind::AzureOpenAi.slug() {
         match &api_version {
             Some(v)
                 if v.len() <= 32 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => {}
@@ -383,8 +343,10 @@ pub(super) async fn create_route(
             "targets: between 1 and 16 targets".into(),
         ));
     }
-    let strategy = body.strategy.unwrap_or_else(|| "weighted".into());
-    if !matches!(strategy.as_str(), "weighted" | "least_inflight" | "latency") {
+    let strategy = body
+        .strategy
+        .unwrap_or_else(|| Strategy::default().as_str().into());
+    if Strategy::parse(&strategy).is_none() {
         return Err(ApiError::BadRequest(
             "strategy: must be weighted, least_inflight or latency".into(),
         ));
@@ -504,28 +466,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn presets_have_the_providers_own_base_urls_and_kinds() {
-        let find = |name: &str| PRESETS.iter().find(|p| p.0 == name).copied().unwrap();
-        assert_eq!(
-            find("groq"),
-            (
-                "groq",
-                "openai-compatible",
-                "https://api.groq.com/openai/v1"
-            )
-        );
-        assert_eq!(find("mistral").2, "https://api.mistral.ai/v1");
-        assert_eq!(find("deepseek").2, "https://api.deepseek.com/v1");
-        assert_eq!(find("openrouter").2, "https://openrouter.ai/api/v1");
-        assert_eq!(find("together").2, "https://api.together.xyz/v1");
-        assert_eq!(find("xai").2, "https://api.x.ai/v1");
-        assert_eq!(find("ollama").2, "http://localhost:11434/v1");
-        assert_eq!(find("vllm").2, "http://localhost:8000/v1");
-        assert_eq!(find("anthropic").1, "anthropic");
-        assert_eq!(find("gemini").1, "gemini");
-        for (_, kind, url) in PRESETS {
-            assert!(KINDS.contains(kind));
-            assert!(validate_base_url(url).is_ok(), "{url}");
+    fn every_preset_base_url_is_accepted() {
+        for p in presets::PRESETS {
+            assert!(validate_base_url(p.base_url).is_ok(), "{}", p.base_url);
         }
     }
 

@@ -18,7 +18,7 @@ use crate::keyring::provider_key_aad;
 use crate::store::entities::{key_cooldowns, provider_keys, providers};
 use crate::store::{AuditEvent, KeyChange, NewProviderKey, parse_list};
 use crate::vault::mask;
-use llmhub_proto::v1::ProviderKind;
+use llmhub_providers::{Endpoint, FailureClass, Kind};
 
 /// Most keys accepted by one import.
 const MAX_IMPORT: usize = 1000;
@@ -84,32 +84,11 @@ async fn owned_key(
     Ok(key)
 }
 
-/// Checks a key's shape for its provider. Messages describe the expected form, never the key.
+/// Checks a key's shape for its provider (the shared vocabulary's rule). Messages describe the
+/// expected form, never the key.
 pub(crate) fn validate_key_format(kind: &str, key: &str) -> Result<(), String> {
-    if key.len() < 8 || key.len() > 512 {
-        return Err("key: must be 8-512 characters".into());
-    }
-    if !key.chars().all(|c| c.is_ascii_graphic()) {
-        return Err("key: must be printable ASCII without spaces".into());
-    }
-    let ok = match kind {
-        "openai" => key.starts_with("sk-") && key.len() >= 20,
-        "anthropic" => key.starts_with("sk-ant-") && key.len() >= 20,
-        "gemini" => key.starts_with("AIza") && key.len() == 39,
-        "azure-openai" => key.len() == 32 && key.chars().all(|c| c.is_ascii_hexdigit()),
-        _ => true,
-    };
-    if !ok {
-        let expected = match kind {
-            "openai" => "an OpenAI key starts with sk- and has at least 20 characters",
-            "anthropic" => "an Anthropic key starts with sk-ant-",
-            "gemini" => "a Gemini key starts with AIza and has 39 characters",
-            "azure-openai" => "an Azure OpenAI key is 32 hexadecimal characters",
-            _ => "unexpected key format",
-        };
-        return Err(format!("key: not in this provider's format ({expected})"));
-    }
-    Ok(())
+    // An unknown kind cannot be stored (create_provider checks it); it has no format of its own.
+    llmhub_providers::validate_key(Kind::from_slug(kind).unwrap_or(Kind::OpenAiCompatible), key)
 }
 
 pub(super) async fn list(
@@ -465,15 +444,16 @@ pub(super) async fn test(
     let secret = plain
         .expose_str()
         .ok_or_else(|| ApiError::Conflict("this key is not valid text; replace it".into()))?;
-    // The proxy's own rules for where each provider takes its key (one place for both planes).
-    let kind = ProviderKind::from_slug(&provider.kind).unwrap_or(ProviderKind::OpenaiCompatible);
-    let probe = llmhub_proxy::providers::models_request(
-        kind,
-        &provider.base_url,
-        provider.api_version.as_deref().unwrap_or_default(),
-        secret,
-    )
-    .ok_or_else(|| ApiError::Conflict("this key cannot be sent as a header; replace it".into()))?;
+    // The shared rules for where each provider takes its key and what its answers mean: the key
+    // test and the proxy cannot disagree.
+    let kind = Kind::from_slug(&provider.kind).unwrap_or(Kind::OpenAiCompatible);
+    let endpoint = Endpoint {
+        base_url: &provider.base_url,
+        api_version: provider.api_version.as_deref().unwrap_or_default(),
+    };
+    let probe = llmhub_providers::models_request(kind, &endpoint, secret).ok_or_else(|| {
+        ApiError::Conflict("this key cannot be sent as a header; replace it".into())
+    })?;
     let mut req = s.http.get(probe.url).timeout(Duration::from_secs(10));
     for (name, value) in probe.headers {
         req = req.header(name, value);
@@ -481,21 +461,21 @@ pub(super) async fn test(
     let started = Instant::now();
     let sent = req.send().await;
     let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let (result, class, status) = match &sent {
+    let (result, class, status) = match sent {
         Ok(r) if r.status().is_success() => ("ok", None, Some(r.status().as_u16())),
         Ok(r) => {
             let st = r.status().as_u16();
-            let class = match st {
-                401 | 403 => "invalid_key",
-                429 => "rate_limited",
-                500..=599 => "provider_unavailable",
-                _ => "client_error",
-            };
+            let headers = r.headers().clone();
+            // Read a bounded prefix only: the body is classified, never relayed or logged.
+            let body = read_prefix(r, 64 * 1024).await;
+            let class = kind
+                .classify(st, &headers, &body, std::time::SystemTime::now())
+                .class
+                .as_str();
             (class, Some(class), Some(st))
         }
-        Err(_) => ("unreachable", Some("provider_unavailable"), None),
+        Err(_) => ("unreachable", Some(FailureClass::Overloaded.as_str()), None),
     };
-    drop(sent);
     let row = s
         .store
         .record_key_test(
@@ -508,6 +488,18 @@ pub(super) async fn test(
     Ok(Json(json!({
         "result": result, "status": status, "latency_ms": latency_ms, "key": key_view(&s, &row),
     })))
+}
+
+/// At most `limit` bytes of a response body.
+async fn read_prefix(mut r: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = r.chunk().await {
+        out.extend_from_slice(&chunk[..chunk.len().min(limit - out.len())]);
+        if out.len() >= limit {
+            break;
+        }
+    }
+    out
 }
 
 #[derive(Deserialize)]
@@ -602,18 +594,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn formats_per_provider() {
+    fn formats_use_the_shared_rules() {
         assert!(validate_key_format("openai", "sk-proj-0123456789abcdef").is_ok());
         assert!(validate_key_format("openai", "pk-0123456789abcdefghij").is_err());
-        assert!(validate_key_format("anthropic", "sk-ant-api03-0123456789").is_ok());
-        assert!(validate_key_format("gemini", &format!("AIza{}", "x".repeat(35))).is_ok());
-        assert!(validate_key_format("gemini", "AIzashort").is_err());
-        assert!(validate_key_format("azure-openai", &"a1".repeat(16)).is_ok());
-        assert!(validate_key_format("openai-compatible", "anything-goes").is_ok());
-        assert!(validate_key_format("openai-compatible", "has space inside").is_err());
-        assert!(validate_key_format("openai-compatible", "short").is_err());
-        let secret = "pk-this-is-a-secret-value";
-        let msg = validate_key_format("openai", secret).unwrap_err();
-        assert!(!msg.contains("secret"), "{msg}");
+        assert!(validate_key_format("no-such-kind", "anything-goes").is_ok());
+        assert!(validate_key_format("no-such-kind", "short").is_err());
     }
 }

@@ -1,7 +1,8 @@
-//! Translation between client dialects and provider dialects. Each direction is a pure function
-//! over JSON (requests, responses) or a small state machine over SSE events (streams), so it can
-//! be tested table by table without a network.
+//! Translation between client dialects and provider dialects. Each direction is one type behind
+//! [`Translator`]: pure functions over JSON (requests, responses, errors) and a small state
+//! machine over SSE events (streams), so it can be tested table by table without a network.
 
+use llmhub_providers::Translation;
 use serde_json::{Map, Value};
 
 pub mod anthropic;
@@ -30,49 +31,45 @@ fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
     }
 }
 
-/// Which way a request is translated, if at all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Translation {
-    None,
-    /// An OpenAI chat request served by an Anthropic provider.
-    OpenAiToAnthropic,
-    /// An Anthropic Messages request served by an OpenAI-compatible provider.
-    AnthropicToOpenAi,
-    /// An OpenAI chat request served by Gemini.
-    OpenAiToGemini,
-}
-
-/// A stream translator of either direction.
-pub enum StreamTranslator {
-    ToOpenAi(anthropic::StreamTranslator),
-    ToAnthropic(chat::StreamTranslator),
-    ToOpenAiFromGemini(gemini::StreamTranslator),
-}
-
-impl StreamTranslator {
-    pub fn feed(&mut self, bytes: &[u8]) -> String {
-        match self {
-            StreamTranslator::ToOpenAi(t) => t.feed(bytes),
-            StreamTranslator::ToAnthropic(t) => t.feed(bytes),
-            StreamTranslator::ToOpenAiFromGemini(t) => t.feed(bytes),
-        }
-    }
+/// Rewrites a provider's SSE stream into the client's dialect, event by event.
+pub trait StreamTranslate: Send {
+    /// Consumes upstream bytes; returns whatever complete client events they produce.
+    fn feed(&mut self, bytes: &[u8]) -> String;
 
     /// Called when the upstream body ends: the closing events still owed to the client, or
     /// `None` when the provider's stream stopped before it finished.
-    pub fn end(&mut self) -> Option<String> {
-        match self {
-            StreamTranslator::ToOpenAiFromGemini(t) => t.end(),
-            other => other.finished().then(String::new),
-        }
-    }
+    fn end(&mut self) -> Option<String>;
+}
 
-    pub fn finished(&self) -> bool {
-        match self {
-            StreamTranslator::ToOpenAi(t) => t.finished(),
-            StreamTranslator::ToAnthropic(t) => t.finished(),
-            StreamTranslator::ToOpenAiFromGemini(_) => false,
-        }
+/// One direction of translation: the request on the way out, the answer (whole, streamed, or
+/// an error) on the way back.
+pub trait Translator: Sync {
+    /// The provider's request body for the client's.
+    fn request(&self, client: &Map<String, Value>) -> Result<Value, String>;
+
+    /// The client's answer for the provider's JSON success.
+    fn response(&self, provider: &Value, public_model: &str, created: u64) -> Value;
+
+    /// The client's error body for the provider's.
+    fn error(&self, provider: &Value, status: u16) -> Value;
+
+    /// A translator for the provider's SSE stream.
+    fn stream(
+        &self,
+        public_model: &str,
+        created: u64,
+        include_usage: bool,
+    ) -> Box<dyn StreamTranslate>;
+}
+
+/// The translator for a direction; `None` when the request passes through. The one place a
+/// direction is chosen: adding a direction fails to compile until it is handled here.
+pub fn translator(t: Translation) -> Option<&'static dyn Translator> {
+    match t {
+        Translation::None => None,
+        Translation::OpenAiToAnthropic => Some(&anthropic::OpenAiToAnthropic),
+        Translation::AnthropicToOpenAi => Some(&chat::AnthropicToOpenAi),
+        Translation::OpenAiToGemini => Some(&gemini::OpenAiToGemini),
     }
 }
 

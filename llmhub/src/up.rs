@@ -1,4 +1,4 @@
-//! `llmhub-control up`: the development setup in one command.
+//! `llmhub up`: the development setup in one command.
 //!
 //! Wired exactly as production: the control plane serves gRPC over mutual TLS and a separate proxy
 //! process connects to it with a client certificate. Only the storage differs: SQLite in the data
@@ -15,11 +15,9 @@ use base64::Engine;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use crate::certs;
-use crate::config::{ConfigError, RawConfig};
-use crate::keyring;
-use crate::store::Store;
-use crate::{App, shutdown_signal};
+use llmhub_control::config::{ConfigError, RawConfig};
+use llmhub_control::store::Store;
+use llmhub_control::{App, certs, keyring, shutdown_signal};
 
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
@@ -84,7 +82,7 @@ pub async fn up(args: UpArgs) -> Result<(), UpError> {
         rand::fill(&mut b);
         base64::engine::general_purpose::STANDARD.encode(b)
     })?;
-    crate::init_tracing(crate::config::LogFormat::Text);
+    llmhub_control::init_tracing(llmhub_control::config::LogFormat::Text);
     tracing::warn!(
         path = %master_key.display(),
         "development mode: the master key is stored next to the data it protects; in production supply LLMHUB_MASTER_KEYS or master_key_file from a secret manager"
@@ -125,17 +123,24 @@ pub async fn up(args: UpArgs) -> Result<(), UpError> {
     let app = App::open(&config).await?;
     let credentials = app.bootstrap_admin().await?;
 
+    // The proxy's configuration as a typed value, checked here before the child reads it.
+    let proxy = llmhub_proxy::config::RawConfig {
+        listen: Some(loopback(args.proxy_port).to_string()),
+        internal_listen: Some(loopback(args.proxy_internal_port).to_string()),
+        control_plane_url: Some(format!("https://{grpc_addr}")),
+        tls_ca_cert: Some(cert_dir.join(certs::CA_CERT)),
+        tls_cert: Some(cert_dir.join("proxy-1.pem")),
+        tls_key: Some(cert_dir.join("proxy-1.key")),
+        proxy_id: Some("proxy-1".into()),
+        log_format: Some("text".into()),
+        ..Default::default()
+    };
+    let text = toml::to_string(&proxy).context("writing the proxy configuration")?;
+    proxy
+        .validate()
+        .map_err(|e| anyhow::anyhow!("proxy configuration: {e}"))?;
     let proxy_config = dir.join("proxy.toml");
-    let toml = format!(
-        "listen = \"{}\"\ninternal_listen = \"{}\"\ncontrol_plane_url = \"https://{grpc_addr}\"\n\
-         tls_ca_cert = {:?}\ntls_cert = {:?}\ntls_key = {:?}\nproxy_id = \"proxy-1\"\nlog_format = \"text\"\n",
-        loopback(args.proxy_port),
-        loopback(args.proxy_internal_port),
-        cert_dir.join(certs::CA_CERT).display().to_string(),
-        cert_dir.join("proxy-1.pem").display().to_string(),
-        cert_dir.join("proxy-1.key").display().to_string(),
-    );
-    std::fs::write(&proxy_config, toml).context("writing proxy.toml")?;
+    std::fs::write(&proxy_config, text).context("writing proxy.toml")?;
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let serve = tokio::spawn({

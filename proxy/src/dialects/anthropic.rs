@@ -384,6 +384,42 @@ impl StreamTranslator {
     }
 }
 
+/// An OpenAI chat client served by an Anthropic provider.
+pub struct OpenAiToAnthropic;
+
+impl super::Translator for OpenAiToAnthropic {
+    fn request(&self, client: &Map<String, Value>) -> Result<Value, String> {
+        request(client)
+    }
+
+    fn response(&self, provider: &Value, public_model: &str, created: u64) -> Value {
+        response(provider, public_model, created)
+    }
+
+    fn error(&self, provider: &Value, _status: u16) -> Value {
+        error(provider)
+    }
+
+    fn stream(
+        &self,
+        public_model: &str,
+        created: u64,
+        include_usage: bool,
+    ) -> Box<dyn super::StreamTranslate> {
+        Box::new(StreamTranslator::new(public_model, created, include_usage))
+    }
+}
+
+impl super::StreamTranslate for StreamTranslator {
+    fn feed(&mut self, bytes: &[u8]) -> String {
+        StreamTranslator::feed(self, bytes)
+    }
+
+    fn end(&mut self) -> Option<String> {
+        self.finished().then(String::new)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

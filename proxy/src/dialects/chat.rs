@@ -346,6 +346,42 @@ impl StreamTranslator {
     }
 }
 
+/// An Anthropic Messages client served by an OpenAI-compatible provider.
+pub struct AnthropicToOpenAi;
+
+impl super::Translator for AnthropicToOpenAi {
+    fn request(&self, client: &Map<String, Value>) -> Result<Value, String> {
+        request(client)
+    }
+
+    fn response(&self, provider: &Value, public_model: &str, _created: u64) -> Value {
+        response(provider, public_model)
+    }
+
+    fn error(&self, provider: &Value, status: u16) -> Value {
+        error(provider, status)
+    }
+
+    fn stream(
+        &self,
+        public_model: &str,
+        _created: u64,
+        _include_usage: bool,
+    ) -> Box<dyn super::StreamTranslate> {
+        Box::new(StreamTranslator::new(public_model))
+    }
+}
+
+impl super::StreamTranslate for StreamTranslator {
+    fn feed(&mut self, bytes: &[u8]) -> String {
+        StreamTranslator::feed(self, bytes)
+    }
+
+    fn end(&mut self) -> Option<String> {
+        self.finished().then(String::new)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
+use llmhub_providers::{Kind, Op, Serving, Strategy};
+
 use arc_swap::ArcSwapOption;
 
-use crate::health::{Gate, Health};
 use hmac::{Hmac, KeyInit, Mac};
 use llmhub_proto::v1 as pb;
 use secrecy::{ExposeSecret, SecretString};
@@ -34,13 +35,16 @@ pub enum SnapshotError {
     KeyProvider(String, String),
     #[error("provider key {0}: secret is not valid UTF-8 header text")]
     KeySecret(String),
+    #[error("route {0}: unknown routing strategy")]
+    Strategy(String),
 }
 
 #[derive(Debug)]
 pub struct Provider {
     pub id: String,
     pub name: String,
-    pub kind: pb::ProviderKind,
+    /// `None` for a kind this build does not know: such a provider serves nothing.
+    pub kind: Option<Kind>,
     pub base_url: String,
     pub enabled: bool,
     pub request_timeout: std::time::Duration,
@@ -83,6 +87,13 @@ pub struct ClientKey {
     pub use_shared_pool: bool,
 }
 
+impl Provider {
+    /// How this provider serves `op`, if it can.
+    pub fn serving(&self, op: Op) -> Option<Serving> {
+        self.kind.and_then(|k| k.serving(op))
+    }
+}
+
 impl ClientKey {
     pub fn may_use(&self, model: &str) -> bool {
         self.allowed_models.is_empty() || self.allowed_models.iter().any(|m| m == model)
@@ -98,16 +109,6 @@ pub struct Target {
     /// Round-robin cursor over this target's keys, separate from the route's target rotation so
     /// the two do not fall into step.
     pub cursor: AtomicUsize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strategy {
-    /// Round-robin in proportion to key weights.
-    Weighted,
-    /// The key with the fewest requests in flight on this proxy.
-    LeastInFlight,
-    /// The key with the lowest latency EWMA (untried keys first, to learn them).
-    Latency,
 }
 
 #[derive(Debug)]
@@ -140,7 +141,7 @@ impl std::fmt::Debug for Snapshot {
     }
 }
 
-fn to_system_time(t: &prost_types::Timestamp) -> Option<SystemTime> {
+pub(crate) fn to_system_time(t: &prost_types::Timestamp) -> Option<SystemTime> {
     let secs = u64::try_from(t.seconds).ok()?;
     Some(SystemTime::UNIX_EPOCH + std::time::Duration::new(secs, u32::try_from(t.nanos).ok()?))
 }
@@ -162,7 +163,9 @@ impl Snapshot {
             if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {
                 return Err(SnapshotError::BaseUrl(p.id));
             }
-            let kind = pb::ProviderKind::try_from(p.kind).unwrap_or(pb::ProviderKind::Unspecified);
+            let kind = pb::ProviderKind::try_from(p.kind)
+                .ok()
+                .and_then(pb::ProviderKind::kind);
             providers.insert(
                 p.id.clone(),
                 Provider {
@@ -260,6 +263,9 @@ impl Snapshot {
 
         let mut routes = HashMap::new();
         for r in msg.routes.drain(..) {
+            let strategy = r
+                .strategy()
+                .ok_or_else(|| SnapshotError::Strategy(r.public_model.clone()))?;
             let mut targets: Vec<Target> = Vec::with_capacity(r.targets.len());
             for t in r.targets {
                 if !providers.contains_key(&t.provider_id) {
@@ -277,11 +283,6 @@ impl Snapshot {
                 });
             }
             targets.sort_by_key(|t| t.priority);
-            let strategy = match r.strategy.as_str() {
-                "least_inflight" => Strategy::LeastInFlight,
-                "latency" => Strategy::Latency,
-                _ => Strategy::Weighted,
-            };
             let route = Arc::new(Route {
                 public_model: r.public_model.clone(),
                 targets,
@@ -305,13 +306,13 @@ impl Snapshot {
 
     /// Looks up a presented client key by its keyed hash: the same work for every input, and the
     /// key itself is never stored or compared.
-    pub fn authenticate(&self, presented: &str) -> Option<&ClientKey> {
+    pub fn authenticate(&self, presented: &str, now: SystemTime) -> Option<&ClientKey> {
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.hash_secret)
             .expect("HMAC accepts keys of any length");
         mac.update(presented.as_bytes());
         let digest: [u8; 32] = mac.finalize().into_bytes().into();
         let key = self.client_keys.get(&digest)?;
-        if key.expires_at.is_some_and(|t| t <= SystemTime::now()) {
+        if key.expires_at.is_some_and(|t| t <= now) {
             return None;
         }
         Some(key)
@@ -329,168 +330,10 @@ impl Snapshot {
         v
     }
 
-    /// Plans a request: the candidates to try in order (per target, by priority; within a
-    /// target, keys ordered by the route's strategy, half-open keys first so their trial happens
-    /// promptly), one line for every candidate skipped, and the earliest moment a skipped key or
-    /// provider recovers.
-    pub fn plan<'a>(
-        &'a self,
-        route: &'a Route,
-        client: &ClientKey,
-        health: &Health,
-        now: SystemTime,
-    ) -> Plan<'a> {
-        let mut plan = Plan::default();
-        let turn = self.cursor.fetch_add(1, Ordering::Relaxed);
-        let earliest = |t: Option<SystemTime>, plan: &mut Plan<'a>| {
-            if let Some(t) = t {
-                plan.earliest = Some(plan.earliest.map_or(t, |e| e.min(t)));
-            }
-        };
-        for target in weighted_targets(&route.targets, turn) {
-            let Some(provider) = self.providers.get(&target.provider_id) else {
-                continue;
-            };
-            if !provider.enabled {
-                plan.skipped
-                    .push(format!("provider {}: disabled", provider.name));
-                continue;
-            }
-            if let Err(until) = health.provider_allows(&provider.id, now) {
-                plan.skipped.push(format!(
-                    "provider {}: circuit open until {}",
-                    provider.name,
-                    crate::health::clock(until)
-                ));
-                earliest(Some(until), &mut plan);
-                continue;
-            }
-            let keys = self
-                .keys_by_provider
-                .get(&provider.id)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            let mut open: Vec<&Arc<ProviderKey>> = Vec::new();
-            let mut half_open: Vec<&Arc<ProviderKey>> = Vec::new();
-            for k in keys {
-                let owned = match &k.owner_user_id {
-                    Some(owner) => owner == &client.user_id,
-                    None => client.use_shared_pool,
-                };
-                if !owned {
-                    continue;
-                }
-                if !k.allowed_models.is_empty()
-                    && !k.allowed_models.iter().any(|m| m == &target.upstream_model)
-                {
-                    plan.skipped.push(format!(
-                        "key {}: not allowed for {}",
-                        k.fingerprint, target.upstream_model
-                    ));
-                    continue;
-                }
-                match health.gate(&k.id, &target.upstream_model, k.rpm_limit, now) {
-                    Gate::Open => open.push(k),
-                    Gate::HalfOpen => half_open.push(k),
-                    Gate::Skip { reason, until } => {
-                        plan.skipped
-                            .push(format!("key {}: {reason}", k.fingerprint));
-                        earliest(until, &mut plan);
-                    }
-                }
-            }
-            let key_turn = target.cursor.fetch_add(1, Ordering::Relaxed);
-            let ordered = order(open, route.strategy, health, key_turn);
-            for k in half_open
-                .into_iter()
-                .map(|k| (k, true))
-                .chain(ordered.into_iter().map(|k| (k, false)))
-            {
-                plan.candidates.push(Candidate {
-                    target,
-                    provider,
-                    key: k.0.clone(),
-                    half_open: k.1,
-                });
-            }
-        }
-        plan
+    /// A turn for the route rotation; relaxed ordering is enough, it only spreads load.
+    pub fn next_turn(&self) -> usize {
+        self.cursor.fetch_add(1, Ordering::Relaxed)
     }
-}
-
-/// Targets in priority order; targets sharing a priority take turns in proportion to their
-/// weights (the others follow as fallbacks).
-fn weighted_targets(targets: &[Target], turn: usize) -> Vec<&Target> {
-    let mut out = Vec::with_capacity(targets.len());
-    let mut i = 0;
-    while i < targets.len() {
-        let mut j = i;
-        while j < targets.len() && targets[j].priority == targets[i].priority {
-            j += 1;
-        }
-        let group = &targets[i..j];
-        let total: usize = group.iter().map(|t| t.weight as usize).sum();
-        let mut slot = turn % total.max(1);
-        let mut first = 0;
-        for (k, t) in group.iter().enumerate() {
-            if slot < t.weight as usize {
-                first = k;
-                break;
-            }
-            slot -= t.weight as usize;
-        }
-        out.extend((0..group.len()).map(|k| &group[(first + k) % group.len()]));
-        i = j;
-    }
-    out
-}
-
-/// Orders usable keys by the route's strategy.
-fn order<'k>(
-    keys: Vec<&'k Arc<ProviderKey>>,
-    strategy: Strategy,
-    health: &Health,
-    turn: usize,
-) -> Vec<&'k Arc<ProviderKey>> {
-    if keys.is_empty() {
-        return keys;
-    }
-    // Weighted round-robin start, also the tie-breaker for the other strategies.
-    let total: usize = keys.iter().map(|k| k.weight as usize).sum();
-    let mut slot = turn % total.max(1);
-    let mut first = 0;
-    for (i, k) in keys.iter().enumerate() {
-        if slot < k.weight as usize {
-            first = i;
-            break;
-        }
-        slot -= k.weight as usize;
-    }
-    let mut rotated: Vec<&Arc<ProviderKey>> = (0..keys.len())
-        .map(|i| keys[(first + i) % keys.len()])
-        .collect();
-    match strategy {
-        Strategy::Weighted => {}
-        Strategy::LeastInFlight => rotated.sort_by_key(|k| health.stats(&k.id).inflight()),
-        Strategy::Latency => rotated.sort_by_key(|k| health.stats(&k.id).ewma_us()),
-    }
-    rotated
-}
-
-/// One way to serve a request: a route target, its provider, and a key for it.
-pub struct Candidate<'a> {
-    pub target: &'a Target,
-    pub provider: &'a Provider,
-    pub key: Arc<ProviderKey>,
-    /// The key's cooldown ended: this attempt is its trial (take the probe first).
-    pub half_open: bool,
-}
-
-#[derive(Default)]
-pub struct Plan<'a> {
-    pub candidates: Vec<Candidate<'a>>,
-    pub skipped: Vec<String>,
-    pub earliest: Option<SystemTime>,
 }
 
 /// The current snapshot, swapped atomically as new ones arrive.
@@ -576,6 +419,7 @@ pub(crate) mod tests {
                 public_model: "gpt-x".into(),
                 strategy: "weighted".into(),
                 aliases: vec!["gpt-alias".into()],
+                routing_strategy: 0,
                 targets: vec![pb::RouteTarget {
                     provider_id: "p1".into(),
                     upstream_model: "up-x".into(),
@@ -596,9 +440,12 @@ pub(crate) mod tests {
     #[test]
     fn authenticates_by_keyed_hash() {
         let s = Snapshot::from_proto(sample()).unwrap();
-        assert_eq!(s.authenticate("lh-good").unwrap().id, "c1");
-        assert!(s.authenticate("lh-bad").is_none());
-        assert!(s.authenticate("").is_none());
+        assert_eq!(
+            s.authenticate("lh-good", SystemTime::now()).unwrap().id,
+            "c1"
+        );
+        assert!(s.authenticate("lh-bad", SystemTime::now()).is_none());
+        assert!(s.authenticate("", SystemTime::now()).is_none());
     }
 
     #[test]
@@ -630,35 +477,41 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn weighted_round_robin_covers_keys_by_weight() {
-        let s = Snapshot::from_proto(sample()).unwrap();
-        let client = s.authenticate("lh-good").unwrap();
-        let route = &s.routes["gpt-x"];
-        let health = Health::default();
-        let mut firsts = HashMap::new();
-        for _ in 0..400 {
-            let plan = s.plan(route, client, &health, SystemTime::now());
-            assert_eq!(plan.candidates.len(), 2, "every usable key is a candidate");
-            *firsts.entry(plan.candidates[0].key.id.clone()).or_insert(0) += 1;
-        }
-        assert_eq!(firsts["k1"], 100);
-        assert_eq!(firsts["k2"], 300);
+    fn unknown_strategies_and_kinds() {
+        let mut m = sample();
+        m.routes[0].strategy = "random".into();
+        assert_eq!(
+            Snapshot::from_proto(m).unwrap_err(),
+            SnapshotError::Strategy("gpt-x".into()),
+            "an unknown strategy is refused, not silently weighted"
+        );
+        let mut m = sample();
+        m.routes[0].strategy = "latency".into();
+        m.routes[0].routing_strategy = pb::RoutingStrategy::LeastInflight as i32;
+        let s = Snapshot::from_proto(m).unwrap();
+        assert_eq!(
+            s.routes["gpt-x"].strategy,
+            Strategy::LeastInFlight,
+            "the enum wins"
+        );
+        let mut m = sample();
+        m.providers[0].kind = 42;
+        let s = Snapshot::from_proto(m).unwrap();
+        assert_eq!(s.providers["p1"].kind, None);
+        assert_eq!(s.providers["p1"].serving(Op::ChatCompletions), None);
     }
 
     #[test]
-    fn shared_pool_respects_client_flag_and_owner() {
+    fn expired_client_keys_do_not_authenticate() {
         let mut m = sample();
-        m.client_keys[0].use_shared_pool = false;
-        m.provider_keys[0].owner_user_id = "someone-else".into();
+        m.client_keys[0].expires_at = Some(prost_types::Timestamp {
+            seconds: 1_000,
+            nanos: 0,
+        });
         let s = Snapshot::from_proto(m).unwrap();
-        let client = s.authenticate("lh-good").unwrap();
-        let plan = s.plan(
-            &s.routes["gpt-x"],
-            client,
-            &Health::default(),
-            SystemTime::now(),
-        );
-        assert!(plan.candidates.is_empty());
+        let before = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(999);
+        assert!(s.authenticate("lh-good", before).is_some());
+        assert!(s.authenticate("lh-good", SystemTime::now()).is_none());
     }
 
     #[test]
@@ -669,84 +522,5 @@ pub(crate) mod tests {
         older.version = 3;
         assert!(!cell.store(Snapshot::from_proto(older).unwrap()));
         assert_eq!(cell.version(), 7);
-    }
-}
-
-#[cfg(test)]
-mod plan_tests {
-    use super::tests::sample;
-    use super::*;
-    use crate::classify::{FailureClass, Verdict};
-    use std::collections::HashMap;
-
-    #[test]
-    fn cooling_keys_are_skipped_with_a_reason_and_recovery_time() {
-        let s = Snapshot::from_proto(sample()).unwrap();
-        let client = s.authenticate("lh-good").unwrap();
-        let health = Health::default();
-        health.apply_snapshot(&s);
-        let now = SystemTime::now();
-        let v = Verdict {
-            class: FailureClass::RateLimited,
-            retry_after: Some(std::time::Duration::from_secs(30)),
-        };
-        health.record_failure("k1", "up-x", &v, now);
-        let plan = s.plan(&s.routes["gpt-x"], client, &health, now);
-        assert_eq!(plan.candidates.len(), 1);
-        assert_eq!(plan.candidates[0].key.id, "k2");
-        assert!(
-            plan.skipped[0].contains("fp_1") && plan.skipped[0].contains("cooling until"),
-            "{:?}",
-            plan.skipped
-        );
-        health.record_failure("k2", "up-x", &v, now);
-        let plan = s.plan(&s.routes["gpt-x"], client, &health, now);
-        assert!(plan.candidates.is_empty());
-        let wait = plan.earliest.unwrap().duration_since(now).unwrap();
-        assert!(
-            wait <= std::time::Duration::from_secs(30)
-                && wait >= std::time::Duration::from_secs(29)
-        );
-    }
-
-    #[test]
-    fn equal_priority_targets_share_by_weight_and_fall_back() {
-        let t = |p: &str, prio, w| Target {
-            provider_id: p.into(),
-            upstream_model: "m".into(),
-            weight: w,
-            priority: prio,
-            cursor: AtomicUsize::new(0),
-        };
-        let targets = vec![t("a", 0, 3), t("b", 0, 1), t("c", 1, 1)];
-        let mut firsts = HashMap::new();
-        for turn in 0..400 {
-            let order: Vec<&str> = weighted_targets(&targets, turn)
-                .iter()
-                .map(|t| t.provider_id.as_str())
-                .collect();
-            assert_eq!(order.len(), 3);
-            assert_eq!(order[2], "c", "lower priority always last");
-            *firsts.entry(order[0].to_owned()).or_insert(0) += 1;
-        }
-        assert_eq!((firsts["a"], firsts["b"]), (300, 100));
-    }
-
-    #[test]
-    fn least_inflight_prefers_idle_keys() {
-        let mut m = sample();
-        m.routes[0].strategy = "least_inflight".into();
-        let s = Snapshot::from_proto(m).unwrap();
-        let client = s.authenticate("lh-good").unwrap();
-        let health = Health::default();
-        health.apply_snapshot(&s);
-        let _busy = (
-            health.begin("k2", SystemTime::now()),
-            health.begin("k2", SystemTime::now()),
-        );
-        for _ in 0..10 {
-            let plan = s.plan(&s.routes["gpt-x"], client, &health, SystemTime::now());
-            assert_eq!(plan.candidates[0].key.id, "k1");
-        }
     }
 }

@@ -9,7 +9,6 @@
 use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
-use llmhub_proto::v1::ProviderKind;
 use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -35,6 +34,19 @@ impl FailureClass {
             FailureClass::Overloaded => "provider_unavailable",
             FailureClass::ClientError => "client_error",
         }
+    }
+
+    pub const ALL: [FailureClass; 5] = [
+        FailureClass::RateLimited,
+        FailureClass::QuotaExhausted,
+        FailureClass::InvalidKey,
+        FailureClass::Overloaded,
+        FailureClass::ClientError,
+    ];
+
+    /// Whether another key (or provider) may do better: everything but a wrong request.
+    pub fn retryable(self) -> bool {
+        !matches!(self, FailureClass::ClientError)
     }
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -181,83 +193,54 @@ pub fn exhausted_for(h: &HeaderMap, now: SystemTime) -> Option<Duration> {
     out
 }
 
-/// Gemini's `RetryInfo.retryDelay` and whether a quota violation is per day.
-fn gemini_details(body: &Value) -> (Option<Duration>, bool) {
-    let mut delay = None;
-    let mut per_day = false;
-    if let Some(details) = body["error"]["details"].as_array() {
-        for d in details {
-            let ty = d["@type"].as_str().unwrap_or("");
-            if ty.ends_with("google.rpc.RetryInfo") {
-                delay = d["retryDelay"].as_str().and_then(parse_go_duration);
-            }
-            if ty.ends_with("google.rpc.QuotaFailure")
-                && let Some(v) = d["violations"].as_array()
-            {
-                per_day |= v.iter().any(|x| {
-                    let id = x["quotaId"].as_str().unwrap_or("");
-                    let metric = x["quotaMetric"].as_str().unwrap_or("");
-                    id.contains("PerDay") || metric.contains("per_day")
-                });
-            }
-        }
-    }
-    (delay, per_day)
+/// A non-success answer, parsed once for the kind's classifier.
+pub struct Answer<'a> {
+    pub status: u16,
+    pub headers: &'a HeaderMap,
+    /// The body as JSON (`Null` when it is not JSON).
+    pub json: &'a Value,
+    /// `error.type`, or the top-level `type`.
+    pub err_type: &'a str,
+    pub err_code: &'a str,
+    /// `error.message`, lowercased.
+    pub message: String,
+    /// The wait the rate-limit headers ask for.
+    pub wait: Option<Duration>,
 }
 
-/// Classifies a non-success upstream answer.
-pub fn classify(
-    kind: ProviderKind,
-    status: u16,
-    headers: &HeaderMap,
-    body: &[u8],
-    now: SystemTime,
-) -> Verdict {
-    let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let err = &json["error"];
-    let err_type = err["type"].as_str().or(json["type"].as_str()).unwrap_or("");
-    let err_code = err["code"].as_str().unwrap_or("");
-    let message = err["message"].as_str().unwrap_or("").to_ascii_lowercase();
-    let wait = retry_after(headers, now);
-    let verdict = |class, retry_after| Verdict { class, retry_after };
-    match (kind, status) {
-        (ProviderKind::Gemini, 429) => {
-            let (delay, per_day) = gemini_details(&json);
-            let class = if per_day {
-                FailureClass::QuotaExhausted
-            } else {
-                FailureClass::RateLimited
-            };
-            verdict(class, wait.or(delay))
+impl<'a> Answer<'a> {
+    pub fn parse(status: u16, headers: &'a HeaderMap, json: &'a Value, now: SystemTime) -> Self {
+        let err = &json["error"];
+        Answer {
+            status,
+            headers,
+            json,
+            err_type: err["type"].as_str().or(json["type"].as_str()).unwrap_or(""),
+            err_code: err["code"].as_str().unwrap_or(""),
+            message: err["message"].as_str().unwrap_or("").to_ascii_lowercase(),
+            wait: retry_after(headers, now),
         }
-        (_, 429) => {
-            let quota = err_code == "insufficient_quota"
-                || err_type == "insufficient_quota"
-                || message.contains("exceeded your current quota");
+    }
+}
+
+/// The classification every kind shares (OpenAI's conventions); kinds handle their own
+/// special answers first and fall back to this.
+pub fn common(a: &Answer<'_>) -> Verdict {
+    let verdict = |class, retry_after| Verdict { class, retry_after };
+    match a.status {
+        429 => {
+            let quota = a.err_code == "insufficient_quota"
+                || a.err_type == "insufficient_quota"
+                || a.message.contains("exceeded your current quota");
             if quota {
-                verdict(FailureClass::QuotaExhausted, wait)
+                verdict(FailureClass::QuotaExhausted, a.wait)
             } else {
-                verdict(FailureClass::RateLimited, wait)
+                verdict(FailureClass::RateLimited, a.wait)
             }
         }
-        (ProviderKind::Anthropic, 400 | 402 | 403)
-            if message.contains("credit balance") || err_type == "billing_error" =>
-        {
-            verdict(FailureClass::QuotaExhausted, None)
-        }
-        (ProviderKind::Gemini, 400 | 403)
-            if message.contains("api key not valid")
-                || err["status"] == "PERMISSION_DENIED"
-                || json["error"]["details"]
-                    .to_string()
-                    .contains("API_KEY_INVALID") =>
-        {
-            verdict(FailureClass::InvalidKey, None)
-        }
-        (_, 401) => verdict(FailureClass::InvalidKey, None),
-        (_, 403) => verdict(FailureClass::InvalidKey, None),
-        (_, 402) => verdict(FailureClass::QuotaExhausted, None),
-        (_, 408 | 500..=599) => verdict(FailureClass::Overloaded, wait),
+        401 | 403 => verdict(FailureClass::InvalidKey, None),
+        402 => verdict(FailureClass::QuotaExhausted, None),
+        408 | 500..=599 => verdict(FailureClass::Overloaded, a.wait),
         _ => verdict(FailureClass::ClientError, None),
     }
 }
@@ -265,6 +248,7 @@ pub fn classify(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Kind;
     use http::HeaderValue;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -376,12 +360,12 @@ mod tests {
     #[test]
     fn provider_error_bodies() {
         use FailureClass::*;
-        use ProviderKind::*;
+        use Kind::*;
         let none = HeaderMap::new();
         let ra = headers(&[("retry-after", "20")]);
         let ra3 = headers(&[("retry-after", "3")]);
         type Case<'h> = (
-            ProviderKind,
+            Kind,
             u16,
             &'h HeaderMap,
             &'static str,
@@ -391,7 +375,7 @@ mod tests {
         let cases: Vec<Case> = vec![
             // OpenAI
             (
-                Openai,
+                OpenAi,
                 429,
                 &ra,
                 r#"{"error":{"message":"Rate limit reached for gpt-4o","type":"requests","code":"rate_limit_exceeded"}}"#,
@@ -399,7 +383,7 @@ mod tests {
                 Some(20),
             ),
             (
-                Openai,
+                OpenAi,
                 429,
                 &none,
                 r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","code":"insufficient_quota"}}"#,
@@ -407,7 +391,7 @@ mod tests {
                 None,
             ),
             (
-                Openai,
+                OpenAi,
                 401,
                 &none,
                 r#"{"error":{"message":"Incorrect API key provided: sk-****abcd.","type":"invalid_request_error","code":"invalid_api_key"}}"#,
@@ -415,7 +399,7 @@ mod tests {
                 None,
             ),
             (
-                Openai,
+                OpenAi,
                 403,
                 &none,
                 r#"{"error":{"message":"You are not allowed to sample from this model","type":"invalid_request_error"}}"#,
@@ -423,7 +407,7 @@ mod tests {
                 None,
             ),
             (
-                Openai,
+                OpenAi,
                 400,
                 &none,
                 r#"{"error":{"message":"This model's maximum context length is 8192 tokens","type":"invalid_request_error","code":"context_length_exceeded"}}"#,
@@ -431,7 +415,7 @@ mod tests {
                 None,
             ),
             (
-                Openai,
+                OpenAi,
                 404,
                 &none,
                 r#"{"error":{"message":"The model `x` does not exist","type":"invalid_request_error","code":"model_not_found"}}"#,
@@ -439,7 +423,7 @@ mod tests {
                 None,
             ),
             (
-                Openai,
+                OpenAi,
                 500,
                 &none,
                 r#"{"error":{"message":"The server had an error","type":"server_error"}}"#,
@@ -447,7 +431,7 @@ mod tests {
                 None,
             ),
             (
-                Openai,
+                OpenAi,
                 503,
                 &ra,
                 "upstream connect error",
@@ -455,7 +439,7 @@ mod tests {
                 Some(20),
             ),
             (
-                OpenaiCompatible,
+                OpenAiCompatible,
                 502,
                 &none,
                 "<html>bad gateway</html>",
@@ -554,7 +538,7 @@ mod tests {
             ),
         ];
         for (kind, status, h, body, class, secs) in cases {
-            let v = classify(kind, status, h, body.as_bytes(), now());
+            let v = kind.classify(status, h, body.as_bytes(), now());
             assert_eq!(v.class, class, "{kind:?} {status} {body}");
             assert_eq!(
                 v.retry_after,

@@ -1,0 +1,249 @@
+//! Responding: the provider's answer on its way to the client. Successful bodies are relayed
+//! chunk by chunk (translated event by event when the provider speaks another dialect); nothing
+//! is buffered whole except a translated non-streaming answer and the small error bodies that
+//! are inspected before being passed on.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use llmhub_providers::Dialect;
+use serde_json::{Value, json};
+
+use crate::body::{Body, BoxError, json};
+use crate::dialects::{StreamTranslate, Translator};
+use crate::error::ProxyError;
+use crate::exchange::{Exchange, Finish};
+use crate::health::InFlight;
+
+/// Largest upstream error body read for inspection.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Relays an upstream success as it arrives, translated when `translator` is given. Finishing
+/// passes to the body: it ends when the last chunk is out (or the client leaves).
+pub fn stream(
+    resp: reqwest::Response,
+    sse: bool,
+    ex: &mut Exchange,
+    inflight: InFlight,
+    translator: Option<Box<dyn StreamTranslate>>,
+) -> Response<Body> {
+    let status = resp.status();
+    let upstream_type = resp.headers().get(CONTENT_TYPE).cloned();
+    let (status, content_type, sse) = match &translator {
+        // A translated stream is SSE in the client's dialect whatever the provider sent.
+        Some(_) => (
+            StatusCode::OK,
+            HeaderValue::from_static("text/event-stream"),
+            true,
+        ),
+        None => {
+            let content_type = upstream_type.unwrap_or_else(|| {
+                HeaderValue::from_static(if sse {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                })
+            });
+            let sse = sse
+                || content_type
+                    .to_str()
+                    .is_ok_and(|c| c.starts_with("text/event-stream"));
+            (status, content_type, sse)
+        }
+    };
+    let relay = Relay {
+        inner: Box::pin(resp.bytes_stream()),
+        sse,
+        done: false,
+        finish: ex.hand_off(),
+        status: status.as_u16(),
+        _inflight: inflight,
+        dialect: ex.dialect,
+        translator,
+    };
+    let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(relay)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, content_type);
+    if sse {
+        r.headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    r
+}
+
+/// Answers from a provider's whole JSON success, translated into the client's dialect.
+pub async fn translated(
+    resp: reqwest::Response,
+    inflight: InFlight,
+    translator: &dyn Translator,
+    public_model: &str,
+) -> Result<Response<Body>, ProxyError> {
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| ProxyError::UpstreamUnavailable(e.without_url().to_string()))?;
+    drop(inflight);
+    let v: Value = serde_json::from_slice(&body).map_err(|_| {
+        ProxyError::UpstreamUnavailable("provider answered with invalid JSON".into())
+    })?;
+    let answer = translator.response(&v, public_model, unix_now());
+    Ok(json(StatusCode::OK, answer.to_string()))
+}
+
+/// Passes a provider's answer to a wrong request on to the client: redacted when it quotes the
+/// key, translated into the client's dialect when needed.
+pub fn client_error(
+    status: StatusCode,
+    body: Bytes,
+    secret: &str,
+    translator: Option<&dyn Translator>,
+) -> Response<Body> {
+    let body = redact(body, secret);
+    let body = match translator {
+        None => body,
+        Some(t) => {
+            let v = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
+            Bytes::from(t.error(&v, status.as_u16()).to_string())
+        }
+    };
+    json(status, body)
+}
+
+/// Reads at most [`MAX_ERROR_BODY`] of an upstream error.
+pub async fn error_body(resp: reqwest::Response) -> Bytes {
+    use futures_util::StreamExt;
+    let mut out = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        let room = MAX_ERROR_BODY.saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() >= MAX_ERROR_BODY {
+            break;
+        }
+    }
+    Bytes::from(out)
+}
+
+/// Replaces an upstream body that quotes the provider key (or is not JSON) with a generic error.
+fn redact(body: Bytes, secret: &str) -> Bytes {
+    let contains = !secret.is_empty() && body.windows(secret.len()).any(|w| w == secret.as_bytes());
+    if contains || serde_json::from_slice::<Value>(&body).is_err() {
+        return Bytes::from(
+            json!({"error": {"message": "the provider rejected the request", "type": "invalid_request_error", "param": null, "code": "upstream_client_error"}})
+                .to_string(),
+        );
+    }
+    body
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+struct Relay {
+    inner: ByteStream,
+    sse: bool,
+    done: bool,
+    finish: Finish,
+    status: u16,
+    /// The key counts as in flight until the body is fully relayed.
+    _inflight: InFlight,
+    dialect: Dialect,
+    /// Rewrites the provider's events into the client's dialect on the way through.
+    translator: Option<Box<dyn StreamTranslate>>,
+}
+
+/// Error event that ends an interrupted stream, in the OpenAI dialect.
+const SSE_INTERRUPTED: &[u8] = b"data: {\"error\":{\"message\":\"the provider stream was interrupted\",\"type\":\"server_error\",\"param\":null,\"code\":\"upstream_interrupted\"}}\n\n";
+/// The same in Anthropic's dialect.
+const SSE_INTERRUPTED_ANTHROPIC: &[u8] = b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"the provider stream was interrupted\"}}\n\n";
+
+impl Stream for Relay {
+    type Item = Result<Frame<Bytes>, BoxError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            return match self.inner.as_mut().poll_next(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let Some(t) = self.translator.as_mut() else {
+                        return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                    };
+                    let out = t.feed(&chunk);
+                    if out.is_empty() {
+                        // Nothing complete yet (or an event with no counterpart): read on.
+                        continue;
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))))
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!(error = %e.without_url(), "upstream body interrupted");
+                    Poll::Ready(self.interrupted())
+                }
+                Poll::Ready(None) => Poll::Ready(self.ended()),
+            };
+        }
+    }
+}
+
+impl Relay {
+    /// The upstream body ended. A translated stream that ends without its final event was cut
+    /// short; one that finished may still owe the client its closing events.
+    fn ended(&mut self) -> Option<Result<Frame<Bytes>, BoxError>> {
+        let tail = match self.translator.as_mut().map(|t| t.end()) {
+            Some(None) => return self.interrupted(),
+            Some(Some(tail)) => tail,
+            None => String::new(),
+        };
+        self.done = true;
+        let status = self.status;
+        self.finish.done(status);
+        (!tail.is_empty()).then(|| Ok(Frame::data(Bytes::from(tail))))
+    }
+
+    /// Ends the body after an upstream failure: an error event for streams, an error otherwise.
+    fn interrupted(&mut self) -> Option<Result<Frame<Bytes>, BoxError>> {
+        self.done = true;
+        self.finish.done(502);
+        if self.sse {
+            let event = match self.dialect {
+                Dialect::OpenAi => SSE_INTERRUPTED,
+                Dialect::Anthropic => SSE_INTERRUPTED_ANTHROPIC,
+            };
+            Some(Ok(Frame::data(Bytes::from_static(event))))
+        } else {
+            Some(Err("upstream body interrupted".into()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_bodies_that_quote_the_key() {
+        let b = Bytes::from_static(br#"{"error":{"message":"bad key sk-secret-123"}}"#);
+        let out = redact(b, "sk-secret-123");
+        assert!(!String::from_utf8_lossy(&out).contains("sk-secret"));
+        let ok = Bytes::from_static(br#"{"error":{"message":"context too long"}}"#);
+        assert_eq!(redact(ok.clone(), "sk-secret-123"), ok);
+        let html = Bytes::from_static(b"<html>oops</html>");
+        assert!(String::from_utf8_lossy(&redact(html, "k")).contains("upstream_client_error"));
+    }
+}
