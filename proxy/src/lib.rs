@@ -61,6 +61,8 @@ impl Parts {
         max_body_bytes: usize,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Parts> {
+        // One process-wide crypto provider (ring) for reqwest's rustls and tonic.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(90))
@@ -95,7 +97,6 @@ pub async fn run(
     internal: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    // One process-wide crypto provider (ring) for reqwest's rustls and tonic.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let endpoint = control::endpoint(&config)?;
     let Parts { app, sink, queues } = Parts::new(
