@@ -14,6 +14,7 @@ pub struct NewRouteTarget {
     pub priority: u32,
 }
 
+#[derive(Debug)]
 pub struct RouteWithTargets {
     pub route: routes::Model,
     pub targets: Vec<route_targets::Model>,
