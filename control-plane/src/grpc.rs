@@ -1,81 +1,27 @@
-//! The proxies' gRPC service (mutual TLS only) and the snapshot hub that feeds it.
-//!
-//! The hub rebuilds a full snapshot from the store after every mutation, opening sealed provider
-//! keys with the keyring, and publishes it through a `watch` channel. Each `Watch` stream starts
-//! with the current snapshot and then follows the channel, so a proxy always converges on the
-//! newest state after a reconnect.
+//! The proxies' gRPC service (mutual TLS only): the edge between the hub's domain types and the
+//! proto contract. This is the only module of the control plane that builds or reads `pb::`
+//! messages; the hub (`crate::hub`) decides what is published and what reports mean.
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
 use llmhub_proto::v1::{self as pb, ProviderKind};
 use llmhub_proto::{ControlPlane, ControlPlaneServer};
-use sea_orm::ActiveValue::Set;
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
-use zeroize::Zeroize;
 
 use crate::config::TlsFiles;
-use crate::keyring::provider_key_aad;
-use crate::store::entities::routing_records;
-use crate::store::{Store, StoreError, parse_list};
-use crate::vault::HashSecret;
+use crate::hub::{
+    Attempt, Delta, FailureClass, HubEvent, KeyHealth, KeyOutcome, Outcome, Report, Route,
+    RoutingRecord, Snapshot, SnapshotHub, Subscription,
+};
+use crate::store::KeyState;
 
-/// A published snapshot. Its secrets are wiped from memory when the last holder drops it.
-pub struct Published(pub pb::Snapshot);
-
-impl Drop for Published {
-    fn drop(&mut self) {
-        for k in &mut self.0.provider_keys {
-            k.secret.zeroize();
-        }
-        self.0.client_key_hash_secret.zeroize();
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ConnectedProxy {
-    pub proxy_id: String,
-    pub peer: String,
-    pub connected_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Default, Serialize)]
-pub struct RpcCounters {
-    pub watch_calls: u64,
-    pub report_calls: u64,
-}
-
-pub struct SnapshotHub {
-    store: Store,
-    vault: Arc<crate::vault::Vault>,
-    hash_secret: Arc<HashSecret>,
-    tx: watch::Sender<Option<Arc<Published>>>,
-    /// Snapshots and key-health deltas in publication order. Every Watch stream starts with the
-    /// current snapshot and then follows this channel, so a proxy sees changes in the order the
-    /// control plane made them (a delta is never overtaken by an older snapshot).
-    events: tokio::sync::broadcast::Sender<HubEvent>,
-    /// Held while publishing and while a new Watch stream takes the current snapshot and
-    /// subscribes, so no event falls between the two.
-    publish: Mutex<()>,
-    version: AtomicU64,
-    /// Serialises rebuilds and key-health changes: each reads or writes the store and publishes
-    /// while holding it, so what proxies receive is in the same order as what the store holds.
-    /// Also holds the digest of the last published content (an unchanged rebuild publishes
-    /// nothing).
-    rebuild: tokio::sync::Mutex<Option<[u8; 32]>>,
-    proxies: Mutex<HashMap<u64, ConnectedProxy>>,
-    next_conn: AtomicU64,
-    watch_calls: AtomicU64,
-    report_calls: AtomicU64,
-}
+// ---- domain → proto ----
 
 fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -84,412 +30,190 @@ fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
-/// What the hub publishes to Watch streams, in order.
-#[derive(Clone)]
-enum HubEvent {
-    Snapshot(Arc<Published>),
-    Delta(Arc<pb::Delta>),
-}
-
-/// The proto form of a live cooldown.
-pub fn cooling_state(model: &str, until: DateTime<Utc>, class: &str) -> pb::KeyState {
-    pb::KeyState {
-        status: pb::KeyStatus::CoolingDown as i32,
-        until: Some(ts(until)),
-        reason: class.to_owned(),
-        model: model.to_owned(),
+fn key_status(s: KeyState) -> pb::KeyStatus {
+    match s {
+        KeyState::Active => pb::KeyStatus::Active,
+        KeyState::CoolingDown => pb::KeyStatus::CoolingDown,
+        KeyState::Disabled => pb::KeyStatus::Disabled,
     }
 }
+
+fn key_state(h: &KeyHealth) -> pb::KeyState {
+    pb::KeyState {
+        status: key_status(h.state) as i32,
+        until: h.until.map(ts),
+        reason: h.reason.clone(),
+        model: h.model.clone(),
+    }
+}
+
+/// Writes the strategy twice: the enum for current proxies, the string for older ones.
+fn route(r: &Route) -> pb::Route {
+    pb::Route {
+        public_model: r.public_model.clone(),
+        strategy: r.strategy.as_str().to_owned(),
+        routing_strategy: pb::RoutingStrategy::from(r.strategy) as i32,
+        aliases: r.aliases.clone(),
+        targets: r
+            .targets
+            .iter()
+            .map(|t| pb::RouteTarget {
+                provider_id: t.provider_id.clone(),
+                upstream_model: t.upstream_model.clone(),
+                weight: t.weight,
+                priority: t.priority,
+            })
+            .collect(),
+    }
+}
+
+/// The proto form of a published snapshot, with its own copy of the secrets (as the message
+/// tonic encodes and drops for each stream).
+fn snapshot(s: &Snapshot) -> pb::Snapshot {
+    pb::Snapshot {
+        version: s.version,
+        generated_at: Some(ts(s.generated_at)),
+        providers: s
+            .providers
+            .iter()
+            .map(|p| pb::Provider {
+                id: p.id.clone(),
+                name: p.name.clone(),
+                kind: llmhub_providers::Kind::from_slug(&p.kind)
+                    .map_or(ProviderKind::Unspecified, ProviderKind::from)
+                    as i32,
+                base_url: p.base_url.clone(),
+                enabled: p.enabled,
+                request_timeout_ms: p.request_timeout_ms,
+                api_version: p.api_version.clone(),
+            })
+            .collect(),
+        provider_keys: s
+            .provider_keys
+            .iter()
+            .map(|k| pb::ProviderKey {
+                id: k.id.clone(),
+                provider_id: k.provider_id.clone(),
+                owner_user_id: k.owner_user_id.clone().unwrap_or_default(),
+                secret: k.secret.expose().to_vec(),
+                fingerprint: k.fingerprint.clone(),
+                label: k.label.clone(),
+                weight: k.weight,
+                allowed_models: k.allowed_models.clone(),
+                state: Some(key_state(&k.state)),
+                cooldowns: k.cooldowns.iter().map(key_state).collect(),
+                rpm_limit: k.rpm_limit.unwrap_or(0),
+            })
+            .collect(),
+        client_keys: s
+            .client_keys
+            .iter()
+            .map(|c| pb::ClientKey {
+                id: c.id.clone(),
+                user_id: c.user_id.clone(),
+                key_hash: c.key_hash.clone(),
+                prefix: c.prefix.clone(),
+                allowed_models: c.allowed_models.clone(),
+                enabled: c.enabled,
+                expires_at: c.expires_at.map(ts),
+                use_shared_pool: c.use_shared_pool,
+            })
+            .collect(),
+        routes: s.routes.iter().map(route).collect(),
+        client_key_hash_secret: s.client_key_hash_secret.bytes().to_vec(),
+    }
+}
+
+fn delta(d: &Delta) -> pb::Delta {
+    pb::Delta {
+        base_version: d.base_version,
+        version: d.version,
+        key_states: d
+            .key_states
+            .iter()
+            .map(|c| pb::KeyStateUpdate {
+                key_id: c.key_id.clone(),
+                state: Some(key_state(&c.health)),
+            })
+            .collect(),
+    }
+}
+
+fn watch_event(e: &HubEvent) -> pb::WatchEvent {
+    pb::WatchEvent {
+        event: Some(match e {
+            HubEvent::Snapshot(s) => pb::watch_event::Event::Snapshot(snapshot(s)),
+            HubEvent::Delta(d) => pb::watch_event::Event::Delta(delta(d)),
+        }),
+    }
+}
+
+// ---- proto → domain ----
 
 fn from_ts(t: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
     t.and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
 }
 
-impl SnapshotHub {
-    pub fn new(
-        store: Store,
-        vault: Arc<crate::vault::Vault>,
-        hash_secret: Arc<HashSecret>,
-    ) -> Arc<Self> {
-        let (tx, _) = watch::channel(None);
-        let (events, _) = tokio::sync::broadcast::channel(1024);
-        // Seeded from the clock so a restarted control plane keeps versions increasing.
-        let seed = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(1);
-        Arc::new(SnapshotHub {
-            store,
-            vault,
-            hash_secret,
-            tx,
-            events,
-            publish: Mutex::new(()),
-            version: AtomicU64::new(seed),
-            rebuild: tokio::sync::Mutex::new(None),
-            proxies: Mutex::new(HashMap::new()),
-            next_conn: AtomicU64::new(0),
-            watch_calls: AtomicU64::new(0),
-            report_calls: AtomicU64::new(0),
-        })
+/// An outcome as a peer of any version reports it: the enum when set, else the string (see
+/// `llmhub_proto`); the string `timeout` refines the enum's "provider unavailable". `None` when
+/// neither names a known class.
+fn outcome_of(read: Option<Option<FailureClass>>, text: &str) -> Option<Outcome> {
+    if text == Outcome::Timeout.as_str() {
+        return Some(Outcome::Timeout);
     }
-
-    pub fn current_version(&self) -> u64 {
-        self.tx.borrow().as_ref().map_or(0, |s| s.0.version)
-    }
-
-    pub fn connected(&self) -> Vec<ConnectedProxy> {
-        let map = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<_> = map.values().cloned().collect();
-        v.sort_by(|a, b| a.proxy_id.cmp(&b.proxy_id));
-        v
-    }
-
-    pub fn counters(&self) -> RpcCounters {
-        RpcCounters {
-            watch_calls: self.watch_calls.load(Ordering::Relaxed),
-            report_calls: self.report_calls.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Rebuilds the snapshot from the store and publishes it when its content changed.
-    /// Returns the version proxies should converge on.
-    pub async fn rebuild(&self) -> Result<u64, StoreError> {
-        let mut last_digest = self.rebuild.lock().await;
-        let providers = self.store.providers().await?;
-        let keys = self.store.provider_keys().await?;
-        let client_keys = self.store.client_keys().await?;
-        // Client keys of disabled, pending or deleted users never reach the proxies.
-        let active_users: std::collections::HashMap<String, bool> = self
-            .store
-            .users()
-            .await?
-            .into_iter()
-            .filter(|u| u.status == "active")
-            .map(|u| (u.id, u.shared_pool_access))
-            .collect();
-        let routes = self.store.routes().await?;
-        let now = Utc::now();
-
-        // Version and time stay unset until the content digest is taken.
-        let mut snap = pb::Snapshot {
-            version: 0,
-            generated_at: None,
-            client_key_hash_secret: self.hash_secret.bytes().to_vec(),
-            ..Default::default()
-        };
-        snap.providers = providers
-            .into_iter()
-            .map(|p| pb::Provider {
-                kind: llmhub_providers::Kind::from_slug(&p.kind)
-                    .map_or(ProviderKind::Unspecified, ProviderKind::from)
-                    as i32,
-                id: p.id,
-                name: p.name,
-                base_url: p.base_url,
-                enabled: p.enabled,
-                request_timeout_ms: u32::try_from(p.request_timeout_ms).unwrap_or(60_000),
-                api_version: p.api_version.unwrap_or_default(),
-            })
-            .collect();
-        let keyring = self.vault.keyring();
-        let mut cooldowns: std::collections::HashMap<String, Vec<pb::KeyState>> =
-            std::collections::HashMap::new();
-        for c in self.store.live_cooldowns().await? {
-            cooldowns
-                .entry(c.key_id.clone())
-                .or_default()
-                .push(cooling_state(&c.model, c.until, &c.class));
-        }
-        let mut unreadable = std::collections::BTreeSet::new();
-        for k in keys {
-            let aad = provider_key_aad(&k.id, k.owner_user_id.as_deref(), &k.provider_id);
-            let secret = match keyring.open(&k.sealed, &aad) {
-                Ok(s) => s,
-                Err(e) => {
-                    // Fails closed: the key is left out of the snapshot, reported in the vault
-                    // status and the key list, and logged.
-                    tracing::error!(key_id = %k.id, fingerprint = %k.fingerprint, error = %e, "cannot open provider key; excluded from snapshot");
-                    unreadable.insert(k.id);
-                    continue;
-                }
-            };
-            let (status, reason) = match k.state.as_str() {
-                "disabled" => (
-                    pb::KeyStatus::Disabled,
-                    k.state_reason.clone().unwrap_or_default(),
-                ),
-                _ => (pb::KeyStatus::Active, String::new()),
-            };
-            snap.provider_keys.push(pb::ProviderKey {
-                provider_id: k.provider_id,
-                owner_user_id: k.owner_user_id.unwrap_or_default(),
-                secret: secret.expose().to_vec(),
-                fingerprint: k.fingerprint,
-                label: k.label,
-                weight: u32::try_from(k.weight).unwrap_or(1),
-                allowed_models: parse_list(&k.allowed_models),
-                state: Some(pb::KeyState {
-                    status: status as i32,
-                    reason,
-                    ..Default::default()
-                }),
-                cooldowns: cooldowns.remove(&k.id).unwrap_or_default(),
-                rpm_limit: k.rpm_limit.and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
-                id: k.id,
-            });
-        }
-        self.vault.set_unreadable(unreadable);
-        snap.client_keys = client_keys
-            .into_iter()
-            .filter(|c| {
-                c.enabled && c.revoked_at.is_none() && active_users.contains_key(&c.user_id)
-            })
-            .map(|c| pb::ClientKey {
-                id: c.id,
-                key_hash: c.key_hash,
-                prefix: c.prefix,
-                allowed_models: parse_list(&c.allowed_models),
-                enabled: c.enabled,
-                expires_at: c.expires_at.map(ts),
-                // The shared pool needs both the key's and the user's permission.
-                use_shared_pool: c.use_shared_pool
-                    && active_users.get(&c.user_id).copied().unwrap_or(false),
-                user_id: c.user_id,
-            })
-            .collect();
-        snap.routes = routes
-            .into_iter()
-            .map(|r| pb::Route {
-                public_model: r.route.public_model,
-                routing_strategy: llmhub_providers::Strategy::parse(&r.route.strategy)
-                    .map_or(0, |s| pb::RoutingStrategy::from(s) as i32),
-                strategy: r.route.strategy,
-                aliases: parse_list(&r.route.aliases),
-                targets: r
-                    .targets
-                    .into_iter()
-                    .map(|t| pb::RouteTarget {
-                        provider_id: t.provider_id,
-                        upstream_model: t.upstream_model,
-                        weight: u32::try_from(t.weight).unwrap_or(1),
-                        priority: u32::try_from(t.priority).unwrap_or(0),
-                    })
-                    .collect(),
-            })
-            .collect();
-
-        let digest: [u8; 32] = {
-            use prost::Message;
-            use sha2::Digest;
-            let mut bytes = zeroize::Zeroizing::new(snap.encode_to_vec());
-            let d = sha2::Sha256::digest(bytes.as_slice()).into();
-            bytes.zeroize();
-            d
-        };
-        if *last_digest == Some(digest) {
-            return Ok(self.current_version());
-        }
-        let seed = u64::try_from(now.timestamp_millis()).unwrap_or(0);
-        let version = self
-            .version
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
-                Some((v + 1).max(seed))
-            })
-            .map(|prev| (prev + 1).max(seed))
-            .unwrap_or(seed);
-        snap.version = version;
-        snap.generated_at = Some(ts(now));
-        let published = Arc::new(Published(snap));
-        {
-            let _order = self.publish.lock().unwrap_or_else(|e| e.into_inner());
-            self.tx.send_replace(Some(published.clone()));
-            let _ = self.events.send(HubEvent::Snapshot(published));
-        }
-        *last_digest = Some(digest);
-        tracing::info!(version, "snapshot published");
-        Ok(version)
-    }
-
-    /// Pushes one key's health change to every connected proxy. Callers hold the rebuild lock.
-    fn publish_key_state(&self, key_id: &str, state: pb::KeyState) {
-        let version = self.current_version();
-        let delta = pb::Delta {
-            base_version: version,
-            version,
-            key_states: vec![pb::KeyStateUpdate {
-                key_id: key_id.to_owned(),
-                state: Some(state),
-            }],
-        };
-        let _order = self.publish.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = self.events.send(HubEvent::Delta(Arc::new(delta)));
-    }
-
-    /// Admin: cools a key down fleet-wide.
-    pub async fn force_cooldown(
-        &self,
-        key_id: &str,
-        model: &str,
-        until: DateTime<Utc>,
-        source: &str,
-        audit: crate::store::AuditEvent,
-    ) -> Result<crate::store::entities::key_cooldowns::Model, StoreError> {
-        let _health = self.rebuild.lock().await;
-        let c = self
-            .store
-            .apply_cooldown(key_id, model, until, "forced", source, Some(audit))
-            .await?;
-        self.publish_key_state(key_id, cooling_state(&c.model, c.until, &c.class));
-        Ok(c)
-    }
-
-    /// Admin: ends every cooldown of a key and re-enables it, fleet-wide.
-    pub async fn clear_key(
-        &self,
-        key_id: &str,
-        source: &str,
-        audit: crate::store::AuditEvent,
-    ) -> Result<(), StoreError> {
-        {
-            let _health = self.rebuild.lock().await;
-            self.store
-                .clear_key_health(key_id, None, source, Some(audit))
-                .await?;
-            self.publish_key_state(
-                key_id,
-                pb::KeyState {
-                    status: pb::KeyStatus::Active as i32,
-                    ..Default::default()
-                },
-            );
-        }
-        // The enabled state also lives in snapshots, for proxies that connect later.
-        self.rebuild().await?;
-        Ok(())
-    }
-
-    /// Turns what a proxy observed into fleet-wide state: persisted, then pushed to every proxy.
-    pub async fn apply_outcome(&self, o: &pb::KeyOutcome, source: &str) -> Result<(), StoreError> {
-        let _health = self.rebuild.lock().await;
-        let now = Utc::now();
-        let until = from_ts(o.retry_at.as_ref()).filter(|t| *t > now);
-        // The enum when the proxy sent it, else the string of an older proxy.
-        let class: &str = match o.outcome_class() {
-            Some(c) => pb::class_str(c),
-            None => &o.class,
-        };
-        let result = match class {
-            "rate_limited" | "quota_exhausted" => {
-                let model = if class == "rate_limited" {
-                    o.upstream_model.as_str()
-                } else {
-                    ""
-                };
-                let fallback = if class == "rate_limited" {
-                    chrono::Duration::seconds(5)
-                } else {
-                    chrono::Duration::hours(1)
-                };
-                let until = until.unwrap_or(now + fallback);
-                let c = self
-                    .store
-                    .apply_cooldown(&o.key_id, model, until, class, source, None)
-                    .await?;
-                self.publish_key_state(&o.key_id, cooling_state(&c.model, c.until, &c.class));
-                Ok(())
-            }
-            "invalid_key" => {
-                if self
-                    .store
-                    .disable_key(&o.key_id, "invalid_key", source)
-                    .await?
-                {
-                    self.publish_key_state(
-                        &o.key_id,
-                        pb::KeyState {
-                            status: pb::KeyStatus::Disabled as i32,
-                            reason: "invalid_key".into(),
-                            ..Default::default()
-                        },
-                    );
-                }
-                Ok(())
-            }
-            // A trial after a cooldown succeeded: the cooldown is over everywhere.
-            "ok" => {
-                let mut cleared = false;
-                for model in [o.upstream_model.as_str(), ""] {
-                    if self
-                        .store
-                        .clear_key_health_if_expired(&o.key_id, model, source)
-                        .await?
-                    {
-                        cleared = true;
-                        self.publish_key_state(
-                            &o.key_id,
-                            pb::KeyState {
-                                status: pb::KeyStatus::Active as i32,
-                                model: model.to_owned(),
-                                ..Default::default()
-                            },
-                        );
-                    }
-                }
-                let _ = cleared;
-                Ok(())
-            }
-            _ => Ok(()),
-        };
-        let class = (class != "ok").then_some(class);
-        self.store
-            .touch_provider_key(
-                &o.key_id,
-                from_ts(o.observed_at.as_ref()).unwrap_or(now),
-                class,
-            )
-            .await?;
-        match result {
-            Err(StoreError::NotFound) => Ok(()),
-            other => other,
-        }
-    }
-
-    async fn store_batch(&self, batch: &pb::ReportBatch) -> Result<(), StoreError> {
-        // Key health first: it is what other proxies are waiting for.
-        for o in &batch.outcomes {
-            self.apply_outcome(o, &batch.proxy_id).await?;
-        }
-        let now = Utc::now();
-        let records = batch
-            .records
-            .iter()
-            .map(|r| routing_records::ActiveModel {
-                request_id: Set(r.request_id.chars().take(64).collect()),
-                proxy_id: Set(batch.proxy_id.chars().take(64).collect()),
-                started_at: Set(from_ts(r.started_at.as_ref()).unwrap_or(now)),
-                user_id: Set(r.user_id.chars().take(36).collect()),
-                client_key_prefix: Set(r.client_key_prefix.chars().take(16).collect()),
-                public_model: Set(r.public_model.chars().take(128).collect()),
-                status: Set(i32::try_from(r.status).unwrap_or(0)),
-                latency_ms: Set(i32::try_from(r.latency_ms).unwrap_or(i32::MAX)),
-                stream: Set(r.stream),
-                detail: Set(serde_json::json!({
-                    "attempts": r.attempts.iter().map(|a| serde_json::json!({
-                        "provider_id": a.provider_id,
-                        "key_fingerprint": a.key_fingerprint,
-                        "upstream_model": a.upstream_model,
-                        "status": a.status,
-                        "latency_ms": a.latency_ms,
-                        "class": a.class,
-                    })).collect::<Vec<_>>(),
-                    "skipped": r.skipped,
-                })
-                .to_string()),
-                received_at: Set(now),
-            })
-            .collect();
-        self.store.insert_routing_records(records).await?;
-        Ok(())
+    match read? {
+        None => Some(Outcome::Ok),
+        Some(c) => Some(Outcome::Failed(c)),
     }
 }
+
+fn key_outcome(o: &pb::KeyOutcome) -> KeyOutcome {
+    KeyOutcome {
+        key_id: o.key_id.clone(),
+        upstream_model: o.upstream_model.clone(),
+        class: outcome_of(o.outcome_class(), &o.class),
+        status: o.status,
+        observed_at: from_ts(o.observed_at.as_ref()),
+        retry_at: from_ts(o.retry_at.as_ref()),
+        provider_stated: o.provider_stated,
+    }
+}
+
+fn attempt(a: &pb::Attempt) -> Attempt {
+    Attempt {
+        provider_id: a.provider_id.clone(),
+        key_fingerprint: a.key_fingerprint.clone(),
+        upstream_model: a.upstream_model.clone(),
+        status: a.status,
+        latency_ms: a.latency_ms,
+        class: outcome_of(a.attempt_class(), &a.class),
+    }
+}
+
+fn routing_record(r: &pb::RoutingRecord) -> RoutingRecord {
+    RoutingRecord {
+        request_id: r.request_id.clone(),
+        started_at: from_ts(r.started_at.as_ref()),
+        user_id: r.user_id.clone(),
+        client_key_prefix: r.client_key_prefix.clone(),
+        public_model: r.public_model.clone(),
+        attempts: r.attempts.iter().map(attempt).collect(),
+        status: r.status,
+        latency_ms: r.latency_ms,
+        stream: r.stream,
+        skipped: r.skipped.clone(),
+    }
+}
+
+fn report(b: &pb::ReportBatch) -> Report {
+    Report {
+        proxy_id: b.proxy_id.clone(),
+        records: b.records.iter().map(routing_record).collect(),
+        outcomes: b.outcomes.iter().map(key_outcome).collect(),
+    }
+}
+
+// ---- the service ----
 
 /// The tonic service. Only reachable through the mTLS listener built by [`serve`].
 pub struct ControlPlaneService {
@@ -505,21 +229,6 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// Removes a proxy from the connected list when its Watch stream ends.
-struct ConnGuard {
-    hub: Arc<SnapshotHub>,
-    id: u64,
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        let mut map = self.hub.proxies.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = map.remove(&self.id) {
-            tracing::info!(proxy_id = %p.proxy_id, "proxy disconnected");
-        }
-    }
-}
-
 #[tonic::async_trait]
 impl ControlPlane for ControlPlaneService {
     type WatchStream = BoxStream<pb::WatchEvent>;
@@ -529,7 +238,7 @@ impl ControlPlane for ControlPlaneService {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        self.hub.watch_calls.fetch_add(1, Ordering::Relaxed);
+        self.hub.note_watch_call();
         let peer = req
             .remote_addr()
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
@@ -537,44 +246,22 @@ impl ControlPlane for ControlPlaneService {
         if proxy_id.is_empty() {
             return Err(Status::invalid_argument("proxy_id is required"));
         }
-        let id = self.hub.next_conn.fetch_add(1, Ordering::Relaxed);
-        self.hub
-            .proxies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                id,
-                ConnectedProxy {
-                    proxy_id: proxy_id.clone(),
-                    peer: peer.clone(),
-                    connected_at: Utc::now(),
-                },
-            );
-        tracing::info!(%proxy_id, %peer, "proxy connected");
-        let guard = ConnGuard {
-            hub: self.hub.clone(),
-            id,
-        };
-        // The current snapshot and the subscription are taken together (under the publish
-        // lock), so the stream starts at a consistent point and then carries every event in order.
-        let (first, rx) = {
-            let _order = self.hub.publish.lock().unwrap_or_else(|e| e.into_inner());
-            (self.hub.tx.borrow().clone(), self.hub.events.subscribe())
-        };
+        // One ordered event stream per Watch: the snapshot current at subscription, then every
+        // later event in publication order (the hub takes both under its publish lock).
+        let Subscription {
+            first,
+            events,
+            conn,
+        } = self.hub.subscribe(proxy_id, peer);
         let first = futures_util::stream::iter(first.map(|s| {
             Ok(pb::WatchEvent {
-                event: Some(pb::watch_event::Event::Snapshot(s.0.clone())),
+                event: Some(pb::watch_event::Event::Snapshot(snapshot(&s))),
             })
         }));
-        let rest = tokio_stream::wrappers::BroadcastStream::new(rx).map(move |e| {
-            let _alive = &guard;
+        let rest = tokio_stream::wrappers::BroadcastStream::new(events).map(move |e| {
+            let _alive = &conn;
             match e {
-                Ok(HubEvent::Snapshot(s)) => Ok(pb::WatchEvent {
-                    event: Some(pb::watch_event::Event::Snapshot(s.0.clone())),
-                }),
-                Ok(HubEvent::Delta(d)) => Ok(pb::WatchEvent {
-                    event: Some(pb::watch_event::Event::Delta((*d).clone())),
-                }),
+                Ok(e) => Ok(watch_event(&e)),
                 // Lagging behind: fail the stream; the proxy reconnects and gets a snapshot.
                 Err(_) => Err(Status::aborted("watch stream lagged; resubscribe")),
             }
@@ -587,7 +274,7 @@ impl ControlPlane for ControlPlaneService {
         &self,
         req: Request<Streaming<pb::ReportBatch>>,
     ) -> Result<Response<Self::ReportStream>, Status> {
-        self.hub.report_calls.fetch_add(1, Ordering::Relaxed);
+        self.hub.note_report_call();
         let mut inbound = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let hub = self.hub.clone();
@@ -609,7 +296,7 @@ impl ControlPlane for ControlPlaneService {
                 };
                 // Acknowledge only what is stored; on a store error the proxy keeps the batch
                 // and resends it after reconnecting.
-                let reply = match hub.store_batch(&batch).await {
+                let reply = match hub.store_report(&report(&batch)).await {
                     Ok(()) => Ok(pb::ReportAck { seq: batch.seq }),
                     Err(e) => {
                         tracing::error!(error = %e, "storing report batch failed");
@@ -650,4 +337,146 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, stopped(stop))
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::RoutingStrategy;
+
+    fn outcome(class: &str, failure_class: pb::FailureClass) -> pb::KeyOutcome {
+        pb::KeyOutcome {
+            key_id: "k1".into(),
+            upstream_model: "m".into(),
+            class: class.into(),
+            failure_class: failure_class as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reads_failure_classes_from_old_and_new_proxies() {
+        use pb::FailureClass as P;
+        // (class string, enum, expected): new proxies set both; old ones only the string; the
+        // enum wins when they disagree.
+        let table = [
+            (
+                "rate_limited",
+                P::RateLimited,
+                Some(FailureClass::RateLimited),
+            ),
+            ("", P::QuotaExhausted, Some(FailureClass::QuotaExhausted)),
+            ("ok", P::InvalidKey, Some(FailureClass::InvalidKey)),
+            (
+                "rate_limited",
+                P::Unspecified,
+                Some(FailureClass::RateLimited),
+            ),
+            (
+                "quota_exhausted",
+                P::Unspecified,
+                Some(FailureClass::QuotaExhausted),
+            ),
+            (
+                "invalid_key",
+                P::Unspecified,
+                Some(FailureClass::InvalidKey),
+            ),
+            (
+                "provider_unavailable",
+                P::Unspecified,
+                Some(FailureClass::Overloaded),
+            ),
+            (
+                "client_error",
+                P::Unspecified,
+                Some(FailureClass::ClientError),
+            ),
+            (
+                "client_error",
+                P::ProviderUnavailable,
+                Some(FailureClass::Overloaded),
+            ),
+            ("x", P::ClientError, Some(FailureClass::ClientError)),
+        ];
+        let table = table
+            .into_iter()
+            .map(|(c, e, f)| (c, e, f.map(Outcome::Failed)))
+            .chain([
+                ("ok", P::Unspecified, Some(Outcome::Ok)),
+                ("x", P::Ok, Some(Outcome::Ok)),
+                ("timeout", P::Unspecified, Some(Outcome::Timeout)),
+                ("timeout", P::ProviderUnavailable, Some(Outcome::Timeout)),
+                ("nonsense", P::Unspecified, None),
+                ("", P::Unspecified, None),
+            ]);
+        for (class, e, expected) in table {
+            assert_eq!(
+                key_outcome(&outcome(class, e)).class,
+                expected,
+                "{class} {e:?}"
+            );
+            let a = pb::Attempt {
+                class: class.into(),
+                failure_class: e as i32,
+                ..Default::default()
+            };
+            assert_eq!(attempt(&a).class, expected, "attempt {class} {e:?}");
+        }
+        // An enum value from a newer proxy that this build does not know reads the string.
+        let mut o = outcome("rate_limited", P::Unspecified);
+        o.failure_class = 99;
+        assert_eq!(
+            key_outcome(&o).class,
+            Some(Outcome::Failed(FailureClass::RateLimited))
+        );
+    }
+
+    #[test]
+    fn routes_carry_the_strategy_as_enum_and_string() {
+        for (s, e) in [
+            (RoutingStrategy::Weighted, pb::RoutingStrategy::Weighted),
+            (
+                RoutingStrategy::LeastInFlight,
+                pb::RoutingStrategy::LeastInflight,
+            ),
+            (RoutingStrategy::Latency, pb::RoutingStrategy::Latency),
+        ] {
+            let r = route(&Route {
+                public_model: "m".into(),
+                strategy: s,
+                aliases: vec![],
+                targets: vec![],
+            });
+            assert_eq!(r.routing_strategy, e as i32);
+            assert_eq!(r.strategy, s.as_str());
+        }
+    }
+
+    #[test]
+    fn key_health_maps_to_proto_key_state() {
+        let until = DateTime::from_timestamp(1_700_000_000, 5).unwrap();
+        let s = key_state(&KeyHealth::cooling("gpt", until, "rate_limited"));
+        assert_eq!(s.status, pb::KeyStatus::CoolingDown as i32);
+        assert_eq!(s.until, Some(ts(until)));
+        assert_eq!(
+            (s.reason.as_str(), s.model.as_str()),
+            ("rate_limited", "gpt")
+        );
+        assert_eq!(
+            key_state(&KeyHealth::disabled("invalid_key")),
+            pb::KeyState {
+                status: pb::KeyStatus::Disabled as i32,
+                reason: "invalid_key".into(),
+                ..Default::default()
+            }
+        );
+        assert_eq!(
+            key_state(&KeyHealth::active("")),
+            pb::KeyState {
+                status: pb::KeyStatus::Active as i32,
+                ..Default::default()
+            }
+        );
+    }
 }

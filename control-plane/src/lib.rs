@@ -8,6 +8,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod grpc;
+pub mod hub;
 pub mod keyring;
 pub mod limits;
 pub mod store;
@@ -22,7 +23,7 @@ use zeroize::Zeroizing;
 
 use crate::auth::{PasswordHasherPool, Role, TokenIssuer};
 use crate::config::{Config, LogFormat};
-use crate::grpc::SnapshotHub;
+use crate::hub::SnapshotHub;
 use crate::store::Store;
 use crate::vault::HashSecret;
 
@@ -139,7 +140,7 @@ impl App {
             email: None,
             password_hash: hash,
             role: Role::Admin.as_str(),
-            status: "active",
+            status: store::UserStatus::Active,
         };
         let ev = store::AuditEvent::new(&system_actor(), "user_bootstrapped", "user");
         match s.store.create_user(new, ev).await {
@@ -162,7 +163,7 @@ impl App {
             email: None,
             password_hash: hash,
             role: Role::Admin.as_str(),
-            status: "active",
+            status: store::UserStatus::Active,
         };
         let ev = store::AuditEvent::new(&system_actor(), "user_bootstrapped", "user");
         self.state.store.create_user(new, ev).await?;

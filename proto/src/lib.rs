@@ -96,11 +96,12 @@ pub mod v1 {
                 Ok(RoutingStrategy::Weighted) => Some(Strategy::Weighted),
                 Ok(RoutingStrategy::LeastInflight) => Some(Strategy::LeastInFlight),
                 Ok(RoutingStrategy::Latency) => Some(Strategy::Latency),
-                Ok(RoutingStrategy::Unspecified) if self.strategy.is_empty() => {
+                // Unspecified (an older control plane) or a value this build does not know (a
+                // newer one): the string says it.
+                Ok(RoutingStrategy::Unspecified) | Err(_) if self.strategy.is_empty() => {
                     Some(Strategy::default())
                 }
-                Ok(RoutingStrategy::Unspecified) => Strategy::parse(&self.strategy),
-                Err(_) => None,
+                Ok(RoutingStrategy::Unspecified) | Err(_) => Strategy::parse(&self.strategy),
             }
         }
     }
@@ -134,9 +135,10 @@ pub mod v1 {
             Ok(FailureClass::InvalidKey) => Some(Some(Class::InvalidKey)),
             Ok(FailureClass::ProviderUnavailable) => Some(Some(Class::Overloaded)),
             Ok(FailureClass::ClientError) => Some(Some(Class::ClientError)),
-            Ok(FailureClass::Unspecified) if text == "ok" => Some(None),
-            Ok(FailureClass::Unspecified) => Class::parse(text).map(Some),
-            Err(_) => None,
+            // Unspecified (an older proxy) or a value this build does not know (a newer one):
+            // the string says it.
+            Ok(FailureClass::Unspecified) | Err(_) if text == "ok" => Some(None),
+            Ok(FailureClass::Unspecified) | Err(_) => Class::parse(text).map(Some),
         }
     }
 
@@ -220,11 +222,16 @@ mod tests {
         assert_eq!(new.strategy, "least_inflight");
         new.strategy = "latency".into();
         assert_eq!(new.strategy(), Some(S::LeastInFlight), "the enum wins");
-        let bad_enum = Route {
+        let newer = Route {
             routing_strategy: 99,
+            strategy: "latency".into(),
             ..Default::default()
         };
-        assert_eq!(bad_enum.strategy(), None);
+        assert_eq!(
+            newer.strategy(),
+            Some(S::Latency),
+            "an unknown enum reads the string"
+        );
 
         let old = KeyOutcome {
             class: "quota_exhausted".into(),
@@ -247,5 +254,11 @@ mod tests {
             assert_eq!(a.attempt_class(), Some(c));
         }
         assert_eq!(KeyOutcome::default().outcome_class(), None);
+        let newer = KeyOutcome {
+            failure_class: 99,
+            class: "rate_limited".into(),
+            ..Default::default()
+        };
+        assert_eq!(newer.outcome_class(), Some(Some(C::RateLimited)));
     }
 }

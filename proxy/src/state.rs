@@ -426,6 +426,7 @@ pub(crate) mod tests {
                     weight: 1,
                     priority: 0,
                 }],
+                ..Default::default()
             }],
             ..Default::default()
         }

@@ -2,37 +2,54 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use llmhub_providers::{Kind, Strategy, presets};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use chrono::{DateTime, Utc};
+use llmhub_providers::{Kind, presets};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use super::{AdminUser, ApiError, ApiJson, AppState, AuthUser, valid_name};
+use super::{AdminUser, ApiError, ApiJson, AppState, AuthUser, List, valid_name};
 use crate::auth::Role;
-use crate::store::entities::{client_keys, providers};
-use crate::store::{AuditEvent, NewClientKey, NewProvider, NewRouteTarget, parse_list};
+use crate::hub::{ConnectedProxy, RoutingStrategy, RpcCounters};
+use crate::store::entities::{client_keys, providers, routing_records};
+use crate::store::{
+    AuditEvent, NewClientKey, NewProvider, NewRouteTarget, RouteWithTargets, parse_list,
+};
 use crate::vault::generate_client_key;
 
-fn provider_view(p: &providers::Model) -> Value {
-    json!({
-        "id": p.id, "name": p.name, "kind": p.kind, "base_url": p.base_url,
-        "enabled": p.enabled, "request_timeout_ms": p.request_timeout_ms,
-        "preset": p.preset, "api_version": p.api_version,
-        "created_at": p.created_at,
-    })
+#[derive(Serialize)]
+pub(super) struct ProviderView {
+    id: String,
+    name: String,
+    kind: String,
+    base_url: String,
+    enabled: bool,
+    request_timeout_ms: i32,
+    preset: Option<String>,
+    api_version: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+impl From<providers::Model> for ProviderView {
+    fn from(p: providers::Model) -> Self {
+        ProviderView {
+            id: p.id,
+            name: p.name,
+            kind: p.kind,
+            base_url: p.base_url,
+            enabled: p.enabled,
+            request_timeout_ms: p.request_timeout_ms,
+            preset: p.preset,
+            api_version: p.api_version,
+            created_at: p.created_at,
+        }
+    }
 }
 
 pub(super) async fn list_providers(
     State(s): State<AppState>,
     _u: AuthUser,
-) -> Result<Json<Value>, ApiError> {
-    let list: Vec<Value> = s
-        .store
-        .providers()
-        .await?
-        .iter()
-        .map(provider_view)
-        .collect();
-    Ok(Json(json!({ "data": list })))
+) -> Result<Json<List<ProviderView>>, ApiError> {
+    Ok(Json(List::of(s.store.providers().await?)))
 }
 
 #[derive(Deserialize)]
@@ -84,7 +101,7 @@ pub(super) async fn create_provider(
     State(s): State<AppState>,
     AdminUser(admin): AdminUser,
     ApiJson(body): ApiJson<CreateProvider>,
-) -> Result<(http::StatusCode, Json<Value>), ApiError> {
+) -> Result<(http::StatusCode, Json<ProviderView>), ApiError> {
     if !valid_name(&body.name, 64) {
         return Err(ApiError::BadRequest(
             "name: 1-64 characters of letters, digits, '-', '_', '.'".into(),
@@ -160,7 +177,7 @@ pub(super) async fn create_provider(
         )
         .await?;
     s.hub.rebuild().await?;
-    Ok((http::StatusCode::CREATED, Json(provider_view(&p))))
+    Ok((http::StatusCode::CREATED, Json(p.into())))
 }
 
 #[derive(Deserialize)]
@@ -174,7 +191,7 @@ pub(super) async fn update_provider(
     AdminUser(admin): AdminUser,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateProvider>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ProviderView>, ApiError> {
     let action = if body.enabled {
         "provider_enabled"
     } else {
@@ -189,30 +206,52 @@ pub(super) async fn update_provider(
         )
         .await?;
     s.hub.rebuild().await?;
-    Ok(Json(provider_view(&p)))
+    Ok(Json(p.into()))
 }
 
-fn client_key_view(k: &client_keys::Model) -> Value {
-    json!({
-        "id": k.id, "name": k.name, "prefix": k.prefix,
-        "allowed_models": parse_list(&k.allowed_models), "enabled": k.enabled,
-        "use_shared_pool": k.use_shared_pool, "expires_at": k.expires_at,
-        "created_at": k.created_at, "revoked_at": k.revoked_at,
-    })
+/// A client key as its owner sees it: the display prefix, never the key or its hash.
+#[derive(Serialize)]
+pub(super) struct ClientKeyView {
+    id: String,
+    name: String,
+    prefix: String,
+    allowed_models: Vec<String>,
+    enabled: bool,
+    use_shared_pool: bool,
+    expires_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<client_keys::Model> for ClientKeyView {
+    fn from(k: client_keys::Model) -> Self {
+        ClientKeyView {
+            allowed_models: parse_list(&k.allowed_models),
+            id: k.id,
+            name: k.name,
+            prefix: k.prefix,
+            enabled: k.enabled,
+            use_shared_pool: k.use_shared_pool,
+            expires_at: k.expires_at,
+            created_at: k.created_at,
+            revoked_at: k.revoked_at,
+        }
+    }
+}
+
+/// A client key just created: the one response that carries the full key.
+#[derive(Serialize)]
+pub(super) struct CreatedClientKeyView {
+    #[serde(flatten)]
+    view: ClientKeyView,
+    key: String,
 }
 
 pub(super) async fn list_client_keys(
     State(s): State<AppState>,
     user: AuthUser,
-) -> Result<Json<Value>, ApiError> {
-    let list: Vec<Value> = s
-        .store
-        .client_keys_of(&user.id)
-        .await?
-        .iter()
-        .map(client_key_view)
-        .collect();
-    Ok(Json(json!({ "data": list })))
+) -> Result<Json<List<ClientKeyView>>, ApiError> {
+    Ok(Json(List::of(s.store.client_keys_of(&user.id).await?)))
 }
 
 #[derive(Deserialize)]
@@ -230,7 +269,7 @@ pub(super) async fn create_client_key(
     State(s): State<AppState>,
     user: AuthUser,
     ApiJson(body): ApiJson<CreateClientKey>,
-) -> Result<(http::StatusCode, Json<Value>), ApiError> {
+) -> Result<(http::StatusCode, Json<CreatedClientKeyView>), ApiError> {
     if body.name.trim().is_empty() || body.name.len() > 128 {
         return Err(ApiError::BadRequest("name: 1-128 characters".into()));
     }
@@ -263,9 +302,11 @@ pub(super) async fn create_client_key(
         )
         .await?;
     s.hub.rebuild().await?;
-    let mut view = client_key_view(&row);
     // The only time the full key is ever returned; only its keyed hash is stored.
-    view["key"] = json!(key.as_str());
+    let view = CreatedClientKeyView {
+        view: row.into(),
+        key: key.as_str().to_owned(),
+    };
     Ok((http::StatusCode::CREATED, Json(view)))
 }
 
@@ -285,26 +326,49 @@ pub(super) async fn revoke_client_key(
     Ok(http::StatusCode::NO_CONTENT)
 }
 
+#[derive(Serialize)]
+pub(super) struct RouteView {
+    id: String,
+    public_model: String,
+    strategy: String,
+    aliases: Vec<String>,
+    targets: Vec<RouteTargetView>,
+}
+
+#[derive(Serialize)]
+pub(super) struct RouteTargetView {
+    provider_id: String,
+    upstream_model: String,
+    weight: i32,
+    priority: i32,
+}
+
+impl From<RouteWithTargets> for RouteView {
+    fn from(r: RouteWithTargets) -> Self {
+        RouteView {
+            aliases: parse_list(&r.route.aliases),
+            id: r.route.id,
+            public_model: r.route.public_model,
+            strategy: r.route.strategy,
+            targets: r
+                .targets
+                .into_iter()
+                .map(|t| RouteTargetView {
+                    provider_id: t.provider_id,
+                    upstream_model: t.upstream_model,
+                    weight: t.weight,
+                    priority: t.priority,
+                })
+                .collect(),
+        }
+    }
+}
+
 pub(super) async fn list_routes(
     State(s): State<AppState>,
     _u: AuthUser,
-) -> Result<Json<Value>, ApiError> {
-    let list: Vec<Value> = s
-        .store
-        .routes()
-        .await?
-        .into_iter()
-        .map(|r| {
-            json!({
-                "id": r.route.id, "public_model": r.route.public_model,
-                "strategy": r.route.strategy, "aliases": parse_list(&r.route.aliases), "targets": r.targets.iter().map(|t| json!({
-                    "provider_id": t.provider_id, "upstream_model": t.upstream_model,
-                    "weight": t.weight, "priority": t.priority,
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "data": list })))
+) -> Result<Json<List<RouteView>>, ApiError> {
+    Ok(Json(List::of(s.store.routes().await?)))
 }
 
 #[derive(Deserialize)]
@@ -332,7 +396,7 @@ pub(super) async fn create_route(
     State(s): State<AppState>,
     AdminUser(admin): AdminUser,
     ApiJson(body): ApiJson<CreateRoute>,
-) -> Result<(http::StatusCode, Json<Value>), ApiError> {
+) -> Result<(http::StatusCode, Json<RouteView>), ApiError> {
     if !valid_name(&body.public_model, 128) {
         return Err(ApiError::BadRequest(
             "public_model: 1-128 characters without spaces".into(),
@@ -343,14 +407,12 @@ pub(super) async fn create_route(
             "targets: between 1 and 16 targets".into(),
         ));
     }
-    let strategy = body
-        .strategy
-        .unwrap_or_else(|| Strategy::default().as_str().into());
-    if Strategy::parse(&strategy).is_none() {
-        return Err(ApiError::BadRequest(
-            "strategy: must be weighted, least_inflight or latency".into(),
-        ));
-    }
+    let strategy = match body.strategy.as_deref() {
+        None => RoutingStrategy::Weighted,
+        Some(s) => RoutingStrategy::parse(s).ok_or_else(|| {
+            ApiError::BadRequest("strategy: must be weighted, least_inflight or latency".into())
+        })?,
+    };
     if body.aliases.len() > 16 || !body.aliases.iter().all(|a| valid_name(a, 128)) {
         return Err(ApiError::BadRequest("aliases: up to 16 model names".into()));
     }
@@ -403,23 +465,14 @@ pub(super) async fn create_route(
         .store
         .create_route(
             &body.public_model,
-            &strategy,
+            strategy.as_str(),
             &body.aliases,
             targets,
             AuditEvent::new(&admin.actor(), "route_created", "route"),
         )
         .await?;
     s.hub.rebuild().await?;
-    Ok((
-        http::StatusCode::CREATED,
-        Json(
-            json!({"id": r.route.id, "public_model": r.route.public_model,
-            "strategy": r.route.strategy, "aliases": parse_list(&r.route.aliases), "targets": r.targets.iter().map(|t| json!({
-                "provider_id": t.provider_id, "upstream_model": t.upstream_model,
-                "weight": t.weight, "priority": t.priority,
-            })).collect::<Vec<_>>()}),
-        ),
-    ))
+    Ok((http::StatusCode::CREATED, Json(r.into())))
 }
 
 #[derive(Deserialize)]
@@ -427,38 +480,62 @@ pub(super) struct RecordQuery {
     limit: Option<u64>,
 }
 
+#[derive(Serialize)]
+pub(super) struct RoutingRecordView {
+    request_id: String,
+    proxy_id: String,
+    started_at: DateTime<Utc>,
+    user_id: String,
+    client_key_prefix: String,
+    public_model: String,
+    status: i32,
+    latency_ms: i32,
+    stream: bool,
+    /// Attempts and skipped candidates (`null` if the stored JSON is unreadable).
+    detail: Value,
+}
+
+impl From<routing_records::Model> for RoutingRecordView {
+    fn from(r: routing_records::Model) -> Self {
+        RoutingRecordView {
+            detail: serde_json::from_str::<Value>(&r.detail).unwrap_or(Value::Null),
+            request_id: r.request_id,
+            proxy_id: r.proxy_id,
+            started_at: r.started_at,
+            user_id: r.user_id,
+            client_key_prefix: r.client_key_prefix,
+            public_model: r.public_model,
+            status: r.status,
+            latency_ms: r.latency_ms,
+            stream: r.stream,
+        }
+    }
+}
+
 pub(super) async fn list_routing_records(
     State(s): State<AppState>,
     user: AuthUser,
     Query(q): Query<RecordQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<List<RoutingRecordView>>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let only = (user.role != Role::Admin).then_some(user.id.as_str());
-    let list: Vec<Value> = s
-        .store
-        .routing_records(only, limit)
-        .await?
-        .into_iter()
-        .map(|r| {
-            json!({
-                "request_id": r.request_id, "proxy_id": r.proxy_id, "started_at": r.started_at,
-                "user_id": r.user_id, "client_key_prefix": r.client_key_prefix,
-                "public_model": r.public_model, "status": r.status, "latency_ms": r.latency_ms,
-                "stream": r.stream,
-                "detail": serde_json::from_str::<Value>(&r.detail).unwrap_or(Value::Null),
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "data": list })))
+    Ok(Json(List::of(s.store.routing_records(only, limit).await?)))
+}
+
+#[derive(Serialize)]
+pub(super) struct FleetView {
+    snapshot_version: u64,
+    proxies: Vec<ConnectedProxy>,
+    rpc: RpcCounters,
 }
 
 /// Connected proxies and gRPC call counters, for operators and the mTLS tests.
-pub(super) async fn fleet(State(s): State<AppState>, _admin: AdminUser) -> Json<Value> {
-    Json(json!({
-        "snapshot_version": s.hub.current_version(),
-        "proxies": s.hub.connected(),
-        "rpc": s.hub.counters(),
-    }))
+pub(super) async fn fleet(State(s): State<AppState>, _admin: AdminUser) -> Json<FleetView> {
+    Json(FleetView {
+        snapshot_version: s.hub.current_version(),
+        proxies: s.hub.connected(),
+        rpc: s.hub.counters(),
+    })
 }
 
 #[cfg(test)]

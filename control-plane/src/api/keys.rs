@@ -7,62 +7,192 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{Path, State};
+use chrono::{DateTime, Utc};
 use http::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
-use super::{AdminUser, ApiError, ApiJson, AppState, AuthUser, valid_name};
+use super::{AdminUser, ApiError, ApiJson, AppState, AuthUser, List, valid_name};
 use crate::auth::Role;
 use crate::keyring::provider_key_aad;
-use crate::store::entities::{key_cooldowns, provider_keys, providers};
-use crate::store::{AuditEvent, KeyChange, NewProviderKey, parse_list};
+use crate::store::entities::{key_cooldowns, key_events, provider_keys, providers};
+use crate::store::{AuditEvent, KeyChange, KeyState, NewProviderKey, parse_list};
 use crate::vault::mask;
 use llmhub_providers::{Endpoint, FailureClass, Kind};
 
 /// Most keys accepted by one import.
 const MAX_IMPORT: usize = 1000;
 
-/// The only view of a provider key the API ever returns: no plaintext, no ciphertext.
-fn key_view(s: &AppState, k: &provider_keys::Model) -> Value {
-    key_view_with(s, k, &[])
+/// The only view of a provider key the API ever returns. It has no field for the key or its
+/// ciphertext: only the mask (at most the last four characters) and the keyed fingerprint.
+#[derive(Serialize)]
+pub(super) struct KeyView {
+    id: String,
+    provider_id: String,
+    /// `shared` (admin-managed pool) or `user`.
+    pool: &'static str,
+    owner_user_id: Option<String>,
+    masked: String,
+    fingerprint: String,
+    label: String,
+    weight: i32,
+    allowed_models: Vec<String>,
+    rpm_limit: Option<i32>,
+    tpm_limit: Option<i32>,
+    /// `active`, `cooling_down`, `disabled`, or `unreadable` (the vault cannot open it).
+    state: String,
+    state_reason: Option<String>,
+    cooldowns: Vec<CooldownView>,
+    key_version: i32,
+    last_used_at: Option<DateTime<Utc>>,
+    last_error_class: Option<String>,
+    last_tested_at: Option<DateTime<Utc>>,
+    last_test_result: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
 }
 
-fn cooldown_view(c: &key_cooldowns::Model) -> Value {
-    json!({"model": if c.model.is_empty() { Value::Null } else { json!(c.model) },
-        "until": c.until, "class": c.class, "source": c.source})
+/// A live cooldown; `model` is `null` for the whole key.
+#[derive(Serialize)]
+pub(super) struct CooldownView {
+    model: Option<String>,
+    until: DateTime<Utc>,
+    class: String,
+    source: String,
+}
+
+impl From<&key_cooldowns::Model> for CooldownView {
+    fn from(c: &key_cooldowns::Model) -> Self {
+        CooldownView {
+            model: (!c.model.is_empty()).then(|| c.model.clone()),
+            until: c.until,
+            class: c.class.clone(),
+            source: c.source.clone(),
+        }
+    }
+}
+
+fn key_view(s: &AppState, k: &provider_keys::Model) -> KeyView {
+    key_view_with(s, k, &[])
 }
 
 fn key_view_with(
     s: &AppState,
     k: &provider_keys::Model,
     cooldowns: &[key_cooldowns::Model],
-) -> Value {
-    let mine: Vec<Value> = cooldowns
-        .iter()
-        .filter(|c| c.key_id == k.id)
-        .map(cooldown_view)
-        .collect();
-    let state = if s.vault.is_unreadable(&k.id) {
-        "unreadable"
-    } else if k.state == "active" && !mine.is_empty() {
-        "cooling_down"
-    } else {
-        k.state.as_str()
-    };
-    json!({
-        "id": k.id, "provider_id": k.provider_id,
-        "pool": k.owner_user_id.as_deref().map_or("shared", |_| "user"),
-        "owner_user_id": k.owner_user_id,
-        "masked": k.mask, "fingerprint": k.fingerprint, "label": k.label,
-        "weight": k.weight, "allowed_models": parse_list(&k.allowed_models),
-        "rpm_limit": k.rpm_limit, "tpm_limit": k.tpm_limit,
-        "state": state, "state_reason": k.state_reason, "cooldowns": mine,
-        "key_version": k.key_version,
-        "last_used_at": k.last_used_at, "last_error_class": k.last_error_class,
-        "last_tested_at": k.last_tested_at, "last_test_result": k.last_test_result,
-        "created_at": k.created_at, "updated_at": k.updated_at,
-    })
+) -> KeyView {
+    KeyView::new(k, cooldowns, s.vault.is_unreadable(&k.id))
+}
+
+impl KeyView {
+    /// The view of `k` with its live cooldowns among `cooldowns`.
+    fn new(k: &provider_keys::Model, cooldowns: &[key_cooldowns::Model], unreadable: bool) -> Self {
+        let mine: Vec<CooldownView> = cooldowns
+            .iter()
+            .filter(|c| c.key_id == k.id)
+            .map(CooldownView::from)
+            .collect();
+        let state = if unreadable {
+            "unreadable"
+        } else if k.key_state() == Some(KeyState::Active) && !mine.is_empty() {
+            KeyState::CoolingDown.as_str()
+        } else {
+            k.state.as_str()
+        };
+        KeyView {
+            id: k.id.clone(),
+            provider_id: k.provider_id.clone(),
+            pool: k.owner_user_id.as_deref().map_or("shared", |_| "user"),
+            owner_user_id: k.owner_user_id.clone(),
+            masked: k.mask.clone(),
+            fingerprint: k.fingerprint.clone(),
+            label: k.label.clone(),
+            weight: k.weight,
+            allowed_models: parse_list(&k.allowed_models),
+            rpm_limit: k.rpm_limit,
+            tpm_limit: k.tpm_limit,
+            state: state.to_owned(),
+            state_reason: k.state_reason.clone(),
+            cooldowns: mine,
+            key_version: k.key_version,
+            last_used_at: k.last_used_at,
+            last_error_class: k.last_error_class.clone(),
+            last_tested_at: k.last_tested_at,
+            last_test_result: k.last_test_result.clone(),
+            created_at: k.created_at,
+            updated_at: k.updated_at,
+        }
+    }
+}
+
+/// One line of an import's result.
+#[derive(Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub(super) enum ImportLine {
+    Skipped {
+        line: usize,
+    },
+    Created {
+        line: usize,
+        id: String,
+        masked: String,
+        fingerprint: String,
+    },
+    Duplicate {
+        line: usize,
+        fingerprint: String,
+    },
+    Invalid {
+        line: usize,
+        error: String,
+    },
+}
+
+#[derive(Serialize)]
+pub(super) struct ImportView {
+    created: u32,
+    duplicates: u32,
+    invalid: u32,
+    results: Vec<ImportLine>,
+}
+
+#[derive(Serialize)]
+pub(super) struct KeyTestView {
+    result: &'static str,
+    status: Option<u16>,
+    latency_ms: u64,
+    key: KeyView,
+}
+
+/// One change of a key's health; `model` is `null` for the whole key.
+#[derive(Serialize)]
+pub(super) struct KeyEventView {
+    at: DateTime<Utc>,
+    event: String,
+    class: String,
+    model: Option<String>,
+    until: Option<DateTime<Utc>>,
+    source: String,
+}
+
+impl From<key_events::Model> for KeyEventView {
+    fn from(e: key_events::Model) -> Self {
+        KeyEventView {
+            at: e.at,
+            event: e.event,
+            class: e.class,
+            model: (!e.model.is_empty()).then_some(e.model),
+            until: e.until,
+            source: e.source,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub(super) struct KeyHistoryView {
+    cooldowns: Vec<CooldownView>,
+    events: Vec<KeyEventView>,
 }
 
 /// Users see their own keys; admins see every key (the shared pool is theirs to manage).
@@ -95,10 +225,10 @@ pub(super) async fn list(
     State(s): State<AppState>,
     user: AuthUser,
     Path(provider_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<List<KeyView>>, ApiError> {
     s.store.provider(&provider_id).await?;
     let cooldowns = s.store.live_cooldowns().await?;
-    let list: Vec<Value> = s
+    let data = s
         .store
         .provider_keys_of(&provider_id)
         .await?
@@ -106,7 +236,7 @@ pub(super) async fn list(
         .filter(|k| visible_to(&user, k))
         .map(|k| key_view_with(&s, k, &cooldowns))
         .collect();
-    Ok(Json(json!({ "data": list })))
+    Ok(Json(List { data }))
 }
 
 /// Settings shared by a single add and an import.
@@ -233,7 +363,7 @@ pub(super) async fn add(
     user: AuthUser,
     Path(provider_id): Path<String>,
     ApiJson(body): ApiJson<AddKey>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<KeyView>), ApiError> {
     let provider = s.store.provider(&provider_id).await?;
     if body.shared && user.role != Role::Admin {
         return Err(ApiError::Forbidden);
@@ -296,7 +426,7 @@ pub(super) async fn import(
     user: AuthUser,
     Path(provider_id): Path<String>,
     ApiJson(body): ApiJson<ImportKeys>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ImportView>, ApiError> {
     let provider = s.store.provider(&provider_id).await?;
     if body.shared && user.role != Role::Admin {
         return Err(ApiError::Forbidden);
@@ -328,23 +458,30 @@ pub(super) async fn import(
         let key = raw.trim();
         let line = i + 1;
         if key.is_empty() || key.starts_with('#') {
-            results.push(json!({"line": line, "result": "skipped"}));
+            results.push(ImportLine::Skipped { line });
             continue;
         }
-        results.push(match add_one(&s, &user, &provider, key, &opts, &mut seen).await? {
-            Added::Created(row) => {
-                created += 1;
-                json!({"line": line, "result": "created", "id": row.id, "masked": row.mask, "fingerprint": row.fingerprint})
-            }
-            Added::Duplicate(fp) => {
-                duplicates += 1;
-                json!({"line": line, "result": "duplicate", "fingerprint": fp})
-            }
-            Added::Invalid(msg) => {
-                invalid += 1;
-                json!({"line": line, "result": "invalid", "error": msg})
-            }
-        });
+        results.push(
+            match add_one(&s, &user, &provider, key, &opts, &mut seen).await? {
+                Added::Created(row) => {
+                    created += 1;
+                    ImportLine::Created {
+                        line,
+                        id: row.id,
+                        masked: row.mask,
+                        fingerprint: row.fingerprint,
+                    }
+                }
+                Added::Duplicate(fingerprint) => {
+                    duplicates += 1;
+                    ImportLine::Duplicate { line, fingerprint }
+                }
+                Added::Invalid(error) => {
+                    invalid += 1;
+                    ImportLine::Invalid { line, error }
+                }
+            },
+        );
     }
     s.store
         .audit(
@@ -356,9 +493,12 @@ pub(super) async fn import(
     if created > 0 {
         s.hub.rebuild().await?;
     }
-    Ok(Json(json!({
-        "created": created, "duplicates": duplicates, "invalid": invalid, "results": results,
-    })))
+    Ok(Json(ImportView {
+        created,
+        duplicates,
+        invalid,
+        results,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -384,7 +524,7 @@ pub(super) async fn update(
     user: AuthUser,
     Path((provider_id, key_id)): Path<(String, String)>,
     ApiJson(body): ApiJson<UpdateKey>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<KeyView>, ApiError> {
     owned_key(&s, &user, &provider_id, &key_id).await?;
     check_options(
         body.label.as_deref().unwrap_or(""),
@@ -433,7 +573,7 @@ pub(super) async fn test(
     State(s): State<AppState>,
     user: AuthUser,
     Path((provider_id, key_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<KeyTestView>, ApiError> {
     let key = owned_key(&s, &user, &provider_id, &key_id).await?;
     let provider = s.store.provider(&provider_id).await?;
     let aad = provider_key_aad(&key.id, key.owner_user_id.as_deref(), &key.provider_id);
@@ -485,9 +625,12 @@ pub(super) async fn test(
             AuditEvent::new(&user.actor(), "provider_key_tested", "provider_key"),
         )
         .await?;
-    Ok(Json(json!({
-        "result": result, "status": status, "latency_ms": latency_ms, "key": key_view(&s, &row),
-    })))
+    Ok(Json(KeyTestView {
+        result,
+        status,
+        latency_ms,
+        key: key_view(&s, &row),
+    }))
 }
 
 /// At most `limit` bytes of a response body.
@@ -516,7 +659,7 @@ pub(super) async fn force_cooldown(
     AdminUser(admin): AdminUser,
     Path((provider_id, key_id)): Path<(String, String)>,
     ApiJson(body): ApiJson<ForceCooldown>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CooldownView>, ApiError> {
     owned_key(&s, &admin, &provider_id, &key_id).await?;
     if !(1..=30 * 24 * 3600).contains(&body.seconds) {
         return Err(ApiError::BadRequest(
@@ -540,7 +683,7 @@ pub(super) async fn force_cooldown(
                 .detail(json!({"seconds": body.seconds, "model": model})),
         )
         .await?;
-    Ok(Json(cooldown_view(&c)))
+    Ok(Json(CooldownView::from(&c)))
 }
 
 /// Admin: ends every cooldown of a key and re-enables it, fleet-wide.
@@ -548,7 +691,7 @@ pub(super) async fn clear_health(
     State(s): State<AppState>,
     AdminUser(admin): AdminUser,
     Path((provider_id, key_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<KeyView>, ApiError> {
     owned_key(&s, &admin, &provider_id, &key_id).await?;
     s.hub
         .clear_key(
@@ -566,27 +709,23 @@ pub(super) async fn history(
     State(s): State<AppState>,
     user: AuthUser,
     Path((provider_id, key_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<KeyHistoryView>, ApiError> {
     owned_key(&s, &user, &provider_id, &key_id).await?;
-    let events: Vec<Value> = s
+    let events = s
         .store
         .key_history(&key_id, 200)
         .await?
         .into_iter()
-        .map(|e| {
-            json!({"at": e.at, "event": e.event, "class": e.class,
-                "model": if e.model.is_empty() { Value::Null } else { json!(e.model) },
-                "until": e.until, "source": e.source})
-        })
+        .map(KeyEventView::from)
         .collect();
-    let live: Vec<Value> = s
+    let cooldowns = s
         .store
         .cooldowns_of(&key_id)
         .await?
         .iter()
-        .map(cooldown_view)
+        .map(CooldownView::from)
         .collect();
-    Ok(Json(json!({"cooldowns": live, "events": events})))
+    Ok(Json(KeyHistoryView { cooldowns, events }))
 }
 
 #[cfg(test)]
@@ -599,5 +738,125 @@ mod tests {
         assert!(validate_key_format("openai", "pk-0123456789abcdefghij").is_err());
         assert!(validate_key_format("no-such-kind", "anything-goes").is_ok());
         assert!(validate_key_format("no-such-kind", "short").is_err());
+    }
+
+    fn key_row() -> provider_keys::Model {
+        let now = chrono::Utc::now();
+        provider_keys::Model {
+            id: "k1".into(),
+            provider_id: "p1".into(),
+            owner_user_id: None,
+            sealed: b"CIPHERTEXT-CANARY".to_vec(),
+            key_version: 1,
+            fingerprint: "fp_0123".into(),
+            mask: "sk-****abcd".into(),
+            label: "main".into(),
+            weight: 2,
+            allowed_models: r#"["gpt-x"]"#.into(),
+            state: "active".into(),
+            last_used_at: None,
+            last_error_class: None,
+            created_at: now,
+            updated_at: now,
+            rpm_limit: Some(60),
+            tpm_limit: None,
+            last_tested_at: None,
+            last_test_result: None,
+            state_reason: None,
+        }
+    }
+
+    #[test]
+    fn key_view_has_exactly_the_public_fields() {
+        let v = serde_json::to_value(KeyView::new(&key_row(), &[], false)).unwrap();
+        let mut names: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "allowed_models",
+                "cooldowns",
+                "created_at",
+                "fingerprint",
+                "id",
+                "key_version",
+                "label",
+                "last_error_class",
+                "last_test_result",
+                "last_tested_at",
+                "last_used_at",
+                "masked",
+                "owner_user_id",
+                "pool",
+                "provider_id",
+                "rpm_limit",
+                "state",
+                "state_reason",
+                "tpm_limit",
+                "updated_at",
+                "weight",
+            ]
+        );
+        let text = v.to_string();
+        assert!(!text.contains("CIPHERTEXT"), "{text}");
+        assert_eq!(v["pool"], "shared");
+        assert_eq!(v["allowed_models"], json!(["gpt-x"]));
+        assert_eq!(v["rpm_limit"], 60);
+        assert_eq!(v["tpm_limit"], serde_json::Value::Null);
+        assert_eq!(v["state"], "active");
+    }
+
+    #[test]
+    fn key_view_state_shows_cooldowns_and_unreadable_keys() {
+        let k = key_row();
+        let c = key_cooldowns::Model {
+            key_id: "k1".into(),
+            model: String::new(),
+            until: chrono::Utc::now(),
+            class: "rate_limited".into(),
+            source: "proxy-1".into(),
+            updated_at: chrono::Utc::now(),
+        };
+        let v = serde_json::to_value(KeyView::new(&k, std::slice::from_ref(&c), false)).unwrap();
+        assert_eq!(v["state"], "cooling_down");
+        assert_eq!(v["cooldowns"][0]["model"], serde_json::Value::Null);
+        assert_eq!(v["cooldowns"][0]["class"], "rate_limited");
+        let other = key_cooldowns::Model {
+            key_id: "k2".into(),
+            ..c
+        };
+        let v = serde_json::to_value(KeyView::new(&k, &[other], true)).unwrap();
+        assert_eq!(v["state"], "unreadable");
+        assert_eq!(v["cooldowns"], json!([]));
+    }
+
+    #[test]
+    fn import_lines_keep_their_shape() {
+        let lines = vec![
+            ImportLine::Skipped { line: 1 },
+            ImportLine::Created {
+                line: 2,
+                id: "k".into(),
+                masked: "m".into(),
+                fingerprint: "f".into(),
+            },
+            ImportLine::Duplicate {
+                line: 3,
+                fingerprint: "f".into(),
+            },
+            ImportLine::Invalid {
+                line: 4,
+                error: "e".into(),
+            },
+        ];
+        assert_eq!(
+            serde_json::to_value(lines).unwrap(),
+            json!([
+                {"line": 1, "result": "skipped"},
+                {"line": 2, "result": "created", "id": "k", "masked": "m", "fingerprint": "f"},
+                {"line": 3, "result": "duplicate", "fingerprint": "f"},
+                {"line": 4, "result": "invalid", "error": "e"},
+            ])
+        );
     }
 }

@@ -32,7 +32,7 @@ pub use error::{ApiError, ApiJson};
 
 use crate::auth::{PasswordHasherPool, Role, TokenIssuer};
 use crate::config::Registration;
-use crate::grpc::SnapshotHub;
+use crate::hub::SnapshotHub;
 use crate::limits::{LoginGuard, RateLimiter};
 use crate::store::{Actor, Store};
 use crate::vault::HashSecret;
@@ -441,7 +441,7 @@ impl FromRequestParts<AppState> for AuthUser {
             .user_by_id(&claims.sub)
             .await?
             .ok_or(ApiError::Unauthorized)?;
-        if user.status != "active" || i64::from(user.token_version) != claims.ver {
+        if !user.is_active() || i64::from(user.token_version) != claims.ver {
             return Err(ApiError::Unauthorized);
         }
         let session = state
@@ -486,6 +486,21 @@ async fn readyz(State(s): State<AppState>) -> Result<axum::Json<serde_json::Valu
     Ok(axum::Json(
         serde_json::json!({"ready": true, "snapshot_version": s.hub.current_version()}),
     ))
+}
+
+/// A list response, `{"data": [...]}`.
+#[derive(Debug, Serialize)]
+pub struct List<T> {
+    pub data: Vec<T>,
+}
+
+impl<T> List<T> {
+    /// The list of views of `items`.
+    pub fn of<M: Into<T>>(items: impl IntoIterator<Item = M>) -> Self {
+        List {
+            data: items.into_iter().map(Into::into).collect(),
+        }
+    }
 }
 
 /// Checks a name made of letters, digits and `-_.:/`.

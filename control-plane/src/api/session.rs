@@ -11,8 +11,8 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use chrono::Duration as ChronoDuration;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use super::{ApiError, ApiJson, AppState, AuthUser, ClientMeta};
 use crate::auth::{self, MAX_PASSWORD_BYTES, Role, check_password_policy};
@@ -20,7 +20,7 @@ use crate::config::Registration;
 use crate::limits::LoginGate;
 use crate::store::entities::users;
 use crate::store::sessions::RefreshOutcome;
-use crate::store::{AuditEvent, NewUser};
+use crate::store::{AuditEvent, NewUser, UserStatus};
 use crate::vault::generate_refresh_token;
 
 const REFRESH_COOKIE: &str = "llmhub_refresh";
@@ -116,7 +116,7 @@ pub(super) async fn login(
         return Err(ApiError::TooManyRequests(retry));
     }
     let locked = matches!(gate, LoginGate::AccountLocked);
-    let usable = user.as_ref().filter(|u| u.status == "active" && !locked);
+    let usable = user.as_ref().filter(|u| u.is_active() && !locked);
     // Oversized passwords do no hashing work at all; every other path costs one verification
     // (against a dummy hash when the account is unknown, locked or disabled).
     let verified = if body.password.len() > MAX_PASSWORD_BYTES {
@@ -133,7 +133,7 @@ pub(super) async fn login(
         let reason = match &user {
             None => "unknown_user",
             Some(_) if locked => "locked",
-            Some(u) if u.status != "active" => "not_active",
+            Some(u) if !u.is_active() => "not_active",
             Some(_) => "wrong_password",
         };
         if !locked {
@@ -241,7 +241,7 @@ pub(super) async fn refresh(
                 .store
                 .user_by_id(&session.user_id)
                 .await?
-                .filter(|u| u.status == "active")
+                .filter(users::Model::is_active)
                 .ok_or(ApiError::Unauthorized)?;
             token_response(&s, &user, &session.id, &next, cookie_mode)
         }
@@ -278,16 +278,34 @@ pub(super) async fn logout(
     Ok((StatusCode::NO_CONTENT, headers).into_response())
 }
 
-pub(super) async fn me(State(s): State<AppState>, user: AuthUser) -> Result<Json<Value>, ApiError> {
+/// The signed-in user, with the session the access token belongs to.
+#[derive(Serialize)]
+pub(super) struct MeView {
+    id: String,
+    username: String,
+    email: Option<String>,
+    role: String,
+    status: String,
+    session_id: String,
+}
+
+pub(super) async fn me(
+    State(s): State<AppState>,
+    user: AuthUser,
+) -> Result<Json<MeView>, ApiError> {
     let u = s
         .store
         .user_by_id(&user.id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    Ok(Json(json!({
-        "id": u.id, "username": u.username, "email": u.email, "role": u.role,
-        "status": u.status, "session_id": user.session_id,
-    })))
+    Ok(Json(MeView {
+        id: u.id,
+        username: u.username,
+        email: u.email,
+        role: u.role,
+        status: u.status,
+        session_id: user.session_id,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -355,17 +373,25 @@ pub(super) fn validate_new_account(
     Ok((username, email))
 }
 
+/// A new account: `active`, or `pending` until an admin approves it.
+#[derive(Serialize)]
+pub(super) struct RegisteredView {
+    id: String,
+    username: String,
+    status: String,
+}
+
 pub(super) async fn register(
     State(s): State<AppState>,
     meta: ClientMeta,
     ApiJson(body): ApiJson<RegisterBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<RegisteredView>), ApiError> {
     let status = match s.policy.registration {
         Registration::Closed => {
             return Err(ApiError::ForbiddenWith("registration is closed".into()));
         }
-        Registration::Open => "active",
-        Registration::Approval => "pending",
+        Registration::Open => UserStatus::Active,
+        Registration::Approval => UserStatus::Pending,
     };
     let (username, email) = validate_new_account(
         body.username.as_deref(),
@@ -388,7 +414,11 @@ pub(super) async fn register(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": user.id, "username": user.username, "status": user.status})),
+        Json(RegisteredView {
+            id: user.id,
+            username: user.username,
+            status: user.status,
+        }),
     ))
 }
 

@@ -3,30 +3,49 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
+use chrono::{DateTime, Utc};
 use http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::session::validate_new_account;
-use super::{AdminUser, ApiError, ApiJson, AppState};
+use super::{AdminUser, ApiError, ApiJson, AppState, List};
 use crate::auth::Role;
 use crate::store::entities::users;
-use crate::store::{AuditEvent, NewUser, UserChange};
+use crate::store::{AuditEvent, NewUser, UserChange, UserStatus};
 
-fn view(u: &users::Model) -> Value {
-    json!({
-        "id": u.id, "username": u.username, "email": u.email, "role": u.role,
-        "status": u.status, "shared_pool_access": u.shared_pool_access,
-        "created_at": u.created_at, "updated_at": u.updated_at,
-    })
+/// A user as admins see it: never the password hash or token version.
+#[derive(Serialize)]
+pub(super) struct UserView {
+    id: String,
+    username: String,
+    email: Option<String>,
+    role: String,
+    status: String,
+    shared_pool_access: bool,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<users::Model> for UserView {
+    fn from(u: users::Model) -> Self {
+        UserView {
+            id: u.id,
+            username: u.username,
+            email: u.email,
+            role: u.role,
+            status: u.status,
+            shared_pool_access: u.shared_pool_access,
+            created_at: u.created_at,
+            updated_at: u.updated_at,
+        }
+    }
 }
 
 pub(super) async fn list(
     State(s): State<AppState>,
     _a: AdminUser,
-) -> Result<Json<Value>, ApiError> {
-    let data: Vec<Value> = s.store.users().await?.iter().map(view).collect();
-    Ok(Json(json!({ "data": data })))
+) -> Result<Json<List<UserView>>, ApiError> {
+    Ok(Json(List::of(s.store.users().await?)))
 }
 
 #[derive(Deserialize)]
@@ -47,7 +66,7 @@ pub(super) async fn create(
     State(s): State<AppState>,
     AdminUser(admin): AdminUser,
     ApiJson(body): ApiJson<CreateUser>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<UserView>), ApiError> {
     let role = Role::parse(&body.role)
         .ok_or_else(|| ApiError::BadRequest("role: must be admin or user".into()))?;
     let (username, email) = validate_new_account(
@@ -64,12 +83,12 @@ pub(super) async fn create(
                 email,
                 password_hash: hash,
                 role: role.as_str(),
-                status: "active",
+                status: UserStatus::Active,
             },
             AuditEvent::new(&admin.actor(), "user_created", "user"),
         )
         .await?;
-    Ok((StatusCode::CREATED, Json(view(&user))))
+    Ok((StatusCode::CREATED, Json(user.into())))
 }
 
 #[derive(Deserialize)]
@@ -88,7 +107,7 @@ async fn keep_an_admin(
     target: &users::Model,
     stays_active_admin: bool,
 ) -> Result<(), ApiError> {
-    let is_active_admin = target.role == "admin" && target.status == "active";
+    let is_active_admin = target.role == Role::Admin.as_str() && target.is_active();
     if is_active_admin && !stays_active_admin && s.store.count_active_admins().await? <= 1 {
         return Err(ApiError::Conflict("this is the last active admin".into()));
     }
@@ -100,7 +119,7 @@ pub(super) async fn update(
     AdminUser(admin): AdminUser,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateUser>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserView>, ApiError> {
     let target = s.store.user_by_id(&id).await?.ok_or(ApiError::NotFound)?;
     let role = match body.role.as_deref() {
         None => None,
@@ -109,9 +128,9 @@ pub(super) async fn update(
                 .ok_or_else(|| ApiError::BadRequest("role: must be admin or user".into()))?,
         ),
     };
-    let status = match body.status.as_deref() {
+    let status = match body.status.as_deref().map(UserStatus::parse) {
         None => None,
-        Some(st @ ("active" | "disabled")) => Some(st),
+        Some(Some(st @ (UserStatus::Active | UserStatus::Disabled))) => Some(st),
         Some(_) => {
             return Err(ApiError::BadRequest(
                 "status: must be active or disabled".into(),
@@ -124,13 +143,20 @@ pub(super) async fn update(
         ));
     }
     let new_role = role.map_or(target.role.clone(), |r| r.as_str().to_owned());
-    let new_status = status.unwrap_or(target.status.as_str()).to_owned();
-    keep_an_admin(&s, &target, new_role == "admin" && new_status == "active").await?;
+    let new_status = status.or(target.user_status());
+    keep_an_admin(
+        &s,
+        &target,
+        new_role == Role::Admin.as_str() && new_status == Some(UserStatus::Active),
+    )
+    .await?;
     let action = match (role.is_some() && new_role != target.role, status) {
         (true, _) => "user_role_changed",
-        (false, Some("disabled")) => "user_disabled",
-        (false, Some("active")) if target.status == "pending" => "user_approved",
-        (false, Some("active")) => "user_enabled",
+        (false, Some(UserStatus::Disabled)) => "user_disabled",
+        (false, Some(UserStatus::Active)) if target.user_status() == Some(UserStatus::Pending) => {
+            "user_approved"
+        }
+        (false, Some(UserStatus::Active)) => "user_enabled",
         _ if body.shared_pool_access.is_some() => "user_shared_pool_changed",
         _ => "user_updated",
     };
@@ -148,7 +174,7 @@ pub(super) async fn update(
         .await?;
     // A disabled user's client keys leave the proxies' snapshot.
     s.hub.rebuild().await?;
-    Ok(Json(view(&updated)))
+    Ok(Json(updated.into()))
 }
 
 pub(super) async fn remove(
@@ -174,10 +200,10 @@ pub(super) async fn lockouts(
     State(s): State<AppState>,
     _a: AdminUser,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<List<crate::limits::Lockout>>, ApiError> {
     s.store.user_by_id(&id).await?.ok_or(ApiError::NotFound)?;
     let data = s.login_guard.lockouts(&id).await?;
-    Ok(Json(json!({ "data": data })))
+    Ok(Json(List { data }))
 }
 
 pub(super) async fn clear_lockouts(

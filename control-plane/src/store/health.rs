@@ -7,7 +7,7 @@ use sea_orm::sea_query::OnConflict;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::entities::{key_cooldowns, key_events, provider_keys};
-use super::{AuditEvent, Result, Store, StoreError, new_id};
+use super::{AuditEvent, KeyState, Result, Store, StoreError, new_id};
 
 async fn event<C: sea_orm::ConnectionTrait>(
     conn: &C,
@@ -131,9 +131,9 @@ impl Store {
             del = del.filter(key_cooldowns::Column::Model.eq(m));
         }
         let mut changed = del.exec(&txn).await?.rows_affected > 0;
-        if model.is_none() && key.state == "disabled" {
+        if model.is_none() && key.key_state() == Some(KeyState::Disabled) {
             let mut m: provider_keys::ActiveModel = key.into();
-            m.state = Set("active".into());
+            m.state = Set(KeyState::Active.as_str().into());
             m.state_reason = Set(None);
             m.updated_at = Set(Utc::now());
             provider_keys::Entity::update(m).exec(&txn).await?;
@@ -188,11 +188,11 @@ impl Store {
             .one(&txn)
             .await?
             .ok_or(StoreError::NotFound)?;
-        if key.state == "disabled" {
+        if key.key_state() == Some(KeyState::Disabled) {
             return Ok(false);
         }
         let mut m: provider_keys::ActiveModel = key.into();
-        m.state = Set("disabled".into());
+        m.state = Set(KeyState::Disabled.as_str().into());
         m.state_reason = Set(Some(reason.to_owned()));
         m.last_error_class = Set(Some(reason.to_owned()));
         m.updated_at = Set(Utc::now());

@@ -1,0 +1,1408 @@
+//! The store's contract, run as one suite against every supported backend: a real SQLite file and
+//! a real, uniquely named Postgres database (created through `LLMHUB_TEST_PG_URL`'s server and
+//! dropped afterwards; skipped with a note when that variable is unset).
+//!
+//! Each case is an `async fn(&TestDb)`; `suite!` turns it into `<case>_sqlite` and
+//! `<case>_postgres`, so both backends run identical assertions.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+use chrono::{DateTime, Duration, Utc};
+use llmhub_control::store::sessions::RefreshOutcome;
+use llmhub_control::store::vault_rows::SealedRow;
+use llmhub_control::store::{
+    Actor, AuditEvent, AuditFilter, AuditKey, KeyChange, KeyState, NewClientKey, NewProvider,
+    NewProviderKey, NewRouteTarget, NewRoutingRecord, NewUser, Store, StoreError, UserChange,
+    UserStatus,
+};
+use sea_orm::{ConnectionTrait, DbBackend};
+
+// ---- backends ----
+
+/// One test's database; a Postgres database is dropped when this is.
+struct TestDb {
+    store: Store,
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+    _pg: Option<PgDatabase>,
+}
+
+struct PgDatabase {
+    admin_url: String,
+    name: String,
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Runs outside the test's runtime, on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let admin = sea_orm::Database::connect(admin_url).await?;
+                admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .await?;
+                anyhow::Ok(())
+            })
+        })
+        .join();
+    }
+}
+
+fn audit_key() -> AuditKey {
+    AuditKey(zeroize::Zeroizing::new([7u8; 32]))
+}
+
+async fn open(url: String) -> Store {
+    let store = Store::connect(&url).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    assert!(store.pending_migrations().await.unwrap().is_empty());
+    store.ping().await.unwrap();
+    store.with_audit_key(audit_key())
+}
+
+async fn sqlite() -> TestDb {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("store.db").display()
+    );
+    let store = open(url.clone()).await;
+    assert_eq!(store.backend(), DbBackend::Sqlite);
+    TestDb {
+        store,
+        url,
+        _dir: Some(dir),
+        _pg: None,
+    }
+}
+
+async fn postgres(case: &str) -> Option<TestDb> {
+    let Ok(admin_url) = std::env::var("LLMHUB_TEST_PG_URL") else {
+        eprintln!("{case}_postgres: skipped, LLMHUB_TEST_PG_URL is not set");
+        return None;
+    };
+    let name = format!("llmhub_store_{}", uuid::Uuid::new_v4().simple());
+    let admin = sea_orm::Database::connect(admin_url.as_str())
+        .await
+        .expect("connecting to LLMHUB_TEST_PG_URL");
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    let pg = PgDatabase {
+        admin_url: admin_url.clone(),
+        name: name.clone(),
+    };
+    let (head, _) = admin_url
+        .rsplit_once('/')
+        .expect("LLMHUB_TEST_PG_URL names a database");
+    let url = format!("{head}/{name}");
+    let store = open(url.clone()).await;
+    assert_eq!(store.backend(), DbBackend::Postgres);
+    Some(TestDb {
+        store,
+        url,
+        _dir: None,
+        _pg: Some(pg),
+    })
+}
+
+macro_rules! suite {
+    ($($case:ident => $sqlite:ident, $postgres:ident;)*) => {$(
+        #[tokio::test]
+        async fn $sqlite() {
+            $case(&sqlite().await).await;
+        }
+
+        #[tokio::test]
+        async fn $postgres() {
+            if let Some(db) = postgres(stringify!($case)).await {
+                $case(&db).await;
+            }
+        }
+    )*};
+}
+
+suite! {
+    users_crud => users_crud_sqlite, users_crud_postgres;
+    sessions_rotate => sessions_rotate_sqlite, sessions_rotate_postgres;
+    providers_crud => providers_crud_sqlite, providers_crud_postgres;
+    provider_keys_crud => provider_keys_crud_sqlite, provider_keys_crud_postgres;
+    client_keys_owned => client_keys_owned_sqlite, client_keys_owned_postgres;
+    routes_crud => routes_crud_sqlite, routes_crud_postgres;
+    routing_records_idempotent => routing_records_idempotent_sqlite, routing_records_idempotent_postgres;
+    key_health => key_health_sqlite, key_health_postgres;
+    settings_and_vault_rows => settings_and_vault_rows_sqlite, settings_and_vault_rows_postgres;
+    audit_chain => audit_chain_sqlite, audit_chain_postgres;
+}
+
+// ---- helpers ----
+
+fn actor() -> Actor {
+    Actor {
+        user_id: Some("admin-id".into()),
+        ip: "127.0.0.1".into(),
+        user_agent: "store-tests".into(),
+    }
+}
+
+fn ev(action: &'static str, target_type: &'static str) -> AuditEvent {
+    AuditEvent::new(&actor(), action, target_type)
+}
+
+fn new_user(username: &str, role: &'static str, status: UserStatus) -> NewUser {
+    NewUser {
+        username: username.into(),
+        email: Some(format!("{username}@example.com")),
+        password_hash: "$argon2id$placeholder".into(),
+        role,
+        status,
+    }
+}
+
+async fn user(store: &Store, username: &str) -> String {
+    store
+        .create_user(
+            new_user(username, "user", UserStatus::Active),
+            ev("user_created", "user"),
+        )
+        .await
+        .unwrap()
+        .id
+}
+
+async fn provider(store: &Store, name: &str) -> String {
+    store
+        .create_provider(
+            NewProvider {
+                name: name.into(),
+                kind: "openai",
+                base_url: "https://api.example.com/v1".into(),
+                enabled: true,
+                request_timeout_ms: 30_000,
+                preset: None,
+                api_version: None,
+            },
+            ev("provider_created", "provider"),
+        )
+        .await
+        .unwrap()
+        .id
+}
+
+fn new_key(provider_id: &str, owner: Option<&str>, fingerprint: &str) -> NewProviderKey {
+    NewProviderKey {
+        id: uuid::Uuid::new_v4().to_string(),
+        provider_id: provider_id.into(),
+        owner_user_id: owner.map(str::to_owned),
+        sealed: format!("sealed-{fingerprint}").into_bytes(),
+        key_version: 1,
+        fingerprint: fingerprint.into(),
+        mask: "sk-****abcd".into(),
+        label: format!("label-{fingerprint}"),
+        weight: 1,
+        allowed_models: vec![],
+        rpm_limit: None,
+        tpm_limit: None,
+    }
+}
+
+async fn key(store: &Store, provider_id: &str, owner: Option<&str>, fp: &str) -> String {
+    store
+        .insert_provider_key(
+            new_key(provider_id, owner, fp),
+            ev("provider_key_created", "provider_key"),
+        )
+        .await
+        .unwrap()
+        .id
+}
+
+fn new_client_key(user_id: &str, name: &str) -> NewClientKey {
+    NewClientKey {
+        id: uuid::Uuid::new_v4().to_string(),
+        user_id: user_id.into(),
+        name: name.into(),
+        key_hash: format!("hash-{user_id}-{name}").into_bytes(),
+        prefix: "lh-abcdef".into(),
+        allowed_models: vec!["gpt-x".into()],
+        use_shared_pool: true,
+        expires_at: None,
+    }
+}
+
+/// Audit rows with `action`, newest first.
+async fn audit_rows(
+    store: &Store,
+    action: &str,
+) -> Vec<llmhub_control::store::entities::audit_log::Model> {
+    store
+        .audit_rows(AuditFilter {
+            action: Some(action.into()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+async fn audit_count(store: &Store) -> usize {
+    store
+        .audit_rows(AuditFilter {
+            limit: 100_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len()
+}
+
+fn is_conflict(r: Result<impl std::fmt::Debug, StoreError>, what: &str) {
+    match r {
+        Err(StoreError::Conflict(w)) => assert_eq!(w, what),
+        other => panic!("expected a {what} conflict, got {other:?}"),
+    }
+}
+
+fn is_not_found(r: Result<impl std::fmt::Debug, StoreError>) {
+    assert!(
+        matches!(r, Err(StoreError::NotFound)),
+        "expected not found, got {r:?}"
+    );
+}
+
+/// Timestamps as both backends keep them (Postgres: microseconds).
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+// ---- cases ----
+
+async fn users_crud(db: &TestDb) {
+    let s = &db.store;
+    assert_eq!(s.count_users().await.unwrap(), 0);
+    let alice = s
+        .create_user(
+            new_user("alice", "user", UserStatus::Active),
+            ev("user_created", "user"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(alice.status, "active");
+    assert_eq!(alice.user_status(), Some(UserStatus::Active));
+    assert!(alice.is_active());
+    assert_eq!(alice.token_version, 0);
+    assert!(alice.shared_pool_access);
+    let row = &audit_rows(s, "user_created").await[0];
+    assert_eq!(row.target_id, alice.id);
+    assert_eq!(row.actor_user_id.as_deref(), Some("admin-id"));
+
+    // Reads: by id, by username, by email (case-insensitive on the email only).
+    assert_eq!(s.user_by_id(&alice.id).await.unwrap().unwrap(), alice);
+    assert_eq!(
+        s.user_by_login("alice").await.unwrap().unwrap().id,
+        alice.id
+    );
+    assert_eq!(
+        s.user_by_login("ALICE@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        alice.id
+    );
+    assert!(s.user_by_login("nobody").await.unwrap().is_none());
+    assert!(s.user_by_id("no-such-id").await.unwrap().is_none());
+
+    // Username and email are unique; a refused insert writes no audit row.
+    let before = audit_count(s).await;
+    is_conflict(
+        s.create_user(
+            new_user("alice", "user", UserStatus::Active),
+            ev("user_created", "user"),
+        )
+        .await,
+        "user",
+    );
+    let mut same_email = new_user("alice2", "user", UserStatus::Active);
+    same_email.email = Some("alice@example.com".into());
+    is_conflict(
+        s.create_user(same_email, ev("user_created", "user")).await,
+        "user",
+    );
+    assert_eq!(audit_count(s).await, before);
+
+    // Ordered by username; admins counted only when active.
+    s.create_user(
+        new_user("root", "admin", UserStatus::Active),
+        ev("user_created", "user"),
+    )
+    .await
+    .unwrap();
+    let waiting = s
+        .create_user(
+            new_user("aaron", "admin", UserStatus::Pending),
+            ev("user_created", "user"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(waiting.user_status(), Some(UserStatus::Pending));
+    assert!(!waiting.is_active());
+    let names: Vec<String> = s
+        .users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
+    assert_eq!(names, ["aaron", "alice", "root"]);
+    assert_eq!(s.count_users().await.unwrap(), 3);
+    assert_eq!(s.count_active_admins().await.unwrap(), 1);
+
+    // Update: status and role change, token version moves.
+    let updated = s
+        .update_user(
+            &waiting.id,
+            UserChange {
+                status: Some(UserStatus::Active),
+                ..Default::default()
+            },
+            ev("user_approved", "user"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.status, "active");
+    assert_eq!(updated.token_version, 1);
+    assert_eq!(s.count_active_admins().await.unwrap(), 2);
+    let updated = s
+        .update_user(
+            &alice.id,
+            UserChange {
+                role: Some("admin"),
+                status: Some(UserStatus::Disabled),
+                shared_pool_access: Some(false),
+            },
+            ev("user_updated", "user"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (updated.role.as_str(), updated.status.as_str()),
+        ("admin", "disabled")
+    );
+    assert!(!updated.shared_pool_access);
+    assert_eq!(updated.user_status(), Some(UserStatus::Disabled));
+    let row = &audit_rows(s, "user_updated").await[0];
+    let detail: serde_json::Value = serde_json::from_str(&row.detail).unwrap();
+    assert_eq!(detail["status"]["from"], "active");
+    assert_eq!(detail["status"]["to"], "disabled");
+    is_not_found(
+        s.update_user(
+            "no-such-id",
+            UserChange::default(),
+            ev("user_updated", "user"),
+        )
+        .await,
+    );
+
+    // Password: a change ends sessions (token version), a re-hash does not.
+    s.set_password_hash(&alice.id, "h2", false, None)
+        .await
+        .unwrap();
+    let u = s.user_by_id(&alice.id).await.unwrap().unwrap();
+    assert_eq!((u.password_hash.as_str(), u.token_version), ("h2", 1));
+    s.set_password_hash(&alice.id, "h3", true, Some(ev("password_changed", "user")))
+        .await
+        .unwrap();
+    let u = s.user_by_id(&alice.id).await.unwrap().unwrap();
+    assert_eq!((u.password_hash.as_str(), u.token_version), ("h3", 2));
+    assert_eq!(
+        audit_rows(s, "password_changed").await[0].target_id,
+        alice.id
+    );
+    is_not_found(s.set_password_hash("no-such-id", "h", true, None).await);
+
+    // Delete.
+    s.delete_user(&alice.id, ev("user_deleted", "user"))
+        .await
+        .unwrap();
+    assert!(s.user_by_id(&alice.id).await.unwrap().is_none());
+    is_not_found(s.delete_user(&alice.id, ev("user_deleted", "user")).await);
+    assert_eq!(audit_rows(s, "user_deleted").await.len(), 1);
+    assert!(s.verify_audit().await.unwrap().ok);
+}
+
+async fn sessions_rotate(db: &TestDb) {
+    let s = &db.store;
+    let uid = user(s, "alice").await;
+    let ttl = Duration::hours(1);
+    let session = s
+        .create_session(
+            &uid,
+            "10.0.0.1",
+            "ua",
+            ttl,
+            b"r1".to_vec(),
+            ev("login_succeeded", "user"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.session(&session.id).await.unwrap().unwrap().user_id, uid);
+    assert!(s.session("no-such-id").await.unwrap().is_none());
+    assert_eq!(
+        s.session_for_refresh(b"r1").await.unwrap().as_deref(),
+        Some(session.id.as_str())
+    );
+
+    // Each token is exchanged once; presenting a used one revokes the session.
+    let reuse = || ev("refresh_token_reuse", "user").failure();
+    assert!(matches!(
+        s.rotate_refresh(b"r1", b"r2".to_vec(), reuse()).await.unwrap(),
+        RefreshOutcome::Rotated(x) if x.id == session.id
+    ));
+    assert!(matches!(
+        s.rotate_refresh(b"nope", b"r9".to_vec(), reuse())
+            .await
+            .unwrap(),
+        RefreshOutcome::Invalid
+    ));
+    assert!(matches!(
+        s.rotate_refresh(b"r1", b"r3".to_vec(), reuse())
+            .await
+            .unwrap(),
+        RefreshOutcome::Reused(_)
+    ));
+    assert_eq!(audit_rows(s, "refresh_token_reuse").await.len(), 1);
+    let revoked = s.session(&session.id).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_reason.as_deref(), Some("refresh_reuse"));
+    assert!(matches!(
+        s.rotate_refresh(b"r2", b"r4".to_vec(), reuse())
+            .await
+            .unwrap(),
+        RefreshOutcome::Invalid
+    ));
+
+    // Logout ends one session once; a user change ends all of them.
+    let a = s
+        .create_session(
+            &uid,
+            "ip",
+            "ua",
+            ttl,
+            b"a1".to_vec(),
+            ev("login_succeeded", "user"),
+        )
+        .await
+        .unwrap();
+    let b = s
+        .create_session(
+            &uid,
+            "ip",
+            "ua",
+            ttl,
+            b"b1".to_vec(),
+            ev("login_succeeded", "user"),
+        )
+        .await
+        .unwrap();
+    assert!(
+        s.revoke_session(&a.id, "logout", ev("logout", "user"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.revoke_session(&a.id, "logout", ev("logout", "user"))
+            .await
+            .unwrap()
+    );
+    s.update_user(
+        &uid,
+        UserChange {
+            shared_pool_access: Some(false),
+            ..Default::default()
+        },
+        ev("user_updated", "user"),
+    )
+    .await
+    .unwrap();
+    let b = s.session(&b.id).await.unwrap().unwrap();
+    assert_eq!(b.revoked_reason.as_deref(), Some("user_changed"));
+    assert!(s.verify_audit().await.unwrap().ok);
+}
+
+async fn providers_crud(db: &TestDb) {
+    let s = &db.store;
+    let zeta = provider(s, "zeta").await;
+    let p = s
+        .create_provider(
+            NewProvider {
+                name: "alpha".into(),
+                kind: "azure-openai",
+                base_url: "https://x.openai.azure.com/openai".into(),
+                enabled: false,
+                request_timeout_ms: u32::MAX,
+                preset: Some("custom".into()),
+                api_version: Some("2024-10-21".into()),
+            },
+            ev("provider_created", "provider"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(p.kind, "azure-openai");
+    assert_eq!(p.request_timeout_ms, i32::MAX);
+    assert_eq!(p.api_version.as_deref(), Some("2024-10-21"));
+    assert!(!p.enabled);
+    assert_eq!(s.provider(&p.id).await.unwrap(), p);
+    is_not_found(s.provider("no-such-id").await);
+
+    let before = audit_count(s).await;
+    is_conflict(
+        s.create_provider(
+            NewProvider {
+                name: "zeta".into(),
+                kind: "openai",
+                base_url: "https://other".into(),
+                enabled: true,
+                request_timeout_ms: 1000,
+                preset: None,
+                api_version: None,
+            },
+            ev("provider_created", "provider"),
+        )
+        .await,
+        "provider",
+    );
+    assert_eq!(audit_count(s).await, before);
+
+    let names: Vec<String> = s
+        .providers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["alpha", "zeta"]);
+
+    let off = s
+        .set_provider_enabled(&zeta, false, ev("provider_disabled", "provider"))
+        .await
+        .unwrap();
+    assert!(!off.enabled);
+    assert!(!s.provider(&zeta).await.unwrap().enabled);
+    assert_eq!(audit_rows(s, "provider_disabled").await[0].target_id, zeta);
+    is_not_found(
+        s.set_provider_enabled("no-such-id", true, ev("provider_enabled", "provider"))
+            .await,
+    );
+    assert!(s.verify_audit().await.unwrap().ok);
+}
+
+async fn provider_keys_crud(db: &TestDb) {
+    let s = &db.store;
+    let p1 = provider(s, "p1").await;
+    let p2 = provider(s, "p2").await;
+    let alice = user(s, "alice").await;
+
+    let mut nk = new_key(&p1, Some(&alice), "fp_a");
+    nk.weight = 3;
+    nk.allowed_models = vec!["gpt-x".into(), "gpt-y".into()];
+    nk.rpm_limit = Some(60);
+    nk.tpm_limit = Some(u32::MAX);
+    let dup_id = nk.id.clone();
+    let k = s
+        .insert_provider_key(nk, ev("provider_key_created", "provider_key"))
+        .await
+        .unwrap();
+    assert_eq!(k.key_state(), Some(KeyState::Active));
+    assert_eq!(k.state, "active");
+    assert_eq!(k.sealed, b"sealed-fp_a");
+    assert_eq!(
+        (k.weight, k.rpm_limit, k.tpm_limit),
+        (3, Some(60), Some(i32::MAX))
+    );
+    assert_eq!(
+        llmhub_control::store::parse_list(&k.allowed_models),
+        ["gpt-x", "gpt-y"]
+    );
+    let detail: serde_json::Value =
+        serde_json::from_str(&audit_rows(s, "provider_key_created").await[0].detail).unwrap();
+    assert_eq!(detail["pool"], "user");
+    assert_eq!(detail["fingerprint"], "fp_a");
+    assert!(!detail.to_string().contains("sealed"));
+
+    let shared = key(s, &p1, None, "fp_s").await;
+    let other = key(s, &p2, None, "fp_o").await;
+    assert_eq!(s.provider_key(&k.id).await.unwrap(), k);
+    is_not_found(s.provider_key("no-such-id").await);
+
+    // A duplicate id is a conflict; a key for a missing provider is refused; neither is audited.
+    let before = audit_count(s).await;
+    let mut again = new_key(&p1, None, "fp_dup");
+    again.id = dup_id;
+    is_conflict(
+        s.insert_provider_key(again, ev("provider_key_created", "provider_key"))
+            .await,
+        "record",
+    );
+    assert!(
+        s.insert_provider_key(
+            new_key("no-such-provider", None, "fp_x"),
+            ev("provider_key_created", "provider_key")
+        )
+        .await
+        .is_err()
+    );
+    assert_eq!(audit_count(s).await, before);
+
+    // Lists: per provider, in creation order.
+    let ids: Vec<String> = s
+        .provider_keys_of(&p1)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(ids, [k.id.clone(), shared.clone()]);
+    let ids: Vec<String> = s
+        .provider_keys_of(&p2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(ids, [other.as_str()]);
+    assert_eq!(s.provider_keys().await.unwrap().len(), 3);
+
+    // Update: only what is given changes; `Some(None)` removes a limit.
+    let u = s
+        .update_provider_key(
+            &k.id,
+            KeyChange {
+                label: Some("renamed".into()),
+                rpm_limit: Some(None),
+                ..Default::default()
+            },
+            ev("provider_key_updated", "provider_key"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(u.label, "renamed");
+    assert_eq!(
+        (u.weight, u.rpm_limit, u.tpm_limit),
+        (3, None, Some(i32::MAX))
+    );
+    let detail: serde_json::Value =
+        serde_json::from_str(&audit_rows(s, "provider_key_updated").await[0].detail).unwrap();
+    assert_eq!(detail["changed"], serde_json::json!(["label", "rpm_limit"]));
+    is_not_found(
+        s.update_provider_key(
+            "no-such-id",
+            KeyChange::default(),
+            ev("provider_key_updated", "provider_key"),
+        )
+        .await,
+    );
+
+    // Test results and reported use.
+    let t = s
+        .record_key_test(
+            &k.id,
+            "invalid_key",
+            Some("invalid_key"),
+            ev("provider_key_tested", "provider_key"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(t.last_test_result.as_deref(), Some("invalid_key"));
+    assert_eq!(t.last_error_class.as_deref(), Some("invalid_key"));
+    assert!(t.last_tested_at.is_some());
+    let t = s
+        .record_key_test(&k.id, "ok", None, ev("provider_key_tested", "provider_key"))
+        .await
+        .unwrap();
+    assert_eq!(t.last_test_result.as_deref(), Some("ok"));
+    assert_eq!(t.last_error_class.as_deref(), Some("invalid_key"));
+    is_not_found(
+        s.record_key_test(
+            "no-such-id",
+            "ok",
+            None,
+            ev("provider_key_tested", "provider_key"),
+        )
+        .await,
+    );
+    let at = Utc::now() - Duration::minutes(5);
+    s.touch_provider_key(&k.id, at, Some("rate_limited"))
+        .await
+        .unwrap();
+    let t = s.provider_key(&k.id).await.unwrap();
+    assert_eq!(t.last_used_at.map(micros), Some(micros(at)));
+    assert_eq!(t.last_error_class.as_deref(), Some("rate_limited"));
+    s.touch_provider_key(&k.id, at, None).await.unwrap();
+    assert_eq!(s.provider_key(&k.id).await.unwrap().last_error_class, None);
+
+    // Delete; a user's keys go with the user, the shared pool stays.
+    s.delete_provider_key(&other, ev("provider_key_deleted", "provider_key"))
+        .await
+        .unwrap();
+    is_not_found(s.provider_key(&other).await);
+    is_not_found(
+        s.delete_provider_key(&other, ev("provider_key_deleted", "provider_key"))
+            .await,
+    );
+    s.delete_user(&alice, ev("user_deleted", "user"))
+        .await
+        .unwrap();
+    is_not_found(s.provider_key(&k.id).await);
+    assert_eq!(s.provider_key(&shared).await.unwrap().owner_user_id, None);
+    assert!(s.verify_audit().await.unwrap().ok);
+}
+
+async fn client_keys_owned(db: &TestDb) {
+    let s = &db.store;
+    let alice = user(s, "alice").await;
+    let bob = user(s, "bob").await;
+    let expires = Utc::now() + Duration::days(30);
+    let mut nk = new_client_key(&alice, "laptop");
+    nk.expires_at = Some(expires);
+    let a1 = s
+        .insert_client_key(nk, ev("client_key_created", "client_key"))
+        .await
+        .unwrap();
+    assert!(a1.enabled && a1.revoked_at.is_none() && a1.use_shared_pool);
+    assert_eq!(a1.expires_at.map(micros), Some(micros(expires)));
+    assert_eq!(
+        llmhub_control::store::parse_list(&a1.allowed_models),
+        ["gpt-x"]
+    );
+    let a2 = s
+        .insert_client_key(
+            new_client_key(&alice, "ci"),
+            ev("client_key_created", "client_key"),
+        )
+        .await
+        .unwrap();
+    let b1 = s
+        .insert_client_key(
+            new_client_key(&bob, "laptop"),
+            ev("client_key_created", "client_key"),
+        )
+        .await
+        .unwrap();
+
+    // The key hash is unique; a key needs an existing user.
+    let before = audit_count(s).await;
+    is_conflict(
+        s.insert_client_key(
+            new_client_key(&alice, "laptop"),
+            ev("client_key_created", "client_key"),
+        )
+        .await,
+        "record",
+    );
+    assert!(
+        s.insert_client_key(
+            new_client_key("no-such-user", "x"),
+            ev("client_key_created", "client_key")
+        )
+        .await
+        .is_err()
+    );
+    assert_eq!(audit_count(s).await, before);
+
+    // Each user sees only their own keys, in creation order.
+    let of = |v: Vec<llmhub_control::store::entities::client_keys::Model>| -> Vec<String> {
+        v.into_iter().map(|k| k.id).collect()
+    };
+    assert_eq!(
+        of(s.client_keys_of(&alice).await.unwrap()),
+        [a1.id.clone(), a2.id.clone()]
+    );
+    assert_eq!(of(s.client_keys_of(&bob).await.unwrap()), [b1.id.as_str()]);
+    assert_eq!(s.client_keys().await.unwrap().len(), 3);
+
+    // Another user's key is not found; revoking twice is not found; neither is audited.
+    is_not_found(
+        s.revoke_client_key(&bob, &a1.id, ev("client_key_revoked", "client_key"))
+            .await,
+    );
+    assert!(audit_rows(s, "client_key_revoked").await.is_empty());
+    s.revoke_client_key(&alice, &a1.id, ev("client_key_revoked", "client_key"))
+        .await
+        .unwrap();
+    is_not_found(
+        s.revoke_client_key(&alice, &a1.id, ev("client_key_revoked", "client_key"))
+            .await,
+    );
+    let rows = audit_rows(s, "client_key_revoked").await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].target_id, a1.id);
+    let revoked = s
+        .client_keys_of(&alice)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.id == a1.id)
+        .unwrap();
+    assert!(!revoked.enabled && revoked.revoked_at.is_some());
+    let untouched = s.client_keys_of(&bob).await.unwrap();
+    assert!(untouched[0].enabled && untouched[0].revoked_at.is_none());
+    assert!(s.verify_audit().await.unwrap().ok);
+}
+
+async fn routes_crud(db: &TestDb) {
+    let s = &db.store;
+    let p1 = provider(s, "p1").await;
+    let p2 = provider(s, "p2").await;
+    let target = |p: &str, model: &str, weight, priority| NewRouteTarget {
+        provider_id: p.into(),
+        upstream_model: model.into(),
+        weight,
+        priority,
+    };
+    let r = s
+        .create_route(
+            "gpt-x",
+            "latency",
+            &["gx".into(), "gpt-x-latest".into()],
+            vec![target(&p1, "up-a", 2, 1), target(&p2, "up-b", 1, 0)],
+            ev("route_created", "route"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.route.strategy, "latency");
+    assert_eq!(r.targets.len(), 2);
+    let detail: serde_json::Value =
+        serde_json::from_str(&audit_rows(s, "route_created").await[0].detail).unwrap();
+    assert_eq!(detail["targets"], 2);
+    s.create_route(
+        "alpha",
+        "weighted",
+        &[],
+        vec![target(&p1, "up-c", 1, 0)],
+        ev("route_created", "route"),
+    )
+    .await
+    .unwrap();
+
+    // Conflicts and bad targets leave nothing behind (route and targets are one transaction).
+    let before = audit_count(s).await;
+    is_conflict(
+        s.create_route(
+            "gpt-x",
+            "weighted",
+            &[],
+            vec![target(&p1, "up-z", 1, 0)],
+            ev("route_created", "route"),
+        )
+        .await,
+        "route",
+    );
+    assert!(
+        s.create_route(
+            "beta",
+            "weighted",
+            &[],
+            vec![
+                target(&p1, "ok", 1, 0),
+                target("no-such-provider", "up", 1, 1)
+            ],
+            ev("route_created", "route"),
+        )
+        .await
+        .is_err()
+    );
+    assert_eq!(audit_count(s).await, before);
+
+    // Listed by public name, targets by priority.
+    let routes = s.routes().await.unwrap();
+    let names: Vec<&str> = routes
+        .iter()
+        .map(|r| r.route.public_model.as_str())
+        .collect();
+    assert_eq!(names, ["alpha", "gpt-x"]);
+    let gx = &routes[1];
+    assert_eq!(
+        llmhub_control::store::parse_list(&gx.route.aliases),
+        ["gx", "gpt-x-latest"]
+    );
+    let models: Vec<(&str, i32, i32)> = gx
+        .targets
+        .iter()
+        .map(|t| (t.upstream_model.as_str(), t.weight, t.priority))
+        .collect();
+    assert_eq!(models, [("up-b", 1, 0), ("up-a", 2, 1)]);
+    assert_eq!(routes[0].targets.len(), 1);
+    assert!(s.verify_audit().await.unwrap().ok);
+}
+
+async fn routing_records_idempotent(db: &TestDb) {
+    let s = &db.store;
+    let t0 = Utc::now() - Duration::minutes(10);
+    let record = |id: &str, user: &str, secs: i64, status: u32| NewRoutingRecord {
+        request_id: id.into(),
+        proxy_id: "proxy-1".into(),
+        started_at: t0 + Duration::seconds(secs),
+        user_id: user.into(),
+        client_key_prefix: "lh-abc".into(),
+        public_model: "gpt-x".into(),
+        status,
+        latency_ms: 12,
+        stream: secs % 2 == 0,
+        detail: serde_json::json!({"attempts": [{"class": "ok"}], "skipped": []}),
+    };
+    s.insert_routing_records(vec![]).await.unwrap();
+    s.insert_routing_records(vec![record("r1", "u1", 0, 200), record("r2", "u2", 1, 429)])
+        .await
+        .unwrap();
+    // Delivered again (at least once) together with a new one: each request id is stored once,
+    // and the first delivery wins.
+    s.insert_routing_records(vec![record("r1", "u1", 0, 500), record("r3", "u1", 2, 200)])
+        .await
+        .unwrap();
+    s.insert_routing_records(vec![record("r3", "u1", 2, 503)])
+        .await
+        .unwrap();
+
+    let all = s.routing_records(None, 100).await.unwrap();
+    let ids: Vec<&str> = all.iter().map(|r| r.request_id.as_str()).collect();
+    assert_eq!(ids, ["r3", "r2", "r1"], "newest first");
+    assert_eq!(all[2].status, 200);
+    assert_eq!(all[0].status, 200);
+    assert_eq!(all[1].proxy_id, "proxy-1");
+    let detail: serde_json::Value = serde_json::from_str(&all[0].detail).unwrap();
+    assert_eq!(detail["attempts"][0]["class"], "ok");
+
+    // Pagination by limit, and one user's records only.
+    let ids: Vec<String> = s
+        .routing_records(None, 2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.request_id)
+        .collect();
+    assert_eq!(ids, ["r3", "r2"]);
+    let ids: Vec<String> = s
+        .routing_records(Some("u1"), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.request_id)
+        .collect();
+    assert_eq!(ids, ["r3", "r1"]);
+    assert!(s.routing_records(Some("u3"), 100).await.unwrap().is_empty());
+
+    // Text longer than its column is cut to fit.
+    let mut long = record(&"x".repeat(100), &"u".repeat(50), 3, 200);
+    long.public_model = "m".repeat(300);
+    s.insert_routing_records(vec![long]).await.unwrap();
+    let newest = &s.routing_records(None, 1).await.unwrap()[0];
+    assert_eq!(newest.request_id.len(), 64);
+    assert_eq!(newest.user_id.len(), 36);
+    assert_eq!(newest.public_model.len(), 128);
+}
+
+async fn key_health(db: &TestDb) {
+    let s = &db.store;
+    let p = provider(s, "p1").await;
+    let k = key(s, &p, None, "fp_k").await;
+    let k2 = key(s, &p, None, "fp_k2").await;
+    let now = Utc::now();
+
+    // Upsert: a cooldown keeps the later end.
+    let c = s
+        .apply_cooldown(
+            &k,
+            "gpt-x",
+            now + Duration::seconds(60),
+            "rate_limited",
+            "proxy-1",
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (c.model.as_str(), c.class.as_str()),
+        ("gpt-x", "rate_limited")
+    );
+    let c = s
+        .apply_cooldown(
+            &k,
+            "gpt-x",
+            now + Duration::seconds(10),
+            "rate_limited",
+            "proxy-2",
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(micros(c.until), micros(now + Duration::seconds(60)));
+    assert_eq!(c.source, "proxy-2");
+    let c = s
+        .apply_cooldown(
+            &k,
+            "gpt-x",
+            now + Duration::seconds(120),
+            "forced",
+            "admin:a",
+            Some(ev("key_cooldown_forced", "provider_key")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(micros(c.until), micros(now + Duration::seconds(120)));
+    assert_eq!(audit_rows(s, "key_cooldown_forced").await[0].target_id, k);
+    s.apply_cooldown(
+        &k2,
+        "",
+        now + Duration::hours(1),
+        "quota_exhausted",
+        "proxy-1",
+        None,
+    )
+    .await
+    .unwrap();
+    is_not_found(
+        s.apply_cooldown(
+            "no-such-key",
+            "",
+            now + Duration::hours(1),
+            "forced",
+            "x",
+            None,
+        )
+        .await,
+    );
+
+    // Live cooldowns only: an ended one is not listed.
+    s.apply_cooldown(
+        &k,
+        "old",
+        now - Duration::seconds(1),
+        "rate_limited",
+        "proxy-1",
+        None,
+    )
+    .await
+    .unwrap();
+    let mut live: Vec<(String, String)> = s
+        .live_cooldowns()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.key_id, c.model))
+        .collect();
+    live.sort();
+    let mut expected = vec![(k.clone(), "gpt-x".to_owned()), (k2.clone(), String::new())];
+    expected.sort();
+    assert_eq!(live, expected);
+    let mine = s.cooldowns_of(&k).await.unwrap();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].model, "gpt-x");
+
+    // Expiry: only an ended cooldown is cleared by a successful trial.
+    assert!(
+        !s.clear_key_health_if_expired(&k, "gpt-x", "proxy-1")
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.clear_key_health_if_expired(&k, "old", "proxy-1")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.clear_key_health_if_expired(&k, "old", "proxy-1")
+            .await
+            .unwrap()
+    );
+
+    // Clear one model, then nothing left to clear.
+    assert!(
+        s.clear_key_health(&k, Some("gpt-x"), "admin:a", None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.clear_key_health(&k, Some("gpt-x"), "admin:a", None)
+            .await
+            .unwrap()
+    );
+    assert!(s.cooldowns_of(&k).await.unwrap().is_empty());
+    is_not_found(s.clear_key_health("no-such-key", None, "x", None).await);
+
+    // Disable once; a whole-key clear re-enables it.
+    assert!(s.disable_key(&k, "invalid_key", "proxy-1").await.unwrap());
+    assert!(!s.disable_key(&k, "invalid_key", "proxy-1").await.unwrap());
+    let row = s.provider_key(&k).await.unwrap();
+    assert_eq!(row.key_state(), Some(KeyState::Disabled));
+    assert_eq!(row.state, "disabled");
+    assert_eq!(row.state_reason.as_deref(), Some("invalid_key"));
+    assert_eq!(row.last_error_class.as_deref(), Some("invalid_key"));
+    is_not_found(s.disable_key("no-such-key", "invalid_key", "x").await);
+    assert!(
+        s.clear_key_health(
+            &k,
+            None,
+            "admin:a",
+            Some(ev("key_cooldown_cleared", "provider_key"))
+        )
+        .await
+        .unwrap()
+    );
+    let row = s.provider_key(&k).await.unwrap();
+    assert_eq!(row.key_state(), Some(KeyState::Active));
+    assert_eq!(row.state_reason, None);
+    assert_eq!(audit_rows(s, "key_cooldown_cleared").await.len(), 1);
+
+    // History, newest first, bounded by the limit.
+    let events: Vec<String> = s
+        .key_history(&k, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "cleared",
+            "disabled",
+            "cleared",
+            "recovered",
+            "cooldown",
+            "cooldown",
+            "cooldown",
+            "cooldown"
+        ]
+    );
+    assert_eq!(s.key_history(&k, 2).await.unwrap().len(), 2);
+    assert_eq!(s.key_history(&k2, 100).await.unwrap().len(), 1);
+
+    // Cooldowns and history go with the key.
+    s.delete_provider_key(&k2, ev("provider_key_deleted", "provider_key"))
+        .await
+        .unwrap();
+    assert!(s.cooldowns_of(&k2).await.unwrap().is_empty());
+    assert!(s.key_history(&k2, 100).await.unwrap().is_empty());
+    assert!(s.verify_audit().await.unwrap().ok);
+}
+
+async fn settings_and_vault_rows(db: &TestDb) {
+    let s = &db.store;
+    assert!(s.setting("secret").await.unwrap().is_none());
+    let first = s
+        .insert_setting_if_absent("secret", b"one".to_vec(), 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.sealed.as_slice(), first.key_version),
+        (&b"one"[..], 1)
+    );
+    // The first writer wins; a later insert reads back the same row.
+    let again = s
+        .insert_setting_if_absent("secret", b"two".to_vec(), 2)
+        .await
+        .unwrap();
+    assert_eq!(again.sealed, b"one");
+
+    s.put_setting("state", b"s1".to_vec(), 1, None)
+        .await
+        .unwrap();
+    s.put_setting(
+        "state",
+        b"s2".to_vec(),
+        2,
+        Some(ev("vault_state_changed", "vault")),
+    )
+    .await
+    .unwrap();
+    let st = s.setting("state").await.unwrap().unwrap();
+    assert_eq!((st.sealed.as_slice(), st.key_version), (&b"s2"[..], 2));
+    assert_eq!(audit_rows(s, "vault_state_changed").await.len(), 1);
+
+    // Ciphertext swaps happen only over the expected old value.
+    assert!(
+        !s.swap_setting_sealed("secret", b"stale", b"x".to_vec(), 3)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.swap_setting_sealed("secret", b"one", b"one-v3".to_vec(), 3)
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.setting("secret").await.unwrap().unwrap().key_version, 3);
+
+    let p = provider(s, "p1").await;
+    let k = key(s, &p, None, "fp_v").await;
+    assert!(
+        !s.swap_provider_key_sealed(&k, b"stale", b"y".to_vec(), 3)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.swap_provider_key_sealed(&k, b"sealed-fp_v", b"sealed-v3".to_vec(), 3)
+            .await
+            .unwrap()
+    );
+    let row = s.provider_key(&k).await.unwrap();
+    assert_eq!(
+        (row.sealed.as_slice(), row.key_version),
+        (&b"sealed-v3"[..], 3)
+    );
+    key(s, &p, None, "fp_w").await;
+
+    // Counts by master-key version, and the rows still to re-wrap.
+    let counts = s.sealed_counts().await.unwrap();
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        [(1, 1), (2, 1), (3, 2)]
+    );
+    let pending = s.rows_not_under(3, 10).await.unwrap();
+    let mut names: Vec<String> = pending
+        .iter()
+        .map(|r| match r {
+            SealedRow::ProviderKey(k) => format!("key:{}", k.fingerprint),
+            SealedRow::Setting(st) => format!("setting:{}", st.name),
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["key:fp_w", "setting:state"]);
+    assert_eq!(s.rows_not_under(3, 1).await.unwrap().len(), 1);
+}
+
+async fn audit_chain(db: &TestDb) {
+    let s = &db.store;
+    let report = s.verify_audit().await.unwrap();
+    assert!(report.ok && report.rows_checked == 0);
+
+    let alice = user(s, "alice").await;
+    let p = provider(s, "p1").await;
+    s.audit(ev("lockouts_cleared", "user").target(&alice))
+        .await
+        .unwrap();
+    s.audit(ev("login_failed", "user").failure().target(&alice))
+        .await
+        .unwrap();
+    let k = key(s, &p, None, "fp_a").await;
+    // A refused mutation rolls its audit row back with it.
+    is_conflict(
+        s.create_user(
+            new_user("alice", "user", UserStatus::Active),
+            ev("user_created", "user"),
+        )
+        .await,
+        "user",
+    );
+    assert_eq!(audit_count(s).await, 5);
+
+    // Filters.
+    let by = |f: AuditFilter| async move { s.audit_rows(f).await.unwrap() };
+    let rows = by(AuditFilter {
+        target_id: Some(alice.clone()),
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    let actions: Vec<&str> = rows.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["login_failed", "lockouts_cleared", "user_created"]
+    );
+    let rows = by(AuditFilter {
+        outcome: Some("failure".into()),
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].action, "login_failed");
+    assert_eq!(
+        by(AuditFilter {
+            actor_user_id: Some("admin-id".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .len(),
+        5
+    );
+    assert!(
+        by(AuditFilter {
+            since: Some(Utc::now() + Duration::hours(1)),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .is_empty()
+    );
+    assert_eq!(
+        by(AuditFilter {
+            until: Some(Utc::now() + Duration::hours(1)),
+            action: Some("provider_key_created".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await[0]
+            .target_id,
+        k
+    );
+
+    // Keyset pagination: newest first, pages continue below the last seq.
+    let page1 = by(AuditFilter {
+        limit: 2,
+        ..Default::default()
+    })
+    .await;
+    let seqs: Vec<i64> = page1.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [5, 4]);
+    let page2 = by(AuditFilter {
+        limit: 2,
+        before_seq: Some(4),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(page2.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 2]);
+    let page3 = by(AuditFilter {
+        limit: 2,
+        before_seq: Some(2),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(page3.iter().map(|r| r.seq).collect::<Vec<_>>(), [1]);
+
+    // The chain verifies, links each row to the one before, and notices an edited row.
+    let report = s.verify_audit().await.unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!((report.rows_checked, report.head_seq), (5, 5));
+    let all = by(AuditFilter {
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    for pair in all.windows(2) {
+        assert_eq!(pair[0].prev_hash, pair[1].hash);
+    }
+    let raw = sea_orm::Database::connect(db.url.as_str()).await.unwrap();
+    raw.execute_unprepared("UPDATE audit_log SET detail = '{\"edited\":true}' WHERE seq = 3")
+        .await
+        .unwrap();
+    raw.close().await.unwrap();
+    let report = s.verify_audit().await.unwrap();
+    assert!(!report.ok);
+    assert_eq!(report.first_bad_seq, Some(3));
+    assert_eq!(report.rows_checked, 2);
+
+    // A store with another chain key cannot vouch for these rows.
+    let other = Store::connect(&db.url)
+        .await
+        .unwrap()
+        .with_audit_key(AuditKey(zeroize::Zeroizing::new([9u8; 32])));
+    let report = other.verify_audit().await.unwrap();
+    assert_eq!(report.first_bad_seq, Some(1));
+}
