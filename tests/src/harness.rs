@@ -714,6 +714,11 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// The proxy process's id (benchmarks read its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self._child.id()
+    }
+
     pub async fn readyz(&self) -> anyhow::Result<(u16, Value)> {
         let r = self
             .http

@@ -385,21 +385,38 @@ impl SnapshotHub {
     pub async fn apply_outcome(&self, o: &KeyOutcome, source: &str) -> Result<(), StoreError> {
         let _health = self.rebuild.lock().await;
         let now = Utc::now();
+        let effect = self.outcome_effect(o, source, now).await;
+        let class = o.class.filter(|c| *c != Outcome::Ok).map(Outcome::as_str);
+        let touched = self
+            .store
+            .touch_provider_key(&o.key_id, o.observed_at.unwrap_or(now), class)
+            .await;
+        // A key deleted since the proxy used it: nothing to change, and the report must still be
+        // acknowledged (an error here would make the proxy resend the batch forever).
+        match effect.and(touched) {
+            Err(StoreError::NotFound) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// The fleet-wide health change an outcome calls for, persisted and published. Called with
+    /// the health lock held.
+    async fn outcome_effect(
+        &self,
+        o: &KeyOutcome,
+        source: &str,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let until = o.retry_at.filter(|t| *t > now);
-        let result = match o.class {
+        match o.class {
             Some(Outcome::Failed(
                 class @ (FailureClass::RateLimited | FailureClass::QuotaExhausted),
             )) => {
                 let rate_limited = class == FailureClass::RateLimited;
-                let model = if rate_limited {
-                    o.upstream_model.as_str()
+                let (model, fallback) = if rate_limited {
+                    (o.upstream_model.as_str(), chrono::Duration::seconds(5))
                 } else {
-                    ""
-                };
-                let fallback = if rate_limited {
-                    chrono::Duration::seconds(5)
-                } else {
-                    chrono::Duration::hours(1)
+                    ("", chrono::Duration::hours(1))
                 };
                 let until = until.unwrap_or(now + fallback);
                 let c = self
@@ -407,14 +424,12 @@ impl SnapshotHub {
                     .apply_cooldown(&o.key_id, model, until, class.as_str(), source, None)
                     .await?;
                 self.publish_key_state(&o.key_id, KeyHealth::cooling(&c.model, c.until, &c.class));
-                Ok(())
             }
             Some(Outcome::Failed(FailureClass::InvalidKey)) => {
                 let reason = FailureClass::InvalidKey.as_str();
                 if self.store.disable_key(&o.key_id, reason, source).await? {
                     self.publish_key_state(&o.key_id, KeyHealth::disabled(reason));
                 }
-                Ok(())
             }
             // A trial after a cooldown succeeded: the cooldown is over everywhere.
             Some(Outcome::Ok) => {
@@ -427,18 +442,10 @@ impl SnapshotHub {
                         self.publish_key_state(&o.key_id, KeyHealth::active(model));
                     }
                 }
-                Ok(())
             }
-            _ => Ok(()),
-        };
-        let class = o.class.filter(|c| *c != Outcome::Ok).map(Outcome::as_str);
-        self.store
-            .touch_provider_key(&o.key_id, o.observed_at.unwrap_or(now), class)
-            .await?;
-        match result {
-            Err(StoreError::NotFound) => Ok(()),
-            other => other,
+            _ => {}
         }
+        Ok(())
     }
 
     /// Stores one report batch: key health first (it is what other proxies are waiting for),
