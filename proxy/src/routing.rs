@@ -24,11 +24,6 @@ pub fn plan<'a>(
 ) -> Plan<'a> {
     let mut plan = Plan::default();
     let turn = snap.next_turn();
-    let earliest = |t: Option<SystemTime>, plan: &mut Plan<'a>| {
-        if let Some(t) = t {
-            plan.earliest = Some(plan.earliest.map_or(t, |e| e.min(t)));
-        }
-    };
     for target in weighted_targets(&route.targets, turn) {
         let Some(provider) = snap.providers.get(&target.provider_id) else {
             continue;
@@ -44,7 +39,7 @@ pub fn plan<'a>(
                 provider.name,
                 clock(until)
             ));
-            earliest(Some(until), &mut plan);
+            plan.recovers(Some(until));
             continue;
         }
         let keys = snap
@@ -52,38 +47,10 @@ pub fn plan<'a>(
             .get(&provider.id)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let mut open: Vec<&Arc<ProviderKey>> = Vec::new();
-        let mut half_open: Vec<&Arc<ProviderKey>> = Vec::new();
-        for k in keys {
-            let owned = match &k.owner_user_id {
-                Some(owner) => owner == &client.user_id,
-                None => client.use_shared_pool,
-            };
-            if !owned {
-                continue;
-            }
-            if !k.allowed_models.is_empty()
-                && !k.allowed_models.iter().any(|m| m == &target.upstream_model)
-            {
-                plan.skipped.push(format!(
-                    "key {}: not allowed for {}",
-                    k.fingerprint, target.upstream_model
-                ));
-                continue;
-            }
-            match health.gate(&k.id, &target.upstream_model, k.rpm_limit, now) {
-                Gate::Open => open.push(k),
-                Gate::HalfOpen => half_open.push(k),
-                Gate::Skip { reason, until } => {
-                    plan.skipped
-                        .push(format!("key {}: {reason}", k.fingerprint));
-                    earliest(until, &mut plan);
-                }
-            }
-        }
+        let (open, half_open) = usable_keys(keys, target, client, health, now, &mut plan);
         let key_turn = target.cursor.fetch_add(1, Ordering::Relaxed);
         let ordered = order(open, route.strategy, health, key_turn);
-        for k in half_open
+        for (key, half_open) in half_open
             .into_iter()
             .map(|k| (k, true))
             .chain(ordered.into_iter().map(|k| (k, false)))
@@ -91,12 +58,55 @@ pub fn plan<'a>(
             plan.candidates.push(Candidate {
                 target,
                 provider,
-                key: k.0.clone(),
-                half_open: k.1,
+                key: key.clone(),
+                half_open,
             });
         }
     }
     plan
+}
+
+type Keys<'k> = Vec<&'k Arc<ProviderKey>>;
+
+/// The target's keys this client may use and that are not resting: (open, half-open). Every
+/// other key of the client's gets a skip line and, when it recovers, counts for `earliest`.
+fn usable_keys<'k>(
+    keys: &'k [Arc<ProviderKey>],
+    target: &Target,
+    client: &ClientKey,
+    health: &Health,
+    now: SystemTime,
+    plan: &mut Plan<'_>,
+) -> (Keys<'k>, Keys<'k>) {
+    let (mut open, mut half_open) = (Vec::new(), Vec::new());
+    for k in keys {
+        let owned = match &k.owner_user_id {
+            Some(owner) => owner == &client.user_id,
+            None => client.use_shared_pool,
+        };
+        if !owned {
+            continue;
+        }
+        if !k.allowed_models.is_empty()
+            && !k.allowed_models.iter().any(|m| m == &target.upstream_model)
+        {
+            plan.skipped.push(format!(
+                "key {}: not allowed for {}",
+                k.fingerprint, target.upstream_model
+            ));
+            continue;
+        }
+        match health.gate(&k.id, &target.upstream_model, k.rpm_limit, now) {
+            Gate::Open => open.push(k),
+            Gate::HalfOpen => half_open.push(k),
+            Gate::Skip { reason, until } => {
+                plan.skipped
+                    .push(format!("key {}: {reason}", k.fingerprint));
+                plan.recovers(until);
+            }
+        }
+    }
+    (open, half_open)
 }
 
 /// Targets in priority order; targets sharing a priority take turns in proportion to their
@@ -172,6 +182,15 @@ pub struct Plan<'a> {
     pub candidates: Vec<Candidate<'a>>,
     pub skipped: Vec<String>,
     pub earliest: Option<SystemTime>,
+}
+
+impl Plan<'_> {
+    /// Notes when something skipped becomes usable again.
+    fn recovers(&mut self, at: Option<SystemTime>) {
+        if let Some(t) = at {
+            self.earliest = Some(self.earliest.map_or(t, |e| e.min(t)));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -419,7 +419,6 @@ pub(crate) mod tests {
                 public_model: "gpt-x".into(),
                 strategy: "weighted".into(),
                 aliases: vec!["gpt-alias".into()],
-                routing_strategy: 0,
                 targets: vec![pb::RouteTarget {
                     provider_id: "p1".into(),
                     upstream_model: "up-x".into(),
