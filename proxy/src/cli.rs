@@ -1,5 +1,5 @@
-//! Command-line entry shared by the `llmhub-proxy` binary and `llmhub-control proxy` (used by
-//! the embedded `up` mode).
+//! Command-line entry shared by the `llmhub-proxy` binary and the composition binary's
+//! `llmhub proxy` (which `llmhub up` runs as its child).
 
 use std::path::Path;
 use std::process::ExitCode;
