@@ -23,7 +23,7 @@ use crate::app::App;
 use crate::body::{Body, json};
 use crate::error::ProxyError;
 use crate::exchange::{Exchange, timestamp};
-use crate::routing::{self, Plan};
+use crate::routing;
 use crate::upstream::{self, Step, WireBody};
 use llmhub_proto::v1 as pb;
 
@@ -72,8 +72,9 @@ async fn forward(
     let now = app.clock.now();
     let mut admitted = admission::admit(&snap, req, op, app.max_body_bytes, now, ex).await?;
     let route = admitted.route.clone();
-    let plan = routing::plan(&snap, &route, admitted.client, &app.health, now);
-    ex.start_record(record(&admitted, ex, &plan, now));
+    let mut plan = routing::plan(&snap, &route, admitted.client, &app.health, now);
+    let skipped = std::mem::take(&mut plan.skipped);
+    ex.start_record(record(&admitted, ex, skipped, now));
     let mut tally = Tally {
         earliest: plan.earliest,
         ..Tally::default()
@@ -139,7 +140,7 @@ impl Tally {
 fn record(
     admitted: &Admitted<'_>,
     ex: &Exchange,
-    plan: &Plan<'_>,
+    skipped: Vec<String>,
     now: SystemTime,
 ) -> pb::RoutingRecord {
     pb::RoutingRecord {
@@ -149,7 +150,7 @@ fn record(
         client_key_prefix: admitted.client.prefix.clone(),
         public_model: admitted.model.clone(),
         stream: admitted.stream,
-        skipped: plan.skipped.clone(),
+        skipped,
         ..Default::default()
     }
 }
