@@ -269,6 +269,7 @@ impl SnapshotHub {
                         priority: u32::try_from(t.priority).unwrap_or(0),
                     })
                     .collect(),
+                ..Default::default()
             })
             .collect();
 

@@ -536,6 +536,7 @@ fn outcome_msg(
         observed_at: Some(timestamp(now)),
         retry_at: until.map(timestamp),
         provider_stated,
+        ..Default::default()
     }
 }
 

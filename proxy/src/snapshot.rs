@@ -582,6 +582,7 @@ pub(crate) mod tests {
                     weight: 1,
                     priority: 0,
                 }],
+                ..Default::default()
             }],
             ..Default::default()
         }
