@@ -27,7 +27,7 @@ async fn provider(cp: &ControlPlane, body: Value) -> String {
 
 async fn setup() -> anyhow::Result<Env> {
     let mock = MockProvider::start().await?;
-    let cp = ControlPlane::start_with(Backend::Sqlite, "").await?;
+    let cp = ControlPlane::start(Backend::Sqlite).await?;
     let base = format!("http://{}", mock.addr);
     // Every preset, pointed at the mock under its own path prefix.
     for preset in [

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use llmhub_e2e::harness::{Backend, ControlPlane, bin, master_entry};
+use llmhub_e2e::harness::{
+    Backend, ControlOptions, ControlPlane, MasterKeys, bin, master_entry,
+};
 use llmhub_e2e::mock::MockProvider;
 use serde_json::{Value, json};
 
@@ -55,7 +57,7 @@ impl Seen {
 
 async fn keys_flow(backend: Backend) -> anyhow::Result<()> {
     let mock = MockProvider::start().await?;
-    let cp = ControlPlane::start_with(backend, "").await?;
+    let cp = ControlPlane::start(backend).await?;
     let mut seen = Seen::default();
     let (_, p) = cp
         .api(
@@ -420,7 +422,13 @@ async fn vault_status(cp: &ControlPlane) -> Value {
 /// requests flow through a proxy, none of which may fail.
 async fn rotation_flow(backend: Backend) -> anyhow::Result<()> {
     let mock = MockProvider::start().await?;
-    let cp = ControlPlane::start_with(backend, "# master-file\n").await?;
+    let cp = ControlPlane::start_with(
+        backend,
+        ControlOptions {
+            master_keys: MasterKeys::File,
+            ..ControlOptions::default()
+        },
+    ).await?;
     let pid = cp
         .add_provider("mock", "openai-compatible", &mock.base_url())
         .await?;
@@ -616,7 +624,7 @@ async fn tampered_ciphertext_fails_closed() -> anyhow::Result<()> {
     use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
     use sea_orm::{ConnectionTrait, QueryResult, Statement};
     let mock = MockProvider::start().await?;
-    let cp = ControlPlane::start_with(Backend::Sqlite, "").await?;
+    let cp = ControlPlane::start(Backend::Sqlite).await?;
     let pid = cp
         .add_provider("mock", "openai-compatible", &mock.base_url())
         .await?;
