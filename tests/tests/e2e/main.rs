@@ -25,6 +25,7 @@ macro_rules! on_both_backends {
 }
 
 mod accounts;
+mod architecture;
 mod dialects;
 mod mtls;
 mod routing;
