@@ -508,7 +508,10 @@ impl ControlPlane {
         )
         .await?;
         if options.master_keys == MasterKeys::File {
-            std::fs::write(dir.path().join("master.key"), format!("{}\n", master_entry(1)))?;
+            std::fs::write(
+                dir.path().join("master.key"),
+                format!("{}\n", master_entry(1)),
+            )?;
         }
         let config = control_toml(&options, dir.path(), &db.url);
         let config_path = dir.path().join("control.toml");

@@ -559,14 +559,8 @@ async fn failed_logins_look_identical(backend: Backend) -> anyhow::Result<()> {
                 .unwrap_or_default();
         (r.0, www, r.2)
     };
-    let login = |u: &str, p: &str| {
-        cp.call(
-            "POST",
-            "/api/v1/auth/login",
-            None,
-            Some(login_body(u, p)),
-        )
-    };
+    let login =
+        |u: &str, p: &str| cp.call("POST", "/api/v1/auth/login", None, Some(login_body(u, p)));
     answers.insert("unknown", answer(login("nobody-here", STRONG).await?));
     answers.insert("wrong", answer(login("alice", "not-the-password").await?));
     answers.insert("disabled", answer(login("bob", STRONG2).await?));
@@ -838,7 +832,8 @@ async fn password_spraying_throttles_the_address() -> anyhow::Result<()> {
             login_ip_max_failures: Some(5),
             ..ControlOptions::default()
         },
-    ).await?;
+    )
+    .await?;
     for i in 0..5 {
         assert_eq!(
             cp.login(&format!("user{i}"), "Summer2024!").await?.status(),
@@ -876,14 +871,14 @@ async fn replicas_share_login_counters() -> anyhow::Result<()> {
 /// With Redis unreachable, login and the admin API fail closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_redis_fails_closed() -> anyhow::Result<()> {
-    let cp =
-        ControlPlane::start_with(
+    let cp = ControlPlane::start_with(
         Backend::Sqlite,
         ControlOptions {
             redis: Redis::Url("redis://127.0.0.1:1".into()),
             ..ControlOptions::default()
         },
-    ).await?;
+    )
+    .await?;
     assert_eq!(cp.login("admin", &cp.admin_password).await?.status(), 503);
     let (s, _, _) = cp.call("GET", "/api/v1/providers", None, None).await?;
     assert_eq!(s, 503);
@@ -895,15 +890,15 @@ async fn unreachable_redis_fails_closed() -> anyhow::Result<()> {
 /// Without Redis (the embedded default) the in-process counters still lock out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_process_counters_lock_out() -> anyhow::Result<()> {
-    let cp =
-        ControlPlane::start_with(
+    let cp = ControlPlane::start_with(
         Backend::Sqlite,
         ControlOptions {
             redis: Redis::None,
             login_max_failures: Some(2),
             ..ControlOptions::default()
         },
-    ).await?;
+    )
+    .await?;
     let (_, stats) = cp.api("GET", "/api/v1/system/stats", None).await?;
     assert_eq!(stats["counters_shared"], false);
     cp.create_user("frank", STRONG, "user").await?;
@@ -957,7 +952,8 @@ async fn approval_registration() -> anyhow::Result<()> {
             registration: Some(Registration::Approval),
             ..ControlOptions::default()
         },
-    ).await?;
+    )
+    .await?;
     let (s, _, v) = cp
         .call(
             "POST",
@@ -1062,7 +1058,8 @@ async fn admin_api_rate_limits() -> anyhow::Result<()> {
             admin_rate_limit_ip: Some(3),
             ..ControlOptions::default()
         },
-    ).await?;
+    )
+    .await?;
     let mut statuses = Vec::new();
     for _ in 0..4 {
         statuses.push(

@@ -246,7 +246,7 @@ async fn overload_trips_the_provider_breaker_not_the_key() -> anyhow::Result<()>
                 breaker_open: Some(Duration::from_millis(400)),
             },
         )
-            .await?;
+        .await?;
     for _ in 0..2 {
         assert_eq!(f.chat(&a, "m503").await.status(), 502);
     }

@@ -415,10 +415,9 @@ async fn routing_records_come_back_with_fingerprints(backend: Backend) -> anyhow
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let records = loop {
-        let (s, v) = t
-            .cp
-            .api("GET", "/api/v1/routing-records?limit=100", None)
-            .await?;
+        let (s, v) =
+            t.cp.api("GET", "/api/v1/routing-records?limit=100", None)
+                .await?;
         assert_eq!(s, 200);
         let list = v["data"].as_array().cloned().unwrap_or_default();
         if list.iter().any(|r| r["request_id"] == rid.as_str()) && list.len() >= 6 {

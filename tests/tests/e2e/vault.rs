@@ -10,9 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use llmhub_e2e::harness::{
-    Backend, ControlOptions, ControlPlane, MasterKeys, bin, master_entry,
-};
+use llmhub_e2e::harness::{Backend, ControlOptions, ControlPlane, MasterKeys, bin, master_entry};
 use llmhub_e2e::mock::MockProvider;
 use serde_json::{Value, json};
 
@@ -159,7 +157,10 @@ impl Pools {
         self.seen.add(&audit);
         let logs = self.cp.logs.text();
         for key in &self.keys {
-            assert!(!leaks(&self.seen.0, key), "a key leaked into an API response");
+            assert!(
+                !leaks(&self.seen.0, key),
+                "a key leaked into an API response"
+            );
             assert!(!leaks(&logs, key), "a key leaked into the logs");
         }
         Ok(())
@@ -178,9 +179,8 @@ on_both_backends!(
 async fn own_keys_are_added_updated_tested_and_deleted(backend: Backend) -> anyhow::Result<()> {
     let mut t = Pools::start(backend).await?;
     let ka = t.new_key();
-    let (s, _, v) = t
-        .cp
-        .call(
+    let (s, _, v) =
+        t.cp.call(
             "POST",
             &t.keys_path,
             Some(&t.alice),
@@ -192,16 +192,19 @@ async fn own_keys_are_added_updated_tested_and_deleted(backend: Backend) -> anyh
     let ka_id = v["id"].as_str().unwrap().to_owned();
     assert_eq!(v["masked"], format!("sk-****{}", &ka[ka.len() - 4..]));
     assert_eq!(v["pool"], "user");
-    let (s, _, v) = t
-        .cp
-        .call("POST", &t.keys_path, Some(&t.alice), Some(json!({"key": ka})))
+    let (s, _, v) =
+        t.cp.call(
+            "POST",
+            &t.keys_path,
+            Some(&t.alice),
+            Some(json!({"key": ka})),
+        )
         .await?;
     assert_eq!(s, 409);
     t.seen.add(&v);
     let bad = format!("pk-{}", &secret_key()[3..]);
-    let (s, _, v) = t
-        .cp
-        .call(
+    let (s, _, v) =
+        t.cp.call(
             "POST",
             &format!("/api/v1/providers/{}/keys", t.oa),
             Some(&t.alice),
@@ -214,9 +217,8 @@ async fn own_keys_are_added_updated_tested_and_deleted(backend: Backend) -> anyh
         "{v}"
     );
     t.seen.add(&v);
-    let (s, _, v) = t
-        .cp
-        .call(
+    let (s, _, v) =
+        t.cp.call(
             "POST",
             &t.keys_path,
             Some(&t.alice),
@@ -242,9 +244,8 @@ async fn own_keys_are_added_updated_tested_and_deleted(backend: Backend) -> anyh
         (json!("renamed"), json!(5), json!(60))
     );
     t.seen.add(&v);
-    let (_, _, v) = t
-        .cp
-        .call(
+    let (_, _, v) =
+        t.cp.call(
             "PATCH",
             &key_path,
             Some(&t.alice),
@@ -254,19 +255,22 @@ async fn own_keys_are_added_updated_tested_and_deleted(backend: Backend) -> anyh
     assert!(v["rpm_limit"].is_null(), "{v}");
     assert_eq!(v["weight"], 5, "untouched fields stay");
     t.seen.add(&v);
-    let (s, _, v) = t
-        .cp
-        .call("PATCH", &key_path, Some(&t.alice), Some(json!({"weight": 0})))
+    let (s, _, v) =
+        t.cp.call(
+            "PATCH",
+            &key_path,
+            Some(&t.alice),
+            Some(json!({"weight": 0})),
+        )
         .await?;
     assert_eq!(s, 400);
     t.seen.add(&v);
 
     // --- test action: one cheap authenticated call, outcome recorded ---
     let before = t.mock.requests().len();
-    let (s, _, v) = t
-        .cp
-        .call("POST", &format!("{key_path}/test"), Some(&t.alice), None)
-        .await?;
+    let (s, _, v) =
+        t.cp.call("POST", &format!("{key_path}/test"), Some(&t.alice), None)
+            .await?;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["result"], "ok");
     assert_eq!(v["key"]["last_test_result"], "ok");
@@ -307,9 +311,8 @@ async fn bulk_import_reports_every_line(backend: Backend) -> anyhow::Result<()> 
     t.add_alice_key(&ka).await?;
     let (k1, k2) = (t.new_key(), t.new_key());
     let text = format!("{k1}\n{k1}\n\nnot a key\n# comment\n{ka}\n{k2}\n");
-    let (s, _, v) = t
-        .cp
-        .call(
+    let (s, _, v) =
+        t.cp.call(
             "POST",
             &format!("{}/import", t.keys_path),
             Some(&t.alice),
@@ -380,9 +383,8 @@ async fn users_cannot_reach_each_others_keys(backend: Backend) -> anyhow::Result
         assert_eq!(s, 403, "{path}: {v}");
     }
     let shared = t.new_key();
-    let (s, v) = t
-        .cp
-        .api(
+    let (s, v) =
+        t.cp.api(
             "POST",
             &t.keys_path,
             Some(json!({"key": shared, "shared": true})),
@@ -407,16 +409,13 @@ async fn users_cannot_reach_each_others_keys(backend: Backend) -> anyhow::Result
 
 /// Bob's client key routes to the shared pool only, never to alice's keys; without shared-pool
 /// access it has no key at all; once bob is disabled his client keys stop working on the proxy.
-async fn client_keys_use_only_the_pools_their_user_may_use(
-    backend: Backend,
-) -> anyhow::Result<()> {
+async fn client_keys_use_only_the_pools_their_user_may_use(backend: Backend) -> anyhow::Result<()> {
     let mut t = Pools::start(backend).await?;
     let ka = t.new_key();
     t.add_alice_key(&ka).await?;
     let shared = t.new_key();
-    let (s, v) = t
-        .cp
-        .api(
+    let (s, v) =
+        t.cp.api(
             "POST",
             &t.keys_path,
             Some(json!({"key": shared, "shared": true})),
@@ -526,7 +525,8 @@ async fn rotation_flow(backend: Backend) -> anyhow::Result<()> {
             master_keys: MasterKeys::File,
             ..ControlOptions::default()
         },
-    ).await?;
+    )
+    .await?;
     let pid = cp
         .add_provider("mock", "openai-compatible", &mock.base_url())
         .await?;
