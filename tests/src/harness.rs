@@ -183,20 +183,34 @@ fn pg_url_for(db: &str) -> String {
 }
 
 impl Database {
+    /// A migrated database for one test: a copy of the schema's template (see [`template`]).
     pub async fn create(backend: Backend, dir: &Path) -> anyhow::Result<Self> {
         match backend {
-            Backend::Sqlite => Ok(Database {
-                url: format!("sqlite://{}?mode=rwc", dir.join("llmhub.db").display()),
-                pg_name: None,
-            }),
+            Backend::Sqlite => {
+                let path = dir.join("llmhub.db");
+                std::fs::copy(template(Backend::Sqlite).await?, &path)?;
+                Ok(Database {
+                    url: format!("sqlite://{}?mode=rwc", path.display()),
+                    pg_name: None,
+                })
+            }
             Backend::Postgres => {
                 use sea_orm::ConnectionTrait;
+                let template = template(Backend::Postgres).await?;
                 let name = format!("llmhub_e2e_{}", uuid::Uuid::new_v4().simple());
                 let admin = sea_orm::Database::connect(pg_admin_url())
                     .await
                     .context("connecting to Postgres (set LLMHUB_TEST_PG_URL)")?;
                 admin
-                    .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                    .execute_unprepared(&format!(
+                        "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
+                    ))
+                    .await?;
+                // A throwaway database: commits need not wait for the disk.
+                admin
+                    .execute_unprepared(&format!(
+                        "ALTER DATABASE \"{name}\" SET synchronous_commit = off"
+                    ))
                     .await?;
                 admin.close().await?;
                 Ok(Database {
@@ -245,6 +259,128 @@ impl Database {
             }
         }
         Ok(out)
+    }
+}
+
+/// Runs `llmhub-control migrate` against the database at `url`.
+async fn migrate(url: &str) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("migrate.toml");
+    let mut toml = Toml::default();
+    toml.str("database_url", url);
+    std::fs::write(&config, toml.0)?;
+    let mut cmd = Command::new(bin("llmhub-control"));
+    cmd.arg("migrate").arg("--config").arg(&config);
+    clear_llmhub_env(&mut cmd);
+    run_ok(&mut cmd).await?;
+    Ok(())
+}
+
+/// The schema the migrations build, as a key for [`template`]: a hash of the migration sources
+/// (the binaries under test are built from them), or of the `llmhub-control` binary's size and
+/// modification time when the sources are not beside this crate.
+fn schema_key() -> &'static str {
+    use std::hash::{Hash, Hasher};
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/src");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&sources)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        for f in &files {
+            f.file_name().hash(&mut h);
+            std::fs::read(f).unwrap_or_default().hash(&mut h);
+        }
+        if files.is_empty() {
+            let meta = std::fs::metadata(bin("llmhub-control")).ok();
+            meta.as_ref().map(std::fs::Metadata::len).hash(&mut h);
+            meta.and_then(|m| m.modified().ok()).hash(&mut h);
+        }
+        format!("{:016x}", h.finish())
+    })
+}
+
+/// A database migrated by `llmhub-control migrate`, which every test's database is copied from
+/// instead of running every migration again (a third of a Postgres test's set-up). One per
+/// schema ([`schema_key`]), kept as a cache between runs: a SQLite file in the target
+/// directory, or a Postgres database `llmhub_e2e_tpl_<key>` (drop those to reclaim the space).
+/// Concurrent test processes may build the same template; each builds under a name of its own
+/// and the first rename wins.
+async fn template(backend: Backend) -> anyhow::Result<String> {
+    static SQLITE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    static POSTGRES: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    let key = schema_key();
+    let building = uuid::Uuid::new_v4().simple().to_string();
+    match backend {
+        Backend::Sqlite => SQLITE
+            .get_or_try_init(|| async {
+                // `target/<profile>`, where this test executable was built.
+                let exe = std::env::current_exe()?;
+                let dir = exe
+                    .parent()
+                    .and_then(Path::parent)
+                    .context("target dir")?
+                    .join("llmhub-e2e");
+                std::fs::create_dir_all(&dir)?;
+                let path = dir.join(format!("schema-{key}.db"));
+                if !path.exists() {
+                    let tmp = dir.join(format!("schema-{key}.{building}.db"));
+                    migrate(&format!("sqlite://{}?mode=rwc", tmp.display())).await?;
+                    for side in ["-wal", "-journal"] {
+                        let side = format!("{}{side}", tmp.display());
+                        anyhow::ensure!(
+                            !Path::new(&side).exists(),
+                            "migrate left {side} behind; the template would be incomplete"
+                        );
+                    }
+                    std::fs::rename(&tmp, &path)?;
+                }
+                anyhow::Ok(path.display().to_string())
+            })
+            .await
+            .cloned(),
+        Backend::Postgres => POSTGRES
+            .get_or_try_init(|| async {
+                use sea_orm::ConnectionTrait;
+                let name = format!("llmhub_e2e_tpl_{key}");
+                let admin = sea_orm::Database::connect(pg_admin_url())
+                    .await
+                    .context("connecting to Postgres (set LLMHUB_TEST_PG_URL)")?;
+                let exists = admin
+                    .query_one_raw(sea_orm::Statement::from_string(
+                        admin.get_database_backend(),
+                        format!("SELECT 1 AS one FROM pg_database WHERE datname = '{name}'"),
+                    ))
+                    .await?
+                    .is_some();
+                if !exists {
+                    let tmp = format!("llmhub_e2e_tpl_{key}_{}", &building[..8]);
+                    admin
+                        .execute_unprepared(&format!("CREATE DATABASE \"{tmp}\""))
+                        .await?;
+                    migrate(&pg_url_for(&tmp)).await?;
+                    let renamed = admin
+                        .execute_unprepared(&format!(
+                            "ALTER DATABASE \"{tmp}\" RENAME TO \"{name}\""
+                        ))
+                        .await;
+                    if renamed.is_err() {
+                        // Another process got there first.
+                        admin
+                            .execute_unprepared(&format!("DROP DATABASE \"{tmp}\""))
+                            .await?;
+                    }
+                }
+                admin.close().await?;
+                anyhow::Ok(name)
+            })
+            .await
+            .cloned(),
     }
 }
 
@@ -516,13 +652,6 @@ impl ControlPlane {
         let config = control_toml(&options, dir.path(), &db.url);
         let config_path = dir.path().join("control.toml");
         std::fs::write(&config_path, config)?;
-        run_ok(
-            Command::new(bin("llmhub-control"))
-                .arg("migrate")
-                .arg("--config")
-                .arg(&config_path),
-        )
-        .await?;
         let dir = Arc::new(dir);
         let db = Arc::new(db);
         let logs = Logs::default();

@@ -146,12 +146,9 @@ on_both_backends!(
     every_route_enforces_its_access,
     users_manage_only_their_own_provider_keys,
     forged_tokens_are_refused,
-    refresh_token_reuse_revokes_the_session,
-    logout_revokes_the_session,
-    password_change_revokes_every_session,
-    role_change_and_disabling_end_sessions,
-    failed_logins_look_identical,
-    login_lockout_grows_and_expires,
+    logout_and_refresh_token_reuse_end_the_session,
+    password_and_role_changes_end_every_session,
+    failed_logins_look_identical_and_lockouts_expire,
     oversized_and_unicode_passwords,
     cookie_refresh_requires_the_csrf_token,
     audit_log_filters_paginates_and_detects_tampering,
@@ -408,10 +405,22 @@ async fn forged_tokens_are_refused(backend: Backend) -> anyhow::Result<()> {
     sc.finish(&[]).await
 }
 
-/// Refresh rotates the token; presenting a used one revokes the whole session and its family.
-async fn refresh_token_reuse_revokes_the_session(backend: Backend) -> anyhow::Result<()> {
+/// Logging out ends the session; a refresh rotates the token, and presenting a used one revokes
+/// the whole session and its token family.
+async fn logout_and_refresh_token_reuse_end_the_session(backend: Backend) -> anyhow::Result<()> {
     let mut sc = Scenario::start(backend).await?;
     sc.cp.create_user("alice", STRONG, "user").await?;
+
+    // --- logout revokes ---
+    let (a, r) = sc.sign_in("alice", STRONG).await?;
+    assert_eq!(
+        status_of(&sc.cp, "POST", "/api/v1/auth/logout", Some(&a)).await,
+        204
+    );
+    assert_eq!(status_of(&sc.cp, "GET", "/api/v1/me", Some(&a)).await, 401);
+    assert_eq!(refresh(&sc.cp, &r).await?.0, 401);
+
+    // --- refresh rotation and reuse detection ---
     let (_, r1) = sc.sign_in("alice", STRONG).await?;
     let (s, t2) = refresh(&sc.cp, &r1).await?;
     assert_eq!(s, 200, "{t2}");
@@ -433,27 +442,14 @@ async fn refresh_token_reuse_revokes_the_session(backend: Backend) -> anyhow::Re
         401,
         "the family's newest token survived reuse"
     );
-    sc.finish(&["refresh_token_reuse"]).await
+    sc.finish(&["logout", "refresh_token_reuse"]).await
 }
 
-async fn logout_revokes_the_session(backend: Backend) -> anyhow::Result<()> {
+/// A password change needs the current password and a strong new one, and ends every session;
+/// so does a role change; a user can be disabled; the last active admin cannot be demoted.
+async fn password_and_role_changes_end_every_session(backend: Backend) -> anyhow::Result<()> {
     let mut sc = Scenario::start(backend).await?;
-    sc.cp.create_user("alice", STRONG, "user").await?;
-    let (a, r) = sc.sign_in("alice", STRONG).await?;
-    let cp = &sc.cp;
-    assert_eq!(
-        status_of(cp, "POST", "/api/v1/auth/logout", Some(&a)).await,
-        204
-    );
-    assert_eq!(status_of(cp, "GET", "/api/v1/me", Some(&a)).await, 401);
-    assert_eq!(refresh(cp, &r).await?.0, 401);
-    sc.finish(&["logout"]).await
-}
-
-/// A password change needs the current password and a strong new one, and ends every session.
-async fn password_change_revokes_every_session(backend: Backend) -> anyhow::Result<()> {
-    let mut sc = Scenario::start(backend).await?;
-    sc.cp.create_user("bob", STRONG, "user").await?;
+    let bob = sc.cp.create_user("bob", STRONG, "user").await?;
     let (bob_access, _) = sc.sign_in("bob", STRONG).await?;
     let (s1, _) = sc.sign_in("bob", STRONG).await?;
     let (s2, _) = sc.sign_in("bob", STRONG).await?;
@@ -489,17 +485,9 @@ async fn password_change_revokes_every_session(backend: Backend) -> anyhow::Resu
         assert_eq!(status_of(cp, "GET", "/api/v1/me", Some(t)).await, 401);
     }
     assert_eq!(cp.login("bob", STRONG).await?.status(), 401);
-    sc.sign_in("bob", STRONG2).await?;
-    sc.finish(&["password_changed", "password_change_failed"])
-        .await
-}
+    let (bob_new, _) = sc.sign_in("bob", STRONG2).await?;
 
-/// A role change ends the user's sessions; a user can be disabled; the last active admin cannot
-/// be demoted.
-async fn role_change_and_disabling_end_sessions(backend: Backend) -> anyhow::Result<()> {
-    let mut sc = Scenario::start(backend).await?;
-    let bob = sc.cp.create_user("bob", STRONG, "user").await?;
-    let (bob_access, _) = sc.sign_in("bob", STRONG).await?;
+    // --- role change and disabling end sessions ---
     let cp = &sc.cp;
     let (s, v) = cp
         .api(
@@ -510,7 +498,7 @@ async fn role_change_and_disabling_end_sessions(backend: Backend) -> anyhow::Res
         .await?;
     assert_eq!(s, 200, "{v}");
     assert_eq!(
-        status_of(cp, "GET", "/api/v1/me", Some(&bob_access)).await,
+        status_of(cp, "GET", "/api/v1/me", Some(&bob_new)).await,
         401,
         "role change kept the session"
     );
@@ -533,11 +521,19 @@ async fn role_change_and_disabling_end_sessions(backend: Backend) -> anyhow::Res
         )
         .await?;
     assert_eq!(s, 409);
-    sc.finish(&["user_role_changed", "user_disabled"]).await
+    sc.finish(&[
+        "password_changed",
+        "password_change_failed",
+        "user_role_changed",
+        "user_disabled",
+    ])
+    .await
 }
 
 /// Unknown user, wrong password, disabled account and locked account get identical answers.
-async fn failed_logins_look_identical(backend: Backend) -> anyhow::Result<()> {
+/// Failures lock an account for the address; the second lockout doubles, and each ends on
+/// schedule. Every failed login is audited with the address, a locked attempt as `locked`.
+async fn failed_logins_look_identical_and_lockouts_expire(backend: Backend) -> anyhow::Result<()> {
     let sc = Scenario::start(backend).await?;
     let cp = &sc.cp;
     cp.create_user("alice", STRONG, "user").await?;
@@ -550,7 +546,9 @@ async fn failed_logins_look_identical(backend: Backend) -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(s, 200);
-    cp.create_user("carol", STRONG, "user").await?;
+    let carol = cp.create_user("carol", STRONG, "user").await?;
+
+    // --- identical answers: unknown user, wrong password, disabled, locked ---
     let mut answers: HashMap<&str, (u16, String, Value)> = HashMap::new();
     let answer = |r: (u16, reqwest::header::HeaderMap, Value)| {
         let www =
@@ -573,33 +571,8 @@ async fn failed_logins_look_identical(backend: Backend) -> anyhow::Result<()> {
     for (k, v) in &answers {
         assert_eq!(v, &first, "{k} differs from unknown user");
     }
-    sc.finish(&["login_failed", "user_disabled"]).await
-}
 
-/// Failures lock an account for the address; the second lockout doubles, and each ends on
-/// schedule. Every failed login is audited with the address, a locked attempt as `locked`.
-async fn login_lockout_grows_and_expires(backend: Backend) -> anyhow::Result<()> {
-    let sc = Scenario::start(backend).await?;
-    let cp = &sc.cp;
-    let carol = cp.create_user("carol", STRONG, "user").await?;
-    let fail_three_times = || async {
-        for _ in 0..3 {
-            cp.call(
-                "POST",
-                "/api/v1/auth/login",
-                None,
-                Some(login_body("carol", "not-the-password")),
-            )
-            .await
-            .unwrap();
-        }
-    };
-    fail_three_times().await;
-    assert_eq!(
-        cp.login("carol", STRONG).await?.status(),
-        401,
-        "locked account let in"
-    );
+    // --- lockout: growth and unlock on schedule ---
     let l = lockouts(cp, &carol).await;
     assert_eq!(l.len(), 1, "{l:?}");
     assert_eq!(
@@ -608,7 +581,9 @@ async fn login_lockout_grows_and_expires(backend: Backend) -> anyhow::Result<()>
     );
     assert!(l[0]["remaining_secs"].as_u64().unwrap() <= 1);
     wait_unlocked(cp, &carol).await;
-    fail_three_times().await;
+    for _ in 0..3 {
+        login("carol", "not-the-password").await?;
+    }
     let l = lockouts(cp, &carol).await;
     assert_eq!(l[0]["lock_count"], 2, "{l:?}");
     assert_eq!(l[0]["remaining_secs"], 2, "second lockout doubles: {l:?}");
@@ -631,7 +606,8 @@ async fn login_lockout_grows_and_expires(backend: Backend) -> anyhow::Result<()>
     assert!(!failed.is_empty());
     assert!(failed.iter().all(|r| r["ip"] == "127.0.0.1"));
     assert!(failed.iter().any(|r| r["detail"]["reason"] == "locked"));
-    sc.finish(&["login_failed", "login_succeeded"]).await
+    sc.finish(&["login_failed", "login_succeeded", "user_disabled"])
+        .await
 }
 
 /// Oversized passwords are refused before any hashing work; a long Unicode passphrase works; a

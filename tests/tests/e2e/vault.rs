@@ -601,7 +601,7 @@ async fn rotation_flow(backend: Backend) -> anyhow::Result<()> {
             Some(json!({"key": secret_key(), "shared": true})),
         )
         .await?;
-    assert_eq!(fresh["key_version"], 2);
+    assert_eq!(fresh["key_version"], 2, "{fresh}");
     // Version 1 still protects data: retiring it is refused.
     let (s, v) = cp
         .api("POST", "/api/v1/vault/retire", Some(json!({"version": 1})))
