@@ -227,16 +227,17 @@ fn hex_lower(b: &[u8]) -> String {
 }
 
 on_both_backends!(
-    completion_reaches_the_provider_with_its_key,
+    requests_are_checked_then_sent_with_the_provider_key,
     streams_are_relayed_chunk_by_chunk,
-    upstream_failures_map_to_client_errors,
-    bad_client_requests_are_refused,
-    routing_records_come_back_with_fingerprints,
+    upstream_failures_are_mapped_and_recorded,
 );
 
 /// The model list shows the routes of the client key; a completion reaches the mock with the
-/// provider key as bearer and the upstream model, never with the client's key.
-async fn completion_reaches_the_provider_with_its_key(backend: Backend) -> anyhow::Result<()> {
+/// provider key as bearer and the upstream model, never with the client's key. Bad client keys
+/// get 401 in OpenAI's shape; an unknown model 404; a malformed body 400.
+async fn requests_are_checked_then_sent_with_the_provider_key(
+    backend: Backend,
+) -> anyhow::Result<()> {
     let mut t = Skeleton::start(backend).await?;
     let r = t
         .http
@@ -276,6 +277,38 @@ async fn completion_reaches_the_provider_with_its_key(backend: Backend) -> anyho
     assert!(last.headers.get("x-api-key").is_none());
     // The client's own key never reaches the provider.
     assert!(!format!("{:?}", last.headers).contains(&t.setup.client_key));
+
+    // Bad client keys: 401 in OpenAI's shape.
+    for auth in [Some("lh-not-a-real-key"), Some(""), None] {
+        let mut req = t
+            .http
+            .post(format!("{}/v1/chat/completions", t.proxy.url))
+            .json(&json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}));
+        if let Some(a) = auth {
+            req = req.bearer_auth(a);
+        }
+        let r = req.send().await?;
+        assert_eq!(r.status(), 401);
+        assert!(r.headers().contains_key("x-request-id"));
+        let v: Value = r.json().await?;
+        assert_eq!(v["error"]["code"], "invalid_api_key");
+    }
+    // Unknown model and malformed bodies.
+    let r = t.chat("nope", false).await?;
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<Value>().await?["error"]["code"], "model_not_found");
+    let r = t
+        .http
+        .post(format!("{}/v1/chat/completions", t.proxy.url))
+        .bearer_auth(&t.setup.client_key)
+        .body("{not json")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await?["error"]["type"],
+        "invalid_request_error"
+    );
     t.finish().await
 }
 
@@ -323,9 +356,15 @@ async fn streams_are_relayed_chunk_by_chunk(backend: Backend) -> anyhow::Result<
 }
 
 /// Provider 429, 500, slowness, 400 and a 401 quoting the key each reach the client as their own
-/// answer, none naming the key.
-async fn upstream_failures_map_to_client_errors(backend: Backend) -> anyhow::Result<()> {
+/// answer, none naming the key. Routing records of every request come back over the Report
+/// stream and are stored, naming keys only by fingerprint.
+async fn upstream_failures_are_mapped_and_recorded(backend: Backend) -> anyhow::Result<()> {
     let mut t = Skeleton::start(backend).await?;
+    let r = t.chat("gpt-test", false).await?;
+    assert_eq!(r.status(), 200);
+    let rid = r.headers()["x-request-id"].to_str()?.to_owned();
+    t.seen.0.push_str(&r.text().await?);
+
     // Provider 429: the client gets 429 with the provider's Retry-After.
     let r = t.chat("gpt-429", false).await?;
     assert_eq!(r.status(), 429);
@@ -362,57 +401,8 @@ async fn upstream_failures_map_to_client_errors(backend: Backend) -> anyhow::Res
     let body = r.text().await?;
     assert!(body.contains("upstream_auth_failed"), "{body}");
     t.seen.0.push_str(&body);
-    t.finish().await
-}
 
-/// Bad client keys get 401 in OpenAI's shape; an unknown model 404; a malformed body 400.
-async fn bad_client_requests_are_refused(backend: Backend) -> anyhow::Result<()> {
-    let t = Skeleton::start(backend).await?;
-    for auth in [Some("lh-not-a-real-key"), Some(""), None] {
-        let mut req = t
-            .http
-            .post(format!("{}/v1/chat/completions", t.proxy.url))
-            .json(&json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}));
-        if let Some(a) = auth {
-            req = req.bearer_auth(a);
-        }
-        let r = req.send().await?;
-        assert_eq!(r.status(), 401);
-        assert!(r.headers().contains_key("x-request-id"));
-        let v: Value = r.json().await?;
-        assert_eq!(v["error"]["code"], "invalid_api_key");
-    }
-    let r = t.chat("nope", false).await?;
-    assert_eq!(r.status(), 404);
-    assert_eq!(r.json::<Value>().await?["error"]["code"], "model_not_found");
-    let r = t
-        .http
-        .post(format!("{}/v1/chat/completions", t.proxy.url))
-        .bearer_auth(&t.setup.client_key)
-        .body("{not json")
-        .send()
-        .await?;
-    assert_eq!(r.status(), 400);
-    assert_eq!(
-        r.json::<Value>().await?["error"]["type"],
-        "invalid_request_error"
-    );
-    t.finish().await
-}
-
-/// Routing records come back over the Report stream and are stored, naming keys only by
-/// fingerprint.
-async fn routing_records_come_back_with_fingerprints(backend: Backend) -> anyhow::Result<()> {
-    let mut t = Skeleton::start(backend).await?;
-    let r = t.chat("gpt-test", false).await?;
-    assert_eq!(r.status(), 200);
-    let rid = r.headers()["x-request-id"].to_str()?.to_owned();
-    t.seen.0.push_str(&r.text().await?);
-    // Five more records, failures among them.
-    for model in ["gpt-test", "gpt-429", "gpt-500", "gpt-400", "gpt-test"] {
-        let r = t.chat(model, false).await?;
-        t.seen.0.push_str(&r.text().await?);
-    }
+    // Routing records come back over the Report stream and are stored.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let records = loop {
         let (s, v) =

@@ -168,15 +168,17 @@ impl Pools {
 }
 
 on_both_backends!(
-    own_keys_are_added_updated_tested_and_deleted,
-    bulk_import_reports_every_line,
+    own_keys_are_added_updated_tested_imported_and_deleted,
     users_cannot_reach_each_others_keys,
     client_keys_use_only_the_pools_their_user_may_use,
 );
 
 /// A user's own key: added (masked, pooled as `user`), refused when duplicate or malformed,
-/// updated field by field, tested with one cheap authenticated call, deleted — all audited.
-async fn own_keys_are_added_updated_tested_and_deleted(backend: Backend) -> anyhow::Result<()> {
+/// updated field by field, tested with one cheap authenticated call, bulk-imported with an answer
+/// per line (duplicates found by fingerprint), deleted — all audited.
+async fn own_keys_are_added_updated_tested_imported_and_deleted(
+    backend: Backend,
+) -> anyhow::Result<()> {
     let mut t = Pools::start(backend).await?;
     let ka = t.new_key();
     let (s, _, v) =
@@ -282,33 +284,7 @@ async fn own_keys_are_added_updated_tested_and_deleted(backend: Backend) -> anyh
     );
     assert_eq!(probe.headers["authorization"], format!("Bearer {ka}"));
 
-    // --- delete (audited) ---
-    let (s, _, _) = t.cp.call("DELETE", &key_path, Some(&t.alice), None).await?;
-    assert_eq!(s, 204);
-    let (_, _, v) = t.cp.call("GET", &t.keys_path, Some(&t.alice), None).await?;
-    t.seen.add(&v);
-    assert!(
-        v["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|k| k["id"] != ka_id.as_str())
-    );
-    t.finish(&[
-        "provider_key_created",
-        "provider_key_updated",
-        "provider_key_tested",
-        "provider_key_deleted",
-    ])
-    .await
-}
-
-/// Bulk import answers per line, with duplicates found by fingerprint (in the text and against
-/// keys already stored).
-async fn bulk_import_reports_every_line(backend: Backend) -> anyhow::Result<()> {
-    let mut t = Pools::start(backend).await?;
-    let ka = t.new_key();
-    t.add_alice_key(&ka).await?;
+    // --- bulk import with per-line results and duplicates by fingerprint ---
     let (k1, k2) = (t.new_key(), t.new_key());
     let text = format!("{k1}\n{k1}\n\nnot a key\n# comment\n{ka}\n{k2}\n");
     let (s, _, v) =
@@ -347,8 +323,27 @@ async fn bulk_import_reports_every_line(backend: Backend) -> anyhow::Result<()> 
         ),
         (json!(2), json!(2), json!(1))
     );
-    t.finish(&["provider_key_created", "provider_keys_imported"])
-        .await
+
+    // --- delete (audited) ---
+    let (s, _, _) = t.cp.call("DELETE", &key_path, Some(&t.alice), None).await?;
+    assert_eq!(s, 204);
+    let (_, _, v) = t.cp.call("GET", &t.keys_path, Some(&t.alice), None).await?;
+    t.seen.add(&v);
+    assert!(
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["id"] != ka_id.as_str())
+    );
+    t.finish(&[
+        "provider_key_created",
+        "provider_key_updated",
+        "provider_key_tested",
+        "provider_keys_imported",
+        "provider_key_deleted",
+    ])
+    .await
 }
 
 /// Bob cannot list, test, change or delete alice's keys (404, as if absent), nor add to the
