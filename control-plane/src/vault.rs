@@ -239,6 +239,10 @@ pub struct Vault {
     retired: Mutex<BTreeSet<u32>>,
     progress: Mutex<RewrapProgress>,
     unreadable: Mutex<BTreeSet<String>>,
+    /// Serializes changes of the shared state (switch, retire, reload) with adopting it from the
+    /// store (`sync`): a sync that read the stored state just before a change was persisted must
+    /// not apply it afterwards and undo the change in memory.
+    state_lock: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -253,6 +257,7 @@ impl Vault {
             retired: Mutex::default(),
             progress: Mutex::default(),
             unreadable: Mutex::default(),
+            state_lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -290,6 +295,7 @@ impl Vault {
 
     /// Adopts the shared state (current version, retired versions) from the store.
     pub async fn sync(&self, store: &Store) -> Result<(), VaultAdminError> {
+        let _state = self.state_lock.lock().await;
         let Some(row) = store.setting(VAULT_STATE).await? else {
             return Ok(());
         };
@@ -320,12 +326,18 @@ impl Vault {
         Ok(())
     }
 
-    async fn persist(&self, store: &Store, audit: AuditEvent) -> Result<(), VaultAdminError> {
-        let ring = self.keyring();
-        let retired = lock(&self.retired).iter().copied().collect();
+    /// Stores the shared state `ring`'s current version and `retired` describe, sealed with
+    /// `ring`. Called with the state lock held, before memory changes.
+    async fn persist(
+        &self,
+        store: &Store,
+        ring: &Keyring,
+        retired: &BTreeSet<u32>,
+        audit: AuditEvent,
+    ) -> Result<(), VaultAdminError> {
         let state = PersistedState {
             current: ring.current_version(),
-            retired,
+            retired: retired.iter().copied().collect(),
         };
         let json = serde_json::to_vec(&state).unwrap_or_default();
         let sealed = ring.seal(&json, &setting_aad(VAULT_STATE));
@@ -361,6 +373,7 @@ impl Vault {
         version: u32,
         actor: &Actor,
     ) -> Result<(), VaultAdminError> {
+        let _state = self.state_lock.lock().await;
         let retired = lock(&self.retired).contains(&version);
         if retired {
             return Err(VaultAdminError::Conflict(format!(
@@ -372,16 +385,20 @@ impl Vault {
         let next = ring
             .with_current(version)
             .map_err(|e| VaultAdminError::Invalid(e.to_string()))?;
-        self.keyring.store(Arc::new(next));
         let ev = AuditEvent::new(actor, "vault_current_changed", "vault")
             .target(version.to_string())
             .detail(serde_json::json!({"from": from, "to": version}));
-        self.persist(store, ev).await
+        let retired = lock(&self.retired).clone();
+        // Stored first: memory changes only once the shared state says so.
+        self.persist(store, &next, &retired, ev).await?;
+        self.keyring.store(Arc::new(next));
+        Ok(())
     }
 
     /// Re-reads `master_key_file`. Refused when the new file lacks a version that sealed data (or
     /// the current version) still needs.
     pub async fn reload(&self, store: &Store, actor: &Actor) -> Result<Vec<u32>, VaultAdminError> {
+        let _state = self.state_lock.lock().await;
         let path = self.file.as_ref().ok_or_else(|| {
             VaultAdminError::Invalid(
                 "master keys come from the environment; restart the control plane to change them"
@@ -425,6 +442,7 @@ impl Vault {
         version: u32,
         actor: &Actor,
     ) -> Result<(), VaultAdminError> {
+        let _state = self.state_lock.lock().await;
         if self.keyring().current_version() == version {
             return Err(VaultAdminError::Conflict(format!(
                 "version {version} is current; switch new writes to another version first"
@@ -441,12 +459,13 @@ impl Vault {
                 "{in_use} sealed value(s) still use version {version}; re-wrap them first"
             )));
         }
-        {
-            lock(&self.retired).insert(version);
-        }
+        let mut retired = lock(&self.retired).clone();
+        retired.insert(version);
         let ev =
             AuditEvent::new(actor, "vault_version_retired", "vault").target(version.to_string());
-        self.persist(store, ev).await
+        self.persist(store, &self.keyring(), &retired, ev).await?;
+        *lock(&self.retired) = retired;
+        Ok(())
     }
 
     /// Starts a re-wrap unless one is running; returns false when one already is.

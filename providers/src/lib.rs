@@ -10,11 +10,13 @@ pub mod kinds;
 pub mod op;
 pub mod presets;
 pub mod routing;
+pub mod spec;
 pub mod upstream;
 
 pub use classify::{FailureClass, Verdict};
-pub use kind::{Endpoint, Kind, Spec};
+pub use kind::Kind;
 pub use kinds::anthropic::ANTHROPIC_VERSION;
 pub use op::{Dialect, Op, Serving, Translation};
 pub use routing::Strategy;
+pub use spec::{Endpoint, Spec};
 pub use upstream::{Upstream, models_request, upstream, validate_key};

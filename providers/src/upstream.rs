@@ -4,8 +4,9 @@
 
 use http::{HeaderName, HeaderValue};
 
-use crate::kind::{Endpoint, Kind};
+use crate::kind::Kind;
 use crate::op::Op;
+use crate::spec::Endpoint;
 
 pub struct Upstream {
     pub url: String,

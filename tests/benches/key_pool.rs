@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use llmhub_e2e::harness::{Backend, ControlPlane};
+use llmhub_e2e::harness::{Backend, ControlOptions, ControlPlane};
 use llmhub_e2e::mock::MockProvider;
 use serde_json::json;
 
@@ -39,7 +39,11 @@ async fn main() -> anyhow::Result<()> {
     mock.set_quota(window, u32::try_from(limit)?);
     let cp = ControlPlane::start_with(
         Backend::Postgres,
-        "admin_rate_limit_ip = 100000\nadmin_rate_limit_user = 100000\n",
+        ControlOptions {
+            admin_rate_limit_ip: Some(100_000),
+            admin_rate_limit_user: Some(100_000),
+            ..ControlOptions::default()
+        },
     )
     .await?;
     let (_, p) = cp

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use llmhub_e2e::harness::{Backend, ControlPlane};
+use llmhub_e2e::harness::{Backend, ControlOptions, ControlPlane};
 use llmhub_e2e::mock::MockProvider;
 use serde_json::json;
 
@@ -31,7 +31,11 @@ async fn main() -> anyhow::Result<()> {
     let mock = MockProvider::start().await?;
     let cp = ControlPlane::start_with(
         Backend::Postgres,
-        "admin_rate_limit_ip = 100000\nadmin_rate_limit_user = 100000\n",
+        ControlOptions {
+            admin_rate_limit_ip: Some(100_000),
+            admin_rate_limit_user: Some(100_000),
+            ..ControlOptions::default()
+        },
     )
     .await?;
     let (_, p) = cp

@@ -183,20 +183,34 @@ fn pg_url_for(db: &str) -> String {
 }
 
 impl Database {
+    /// A migrated database for one test: a copy of the schema's template (see [`template`]).
     pub async fn create(backend: Backend, dir: &Path) -> anyhow::Result<Self> {
         match backend {
-            Backend::Sqlite => Ok(Database {
-                url: format!("sqlite://{}?mode=rwc", dir.join("llmhub.db").display()),
-                pg_name: None,
-            }),
+            Backend::Sqlite => {
+                let path = dir.join("llmhub.db");
+                std::fs::copy(template(Backend::Sqlite).await?, &path)?;
+                Ok(Database {
+                    url: format!("sqlite://{}?mode=rwc", path.display()),
+                    pg_name: None,
+                })
+            }
             Backend::Postgres => {
                 use sea_orm::ConnectionTrait;
+                let template = template(Backend::Postgres).await?;
                 let name = format!("llmhub_e2e_{}", uuid::Uuid::new_v4().simple());
                 let admin = sea_orm::Database::connect(pg_admin_url())
                     .await
                     .context("connecting to Postgres (set LLMHUB_TEST_PG_URL)")?;
                 admin
-                    .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                    .execute_unprepared(&format!(
+                        "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
+                    ))
+                    .await?;
+                // A throwaway database: commits need not wait for the disk.
+                admin
+                    .execute_unprepared(&format!(
+                        "ALTER DATABASE \"{name}\" SET synchronous_commit = off"
+                    ))
                     .await?;
                 admin.close().await?;
                 Ok(Database {
@@ -248,6 +262,128 @@ impl Database {
     }
 }
 
+/// Runs `llmhub-control migrate` against the database at `url`.
+async fn migrate(url: &str) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("migrate.toml");
+    let mut toml = Toml::default();
+    toml.str("database_url", url);
+    std::fs::write(&config, toml.0)?;
+    let mut cmd = Command::new(bin("llmhub-control"));
+    cmd.arg("migrate").arg("--config").arg(&config);
+    clear_llmhub_env(&mut cmd);
+    run_ok(&mut cmd).await?;
+    Ok(())
+}
+
+/// The schema the migrations build, as a key for [`template`]: a hash of the migration sources
+/// (the binaries under test are built from them), or of the `llmhub-control` binary's size and
+/// modification time when the sources are not beside this crate.
+fn schema_key() -> &'static str {
+    use std::hash::{Hash, Hasher};
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/src");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&sources)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        for f in &files {
+            f.file_name().hash(&mut h);
+            std::fs::read(f).unwrap_or_default().hash(&mut h);
+        }
+        if files.is_empty() {
+            let meta = std::fs::metadata(bin("llmhub-control")).ok();
+            meta.as_ref().map(std::fs::Metadata::len).hash(&mut h);
+            meta.and_then(|m| m.modified().ok()).hash(&mut h);
+        }
+        format!("{:016x}", h.finish())
+    })
+}
+
+/// A database migrated by `llmhub-control migrate`, which every test's database is copied from
+/// instead of running every migration again (a third of a Postgres test's set-up). One per
+/// schema ([`schema_key`]), kept as a cache between runs: a SQLite file in the target
+/// directory, or a Postgres database `llmhub_e2e_tpl_<key>` (drop those to reclaim the space).
+/// Concurrent test processes may build the same template; each builds under a name of its own
+/// and the first rename wins.
+async fn template(backend: Backend) -> anyhow::Result<String> {
+    static SQLITE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    static POSTGRES: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    let key = schema_key();
+    let building = uuid::Uuid::new_v4().simple().to_string();
+    match backend {
+        Backend::Sqlite => SQLITE
+            .get_or_try_init(|| async {
+                // `target/<profile>`, where this test executable was built.
+                let exe = std::env::current_exe()?;
+                let dir = exe
+                    .parent()
+                    .and_then(Path::parent)
+                    .context("target dir")?
+                    .join("llmhub-e2e");
+                std::fs::create_dir_all(&dir)?;
+                let path = dir.join(format!("schema-{key}.db"));
+                if !path.exists() {
+                    let tmp = dir.join(format!("schema-{key}.{building}.db"));
+                    migrate(&format!("sqlite://{}?mode=rwc", tmp.display())).await?;
+                    for side in ["-wal", "-journal"] {
+                        let side = format!("{}{side}", tmp.display());
+                        anyhow::ensure!(
+                            !Path::new(&side).exists(),
+                            "migrate left {side} behind; the template would be incomplete"
+                        );
+                    }
+                    std::fs::rename(&tmp, &path)?;
+                }
+                anyhow::Ok(path.display().to_string())
+            })
+            .await
+            .cloned(),
+        Backend::Postgres => POSTGRES
+            .get_or_try_init(|| async {
+                use sea_orm::ConnectionTrait;
+                let name = format!("llmhub_e2e_tpl_{key}");
+                let admin = sea_orm::Database::connect(pg_admin_url())
+                    .await
+                    .context("connecting to Postgres (set LLMHUB_TEST_PG_URL)")?;
+                let exists = admin
+                    .query_one_raw(sea_orm::Statement::from_string(
+                        admin.get_database_backend(),
+                        format!("SELECT 1 AS one FROM pg_database WHERE datname = '{name}'"),
+                    ))
+                    .await?
+                    .is_some();
+                if !exists {
+                    let tmp = format!("llmhub_e2e_tpl_{key}_{}", &building[..8]);
+                    admin
+                        .execute_unprepared(&format!("CREATE DATABASE \"{tmp}\""))
+                        .await?;
+                    migrate(&pg_url_for(&tmp)).await?;
+                    let renamed = admin
+                        .execute_unprepared(&format!(
+                            "ALTER DATABASE \"{tmp}\" RENAME TO \"{name}\""
+                        ))
+                        .await;
+                    if renamed.is_err() {
+                        // Another process got there first.
+                        admin
+                            .execute_unprepared(&format!("DROP DATABASE \"{tmp}\""))
+                            .await?;
+                    }
+                }
+                admin.close().await?;
+                anyhow::Ok(name)
+            })
+            .await
+            .cloned(),
+    }
+}
+
 impl Drop for Database {
     fn drop(&mut self) {
         let Some(name) = self.pg_name.take() else {
@@ -279,6 +415,194 @@ pub fn redis_url() -> String {
     std::env::var("LLMHUB_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// Self-service registration of the control plane (`registration`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    Closed,
+    Open,
+    Approval,
+}
+
+/// Which Redis the control plane uses for its login counters and admin rate limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Redis {
+    /// The test Redis ([`redis_url`]) with a key prefix of this control plane's own.
+    #[default]
+    Test,
+    /// No Redis: in-process counters (the embedded default).
+    None,
+    /// This URL (e.g. an unreachable one), without a prefix.
+    Url(String),
+}
+
+/// Where the control plane reads its master keys: version 1 ([`master_entry`]) either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MasterKeys {
+    /// `master_keys` in the configuration file.
+    #[default]
+    Inline,
+    /// `master_key_file`: [`ControlPlane::master_file`], which a test may rewrite and reload.
+    File,
+}
+
+/// What a test changes in the control plane's configuration; `None` keeps the server default.
+/// Rendered to TOML only by [`control_toml`].
+#[derive(Debug, Clone, Default)]
+pub struct ControlOptions {
+    pub registration: Option<Registration>,
+    pub redis: Redis,
+    pub master_keys: MasterKeys,
+    /// Serve the admin API over TLS with the control plane's own server certificate (SAN
+    /// 127.0.0.1); [`ControlPlane::admin_url`] is then `https://`.
+    pub admin_tls: bool,
+    /// Exact origins allowed by CORS.
+    pub dashboard_origins: Vec<String>,
+    pub login_max_failures: Option<u64>,
+    /// Rendered in whole seconds.
+    pub login_lock_base: Option<Duration>,
+    /// Rendered in whole seconds.
+    pub login_lock_max: Option<Duration>,
+    pub login_ip_max_failures: Option<u64>,
+    pub hash_concurrency: Option<usize>,
+    pub admin_rate_limit_ip: Option<u64>,
+    pub admin_rate_limit_user: Option<u64>,
+}
+
+/// What a test changes in a proxy's configuration; `None` keeps the proxy's default. Rendered to
+/// TOML only by [`proxy_toml`].
+#[derive(Debug, Clone, Default)]
+pub struct ProxyOptions {
+    pub breaker_failures: Option<u32>,
+    /// Rendered in whole milliseconds.
+    pub breaker_open: Option<Duration>,
+}
+
+/// A TOML document built one `key = value` line at a time.
+#[derive(Default)]
+struct Toml(String);
+
+impl Toml {
+    fn str(&mut self, key: &str, value: &str) -> &mut Self {
+        self.raw(key, &toml_string(value))
+    }
+
+    fn path(&mut self, key: &str, value: &Path) -> &mut Self {
+        self.str(key, &value.display().to_string())
+    }
+
+    fn num(&mut self, key: &str, value: Option<impl std::fmt::Display>) -> &mut Self {
+        match value {
+            Some(v) => self.raw(key, &v.to_string()),
+            None => self,
+        }
+    }
+
+    fn raw(&mut self, key: &str, value: &str) -> &mut Self {
+        self.0.push_str(&format!("{key} = {value}\n"));
+        self
+    }
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The control plane's configuration file: listeners on port 0, the certificates in `dir`, the
+/// test JWT secret, then `options`.
+fn control_toml(options: &ControlOptions, dir: &Path, database_url: &str) -> String {
+    let certs = certs_dir(dir);
+    let mut t = Toml::default();
+    t.str("database_url", database_url)
+        .str("admin_listen", "127.0.0.1:0")
+        .str("grpc_listen", "127.0.0.1:0")
+        .path("tls_ca_cert", &certs.join("ca.pem"))
+        .path("tls_cert", &certs.join("control.pem"))
+        .path("tls_key", &certs.join("control.key"))
+        .str("jwt_secret", JWT_SECRET);
+    match options.master_keys {
+        MasterKeys::Inline => t.str("master_keys", &master_entry(1)),
+        MasterKeys::File => t.path("master_key_file", &dir.join("master.key")),
+    };
+    match &options.redis {
+        Redis::Test => t.str("redis_url", &redis_url()).str(
+            "redis_prefix",
+            &format!("llmhub-test-{}:", uuid::Uuid::new_v4().simple()),
+        ),
+        Redis::None => &mut t,
+        Redis::Url(url) => t.str("redis_url", url),
+    };
+    if let Some(r) = options.registration {
+        let r = match r {
+            Registration::Closed => "closed",
+            Registration::Open => "open",
+            Registration::Approval => "approval",
+        };
+        t.str("registration", r);
+    }
+    if options.admin_tls {
+        t.path("admin_tls_cert", &certs.join("control.pem"))
+            .path("admin_tls_key", &certs.join("control.key"));
+    }
+    if !options.dashboard_origins.is_empty() {
+        let list: Vec<String> = options
+            .dashboard_origins
+            .iter()
+            .map(|o| toml_string(o))
+            .collect();
+        t.raw("dashboard_origins", &format!("[{}]", list.join(", ")));
+    }
+    t.num("login_max_failures", options.login_max_failures)
+        .num(
+            "login_lock_base_secs",
+            options.login_lock_base.map(|d| d.as_secs()),
+        )
+        .num(
+            "login_lock_max_secs",
+            options.login_lock_max.map(|d| d.as_secs()),
+        )
+        .num("login_ip_max_failures", options.login_ip_max_failures)
+        .num("hash_concurrency", options.hash_concurrency)
+        .num("admin_rate_limit_ip", options.admin_rate_limit_ip)
+        .num("admin_rate_limit_user", options.admin_rate_limit_user);
+    t.0
+}
+
+/// A proxy's configuration file: listeners on port 0, the control plane at `grpc_addr` trusted
+/// through `ca`, the client certificate `identity`, then `options`.
+fn proxy_toml(
+    options: &ProxyOptions,
+    name: &str,
+    grpc_addr: &str,
+    ca: &Path,
+    identity: (&Path, &Path),
+) -> String {
+    let mut t = Toml::default();
+    t.str("listen", "127.0.0.1:0")
+        .str("internal_listen", "127.0.0.1:0")
+        .str("control_plane_url", &format!("https://{grpc_addr}"))
+        .path("tls_ca_cert", ca)
+        .str("proxy_id", name)
+        .path("tls_cert", identity.0)
+        .path("tls_key", identity.1)
+        .num("breaker_failures", options.breaker_failures)
+        .num(
+            "breaker_open_ms",
+            options.breaker_open.map(|d| d.as_millis()),
+        );
+    t.0
+}
+
 /// A running control plane with its CA and a valid proxy certificate.
 pub struct ControlPlane {
     pub dir: Arc<tempfile::TempDir>,
@@ -298,12 +622,11 @@ pub fn certs_dir(dir: &Path) -> PathBuf {
 
 impl ControlPlane {
     pub async fn start(backend: Backend) -> anyhow::Result<Self> {
-        Self::start_with(backend, "").await
+        Self::start_with(backend, ControlOptions::default()).await
     }
 
-    /// Starts a control plane whose configuration gets `extra` TOML lines appended. Unless
-    /// `extra` sets `redis_url`, it uses the test Redis with a key prefix of its own.
-    pub async fn start_with(backend: Backend, extra: &str) -> anyhow::Result<Self> {
+    /// Starts a control plane configured by `options` on a fresh database of `backend`.
+    pub async fn start_with(backend: Backend, options: ControlOptions) -> anyhow::Result<Self> {
         install_crypto();
         let dir = tempfile::tempdir()?;
         let db = Database::create(backend, dir.path()).await?;
@@ -320,43 +643,15 @@ impl ControlPlane {
                 .arg(&certs),
         )
         .await?;
-        let master = master_entry(1);
-        // `# master-file` in `extra`: keys come from a file the test can rewrite (and reload).
-        let keys_line = if extra.contains("# master-file") {
-            let path = dir.path().join("master.key");
-            std::fs::write(&path, format!("{master}\n"))?;
-            format!("master_key_file = {path:?}")
-        } else {
-            format!("master_keys = {master:?}")
-        };
-        let mut config = format!(
-            "database_url = {:?}\nadmin_listen = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\n\
-             tls_ca_cert = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n{keys_line}\n\
-             jwt_secret = {JWT_SECRET:?}\n",
-            db.url,
-            certs.join("ca.pem"),
-            certs.join("control.pem"),
-            certs.join("control.key"),
-        );
-        let extra = extra.replace("@CERTS@", &certs.display().to_string());
-        if !extra.contains("redis_url") && !extra.contains("# no-redis") {
-            config.push_str(&format!(
-                "redis_url = {:?}\nredis_prefix = \"llmhub-test-{}:\"\n",
-                redis_url(),
-                uuid::Uuid::new_v4().simple()
-            ));
+        if options.master_keys == MasterKeys::File {
+            std::fs::write(
+                dir.path().join("master.key"),
+                format!("{}\n", master_entry(1)),
+            )?;
         }
-        config.push_str(&extra);
-        config.push('\n');
+        let config = control_toml(&options, dir.path(), &db.url);
         let config_path = dir.path().join("control.toml");
         std::fs::write(&config_path, config)?;
-        run_ok(
-            Command::new(bin("llmhub-control"))
-                .arg("migrate")
-                .arg("--config")
-                .arg(&config_path),
-        )
-        .await?;
         let dir = Arc::new(dir);
         let db = Arc::new(db);
         let logs = Logs::default();
@@ -365,11 +660,7 @@ impl ControlPlane {
             .iter()
             .find(|v| v["event"] == "bootstrap_admin")
             .context("no bootstrap_admin line on first start")?;
-        let scheme = if extra.contains("admin_tls_cert") {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = if options.admin_tls { "https" } else { "http" };
         Ok(ControlPlane {
             admin_url: format!(
                 "{scheme}://{}",
@@ -529,7 +820,7 @@ impl ControlPlane {
         self.dir.path().join("control.toml")
     }
 
-    /// The master-key file (with `# master-file`).
+    /// The master-key file (with [`MasterKeys::File`]).
     pub fn master_file(&self) -> PathBuf {
         self.dir.path().join("master.key")
     }
@@ -599,37 +890,35 @@ impl ControlPlane {
         name: &str,
         identity: Option<(&Path, &Path)>,
     ) -> anyhow::Result<Proxy> {
-        self.spawn_proxy_with(name, identity, "").await
+        self.spawn_proxy_with(name, identity, &ProxyOptions::default())
+            .await
     }
 
-    /// Like [`ControlPlane::spawn_proxy`], with extra proxy configuration lines.
+    /// Like [`ControlPlane::spawn_proxy`], configured by `options`.
     pub async fn spawn_proxy_with(
         &self,
         name: &str,
         identity: Option<(&Path, &Path)>,
-        extra: &str,
+        options: &ProxyOptions,
     ) -> anyhow::Result<Proxy> {
         let dir = self.dir.path();
-        let mut toml = format!(
-            "listen = \"127.0.0.1:0\"\ninternal_listen = \"127.0.0.1:0\"\ncontrol_plane_url = \"https://{}\"\n\
-             tls_ca_cert = {:?}\nproxy_id = {name:?}\n",
-            self.grpc_addr,
-            self.certs().join("ca.pem"),
-        );
-        match identity {
-            Some((cert, key)) => {
-                toml.push_str(&format!("tls_cert = {cert:?}\ntls_key = {key:?}\n"))
-            }
+        let (cert, key) = match identity {
+            Some((cert, key)) => (cert.to_path_buf(), key.to_path_buf()),
             None => {
                 // The proxy refuses to start without a client certificate; give it an empty one
                 // so the TLS layer, not the config check, is what is tested.
                 let empty = dir.join(format!("{name}-empty.pem"));
                 std::fs::write(&empty, "")?;
-                toml.push_str(&format!("tls_cert = {empty:?}\ntls_key = {empty:?}\n"));
+                (empty.clone(), empty)
             }
-        }
-        toml.push_str(extra);
-        toml.push('\n');
+        };
+        let toml = proxy_toml(
+            options,
+            name,
+            &self.grpc_addr,
+            &self.certs().join("ca.pem"),
+            (&cert, &key),
+        );
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, toml)?;
         let mut cmd = Command::new(bin("llmhub-proxy"));
@@ -649,17 +938,21 @@ impl ControlPlane {
 
     /// The standard proxy with the valid certificate, once it serves the current snapshot.
     pub async fn ready_proxy(&self, name: &str) -> anyhow::Result<Proxy> {
-        self.ready_proxy_with(name, "").await
+        self.ready_proxy_with(name, &ProxyOptions::default()).await
     }
 
-    /// A ready proxy with extra configuration lines.
-    pub async fn ready_proxy_with(&self, name: &str, extra: &str) -> anyhow::Result<Proxy> {
+    /// A ready proxy configured by `options`.
+    pub async fn ready_proxy_with(
+        &self,
+        name: &str,
+        options: &ProxyOptions,
+    ) -> anyhow::Result<Proxy> {
         let certs = self.certs();
         let p = self
             .spawn_proxy_with(
                 name,
                 Some((&certs.join("proxy-1.pem"), &certs.join("proxy-1.key"))),
-                extra,
+                options,
             )
             .await?;
         p.wait_for_version(self.snapshot_version().await?).await?;

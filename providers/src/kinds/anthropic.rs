@@ -4,8 +4,9 @@
 use http::{HeaderName, HeaderValue};
 
 use crate::classify::{self, Answer, FailureClass, Verdict};
-use crate::kind::{KeyFormat, Kind, Spec, sensitive};
+use crate::kind::Kind;
 use crate::op::{Op, Serving, Translation};
+use crate::spec::{KeyFormat, Spec, sensitive};
 
 /// The default `anthropic-version` when the client sends none.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";

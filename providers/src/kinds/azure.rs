@@ -3,8 +3,9 @@
 
 use http::{HeaderName, HeaderValue};
 
-use crate::kind::{Endpoint, KeyFormat, Kind, Spec, sensitive, url_segment};
+use crate::kind::Kind;
 use crate::op::{Op, Serving};
+use crate::spec::{Endpoint, KeyFormat, Spec, sensitive, url_segment};
 
 pub struct Azure;
 

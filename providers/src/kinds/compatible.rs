@@ -2,8 +2,9 @@
 //! Mistral, DeepSeek, OpenRouter, Together, xAI, Ollama, vLLM, …). Their keys have no common
 //! shape, and they have no Responses API.
 
-use crate::kind::{Kind, Spec};
+use crate::kind::Kind;
 use crate::op::{Op, Serving};
+use crate::spec::Spec;
 
 pub struct Compatible;
 

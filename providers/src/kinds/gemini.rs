@@ -7,8 +7,9 @@ use http::{HeaderName, HeaderValue};
 use serde_json::Value;
 
 use crate::classify::{self, Answer, FailureClass, Verdict, parse_go_duration};
-use crate::kind::{Endpoint, KeyFormat, Kind, Spec, sensitive, url_segment};
+use crate::kind::Kind;
 use crate::op::{Op, Serving, Translation};
+use crate::spec::{Endpoint, KeyFormat, Spec, sensitive, url_segment};
 
 pub struct Gemini;
 

@@ -1,7 +1,8 @@
 //! OpenAI's own API.
 
-use crate::kind::{KeyFormat, Kind, Spec};
+use crate::kind::Kind;
 use crate::op::{Op, Serving};
+use crate::spec::{KeyFormat, Spec};
 
 pub struct OpenAi;
 

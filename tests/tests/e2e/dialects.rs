@@ -27,7 +27,7 @@ async fn provider(cp: &ControlPlane, body: Value) -> String {
 
 async fn setup() -> anyhow::Result<Env> {
     let mock = MockProvider::start().await?;
-    let cp = ControlPlane::start_with(Backend::Sqlite, "").await?;
+    let cp = ControlPlane::start(Backend::Sqlite).await?;
     let base = format!("http://{}", mock.addr);
     // Every preset, pointed at the mock under its own path prefix.
     for preset in [
@@ -110,6 +110,8 @@ impl Env {
     }
 }
 
+/// Every preset's chat request reaches its URL with a bearer key; Azure OpenAI its deployment URL
+/// with an `api-key` header.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presets_and_kinds_reach_the_right_url_with_the_right_auth() -> anyhow::Result<()> {
     let env = setup().await?;
@@ -156,7 +158,14 @@ async fn presets_and_kinds_reach_the_right_url_with_the_right_auth() -> anyhow::
     );
     assert_eq!(seen.headers["api-key"], "0123456789abcdef0123456789abcdef");
     assert!(seen.headers.get("authorization").is_none());
+    Ok(())
+}
 
+/// Embeddings, completions and the Responses API pass through where the provider serves them,
+/// and get a clear 400 where it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_completions_and_responses_pass_through() -> anyhow::Result<()> {
+    let env = setup().await?;
     // Embeddings and completions pass through.
     let r = env
         .openai(
@@ -215,7 +224,29 @@ async fn presets_and_kinds_reach_the_right_url_with_the_right_auth() -> anyhow::
             .contains("/v1/responses")
     );
 
-    // The key test action authenticates each kind its own way.
+    // Embeddings have no translation to Gemini yet: a clear 400 instead of a silent loss.
+    let r = env
+        .openai(
+            "/v1/embeddings",
+            json!({"model": "gemini-model", "input": "x"}),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await?;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot serve /v1/embeddings"),
+        "{v}"
+    );
+    Ok(())
+}
+
+/// The key test action authenticates each kind its own way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_test_authenticates_each_kind_its_own_way() -> anyhow::Result<()> {
+    let env = setup().await?;
     let (_, providers) = env.cp.api("GET", "/api/v1/providers", None).await?;
     for (name, path, header) in [
         ("anthropic", "/v1/models", "x-api-key"),
@@ -261,26 +292,14 @@ async fn presets_and_kinds_reach_the_right_url_with_the_right_auth() -> anyhow::
             assert!(probe.headers.get("authorization").is_none(), "{name}");
         }
     }
+    Ok(())
+}
 
-    // Embeddings have no translation to Gemini yet: a clear 400 instead of a silent loss.
-    let r = env
-        .openai(
-            "/v1/embeddings",
-            json!({"model": "gemini-model", "input": "x"}),
-        )
-        .await;
-    assert_eq!(r.status(), 400);
-    let v: Value = r.json().await?;
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("cannot serve /v1/embeddings"),
-        "{v}"
-    );
-    // Provider presets validate.
-    let (s, v) = env
-        .cp
+/// Provider presets and kinds validate their fields; a preset fills in its base URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_presets_validate() -> anyhow::Result<()> {
+    let cp = ControlPlane::start(Backend::Sqlite).await?;
+    let (s, v) = cp
         .api(
             "POST",
             "/api/v1/providers",
@@ -288,10 +307,9 @@ async fn presets_and_kinds_reach_the_right_url_with_the_right_auth() -> anyhow::
         )
         .await?;
     assert_eq!(s, 400, "{v}");
-    let (s, v) = env.cp.api("POST", "/api/v1/providers", Some(json!({"name": "az", "kind": "azure-openai", "base_url": "https://r.openai.azure.com"}))).await?;
+    let (s, v) = cp.api("POST", "/api/v1/providers", Some(json!({"name": "az", "kind": "azure-openai", "base_url": "https://r.openai.azure.com"}))).await?;
     assert_eq!(s, 400, "azure needs api_version: {v}");
-    let (s, v) = env
-        .cp
+    let (s, v) = cp
         .api(
             "POST",
             "/api/v1/providers",

@@ -19,7 +19,7 @@ async fn official_sdks_work_against_the_proxy() -> anyhow::Result<()> {
         "the Python SDKs are missing: run tests/run, or python3 -m pip install -r tests/sdk/requirements.txt"
     );
     let mock = MockProvider::start().await?;
-    let cp = ControlPlane::start_with(Backend::Sqlite, "").await?;
+    let cp = ControlPlane::start(Backend::Sqlite).await?;
     let oa = cp
         .add_provider("mock", "openai-compatible", &mock.base_url())
         .await?;

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use llmhub_e2e::harness::{Backend, ControlPlane, Proxy};
+use llmhub_e2e::harness::{Backend, ControlPlane, Proxy, ProxyOptions};
 use llmhub_e2e::mock::MockProvider;
 use serde_json::{Value, json};
 
@@ -26,7 +26,7 @@ struct Fleet {
 impl Fleet {
     async fn start(backend: Backend, keys: &[&str]) -> anyhow::Result<Self> {
         let mock = MockProvider::start().await?;
-        let cp = ControlPlane::start_with(backend, "").await?;
+        let cp = ControlPlane::start(backend).await?;
         let pid = cp
             .add_provider("mock", "openai-compatible", &mock.base_url())
             .await?;
@@ -239,8 +239,14 @@ async fn overload_trips_the_provider_breaker_not_the_key() -> anyhow::Result<()>
     let f = Fleet::start(Backend::Sqlite, &[&good]).await?;
     f.cp.api("POST", "/api/v1/routes", Some(json!({"public_model": "m503", "targets": [{"provider_id": f.pid, "upstream_model": "mock-503"}]}))).await?;
     let a =
-        f.cp.ready_proxy_with("proxy-a", "breaker_failures = 2\nbreaker_open_ms = 400\n")
-            .await?;
+        f.cp.ready_proxy_with(
+            "proxy-a",
+            &ProxyOptions {
+                breaker_failures: Some(2),
+                breaker_open: Some(Duration::from_millis(400)),
+            },
+        )
+        .await?;
     for _ in 0..2 {
         assert_eq!(f.chat(&a, "m503").await.status(), 502);
     }
