@@ -26,7 +26,9 @@
 //! | `quota60`    | a real per-key quota: 60 requests per 60 s window (configurable), with |
 //! |              | OpenAI's `x-ratelimit-*-requests` headers, 429 + `Retry-After` beyond  |
 //!
-//! Model `mock-503` answers 503. Every request is recorded (method, path, headers, body).
+//! Model `mock-503` answers 503. The `quota`, `revoked` and `rlhot` markers also apply to
+//! `GET …/models` (the control plane's key test). Every request is recorded (method, path,
+//! headers, body).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -196,6 +198,37 @@ async fn handle(
     // Azure deployment paths).
     let path = uri.path();
     if method == Method::GET && path.ends_with("/models") {
+        // The key markers apply to the models probe too (how the control plane tests a key).
+        let key = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if key.contains("quota") {
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "You exceeded your current quota, please check your plan and billing details.",
+                "insufficient_quota",
+                "insufficient_quota",
+            );
+        }
+        if key.contains("revoked") {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "Incorrect API key provided.",
+                "invalid_request_error",
+                "invalid_api_key",
+            );
+        }
+        if key.contains("rlhot") {
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Rate limit reached",
+                "requests",
+                "rate_limit_exceeded",
+            );
+            r.headers_mut().insert("retry-after", "30".parse().unwrap());
+            return r;
+        }
         if headers.contains_key("anthropic-version") {
             return axum::Json(json!({"data": [{"type": "model", "id": "claude-mock",
                 "display_name": "Claude Mock", "created_at": "2025-01-01T00:00:00Z"}],

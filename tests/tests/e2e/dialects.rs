@@ -243,6 +243,48 @@ async fn embeddings_completions_and_responses_pass_through() -> anyhow::Result<(
     Ok(())
 }
 
+/// The key test's verdict comes from the same classifier the proxy uses: a quota error is
+/// `quota_exhausted` (not any-429-is-a-rate-limit), a revoked key `invalid_key`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_test_classifies_answers_as_the_proxy_does() -> anyhow::Result<()> {
+    let mock = MockProvider::start().await?;
+    let cp = ControlPlane::start(Backend::Sqlite).await?;
+    let pid = provider(
+        &cp,
+        json!({"name": "cls", "kind": "openai-compatible", "base_url": mock.base_url()}),
+    )
+    .await;
+    for (marker, expected) in [
+        ("good", "ok"),
+        ("quota", "quota_exhausted"),
+        ("revoked", "invalid_key"),
+        ("rlhot", "rate_limited"),
+    ] {
+        let (s, k) = cp
+            .api(
+                "POST",
+                &format!("/api/v1/providers/{pid}/keys"),
+                Some(json!({"key": format!("sk-{marker}-0123456789abcdef"), "shared": true})),
+            )
+            .await?;
+        assert_eq!(s, 201, "{k}");
+        let kid = k["id"].as_str().unwrap().to_owned();
+        let (s, v) = cp
+            .api(
+                "POST",
+                &format!("/api/v1/providers/{pid}/keys/{kid}/test"),
+                None,
+            )
+            .await?;
+        assert_eq!(
+            (s, v["result"].as_str()),
+            (200, Some(expected)),
+            "{marker}: {v}"
+        );
+    }
+    Ok(())
+}
+
 /// The key test action authenticates each kind its own way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_test_authenticates_each_kind_its_own_way() -> anyhow::Result<()> {
