@@ -178,22 +178,40 @@ async fn watch_once(
         .await
         .map_err(|e| tonic::Status::unavailable(format!("connect: {}", error_chain(&e))))?;
     let mut client = ControlPlaneClient::new(channel);
-    let mut stream = client
-        .watch(pb::WatchRequest {
-            proxy_id: proxy_id.to_owned(),
-            known_version: sink.cell.version(),
-        })
-        .await?
+    // The control plane always answers a Watch with a full snapshot first. Waiting for it is
+    // bounded: a channel the server will not serve (a refused client certificate under TLS 1.3
+    // is only reported after the handshake) must fail and retry, not hang until keep-alives
+    // notice.
+    let request = pb::WatchRequest {
+        proxy_id: proxy_id.to_owned(),
+        known_version: sink.cell.version(),
+    };
+    let mut stream = within(FIRST_EVENT, client.watch(request))
+        .await??
         .into_inner();
+    let mut next = within(FIRST_EVENT, stream.message()).await??;
     sink.status.connected.store(true, Ordering::Relaxed);
     tracing::info!("connected to control plane");
     backoff.reset();
-    while let Some(event) = stream.message().await? {
+    while let Some(event) = next {
         if let Some(event) = event.event {
             sink.apply(event);
         }
+        next = stream.message().await?;
     }
     Ok(())
+}
+
+/// How long a new Watch may take to deliver its first snapshot.
+const FIRST_EVENT: Duration = Duration::from_secs(10);
+
+async fn within<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = T>,
+) -> Result<T, tonic::Status> {
+    tokio::time::timeout(limit, f)
+        .await
+        .map_err(|_| tonic::Status::deadline_exceeded("no snapshot from the control plane in time"))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
