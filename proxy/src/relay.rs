@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
+use base64::Engine;
 use bytes::Bytes;
 use futures_util::Stream;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
@@ -131,16 +132,56 @@ pub async fn error_body(resp: reqwest::Response) -> Bytes {
     Bytes::from(out)
 }
 
-/// Replaces an upstream body that quotes the provider key (or is not JSON) with a generic error.
+/// Replaces an upstream body that quotes the provider key in any form (or is not JSON) with a
+/// generic error.
 fn redact(body: Bytes, secret: &str) -> Bytes {
-    let contains = !secret.is_empty() && body.windows(secret.len()).any(|w| w == secret.as_bytes());
-    if contains || serde_json::from_slice::<Value>(&body).is_err() {
+    let parsed = serde_json::from_slice::<Value>(&body);
+    let leaks = parsed
+        .as_ref()
+        .map_or(true, |v| quotes_secret(&body, v, secret));
+    if leaks {
         return Bytes::from(
             json!({"error": {"message": "the provider rejected the request", "type": "invalid_request_error", "param": null, "code": "upstream_client_error"}})
                 .to_string(),
         );
     }
     body
+}
+
+/// Whether a JSON body carries `secret`: in its raw bytes, in any string or key once JSON
+/// escapes are decoded (`\u002d` for `-` passes a byte comparison), percent-encoded, or as the
+/// base64 or hex encoding of the key.
+fn quotes_secret(raw: &[u8], v: &Value, secret: &str) -> bool {
+    if secret.is_empty() {
+        return false;
+    }
+    let encodings = [
+        secret.to_owned(),
+        url::form_urlencoded::byte_serialize(secret.as_bytes()).collect::<String>(),
+        base64::engine::general_purpose::STANDARD.encode(secret),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret),
+        hex::encode(secret),
+        hex::encode_upper(secret),
+    ];
+    let found = |text: &[u8]| {
+        encodings
+            .iter()
+            .any(|e| text.windows(e.len()).any(|w| w == e.as_bytes()))
+    };
+    found(raw) || json_strings(v).any(|s| found(s.as_bytes()))
+}
+
+/// Every string and object key in a JSON value, decoded.
+fn json_strings(v: &Value) -> Box<dyn Iterator<Item = &str> + '_> {
+    match v {
+        Value::String(s) => Box::new(std::iter::once(s.as_str())),
+        Value::Array(a) => Box::new(a.iter().flat_map(json_strings)),
+        Value::Object(o) => Box::new(
+            o.iter()
+                .flat_map(|(k, v)| std::iter::once(k.as_str()).chain(json_strings(v))),
+        ),
+        _ => Box::new(std::iter::empty()),
+    }
 }
 
 pub fn unix_now() -> u64 {
@@ -245,5 +286,38 @@ mod tests {
         assert_eq!(redact(ok.clone(), "sk-secret-123"), ok);
         let html = Bytes::from_static(b"<html>oops</html>");
         assert!(String::from_utf8_lossy(&redact(html, "k")).contains("upstream_client_error"));
+    }
+
+    #[test]
+    fn redacts_the_key_in_any_encoding() {
+        use base64::Engine;
+        let key = "sk-live-0123456789";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(key);
+        let bodies = [
+            // JSON escapes, as some encoders write them: a JSON client decodes the full key.
+            r#"{"error":{"message":"bad key sk\u002dlive\u002d0123456789"}}"#.to_owned(),
+            r#"{"error":{"message":"\u0073\u006b-live-0123456789"}}"#.to_owned(),
+            // In an object key, nested arrays, percent-encoded, base64, hex.
+            r#"{"error":{"sk-live-0123456789":1}}"#.to_owned(),
+            r#"{"error":{"details":[["x","key=sk-live-0123456789"]]}}"#.to_owned(),
+            r#"{"error":{"url":"https://h/?key=sk-live-0123456789"}}"#.to_owned(),
+            format!(r#"{{"error":{{"auth":"{b64}"}}}}"#),
+            format!(r#"{{"error":{{"auth":"{}"}}}}"#, hex::encode(key)),
+        ];
+        for body in bodies {
+            let out = redact(Bytes::from(body.clone()), key);
+            let text = String::from_utf8_lossy(&out);
+            assert!(text.contains("upstream_client_error"), "{body} -> {text}");
+            let v: Value = serde_json::from_slice(&out).unwrap();
+            assert!(!v.to_string().contains("0123456789"), "{body}");
+        }
+        let partial = Bytes::from_static(
+            br#"{"error":{"message":"Incorrect API key provided: sk-****6789"}}"#,
+        );
+        assert_eq!(
+            redact(partial.clone(), key),
+            partial,
+            "a masked key is not the key"
+        );
     }
 }

@@ -10,6 +10,7 @@
 //! | `mock-500`          | 500 with an OpenAI server-error body                             |
 //! | `mock-401`          | 401 whose message quotes the bearer key, as some providers do    |
 //! | `mock-400`          | 400 with an OpenAI invalid-request body                          |
+//! | `mock-400-quotes-key` | 400 whose message quotes the key with JSON escapes (`\u002d`)  |
 //! | `mock-stream-cut`   | SSE: two chunks, then the connection is cut without `[DONE]`     |
 //! | `mock-stream-gated` | SSE: one chunk, then waits for [`MockProvider::release`]         |
 //!
@@ -432,6 +433,17 @@ async fn handle(
                 "invalid_api_key",
             )
         }
+        // A provider that quotes the key with JSON escapes (`\u002d` for `-`), as some encoders
+        // write: a byte comparison misses it, any JSON client decodes it.
+        "mock-400-quotes-key" => (
+            StatusCode::BAD_REQUEST,
+            [("content-type", "application/json")],
+            format!(
+                r#"{{"error":{{"message":"invalid request for key {}","type":"invalid_request_error","param":null,"code":null}}}}"#,
+                key.replace('-', "\\u002d")
+            ),
+        )
+            .into_response(),
         "mock-400" => error(
             StatusCode::BAD_REQUEST,
             "This model's maximum context length is 8 tokens.",

@@ -190,6 +190,57 @@ async fn client_errors_are_passed_on_and_never_retried() {
 }
 
 #[tokio::test]
+async fn an_error_body_quoting_the_key_in_any_encoding_never_reaches_the_client() {
+    let mut rig = Rig::start(breaker()).await;
+    rig.snapshot(
+        &[
+            P {
+                id: "oai",
+                kind: COMPAT,
+            },
+            P {
+                id: "anth",
+                kind: pb::ProviderKind::Anthropic,
+            },
+        ],
+        &[("k", "oai", "sk-secret-canary-42")],
+        &[R {
+            model: "gpt",
+            targets: vec![("oai", "mock-400-quotes-key", 0)],
+        }],
+    );
+    // Passed through to an OpenAI client, and translated for an Anthropic one.
+    for (path, body) in [
+        (
+            "/v1/chat/completions",
+            json!({"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "gpt", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+    ] {
+        let r = rig
+            .http
+            .post(format!("{}{path}", rig.url))
+            .bearer_auth(CLIENT_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let text = r.text().await.unwrap();
+        let decoded: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for form in [text.as_str(), &decoded.to_string()] {
+            assert!(!form.contains("canary"), "{path}: the key leaked: {form}");
+        }
+    }
+    // The mock really quoted it (escaped), so the test would see a leak.
+    let raw = rig.mock.requests().len();
+    assert_eq!(raw, 2);
+}
+
+#[tokio::test]
 async fn an_invalid_key_is_disabled_and_the_next_key_serves() {
     let mut rig = one_provider(&[("bad", "sk-revoked-1"), ("good", "sk-good-1")], "mock-ok").await;
     let (status, _, _) = rig.chat("gpt").await;
