@@ -177,6 +177,7 @@ async fn async_main(command: Command) -> ExitCode {
                 Err(e) => return config_exit(e),
             };
             init_tracing(config.log_format);
+            config.log_warnings();
             match serve(config).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -191,6 +192,7 @@ async fn async_main(command: Command) -> ExitCode {
                 Err(e) => return config_exit(e),
             };
             init_tracing(config.log_format);
+            config.log_warnings();
             let r = async {
                 let app = App::open(&config).await?;
                 let password = app.create_admin(&username).await?;
@@ -212,6 +214,7 @@ async fn async_main(command: Command) -> ExitCode {
                 Err(e) => return config_exit(e),
             };
             init_tracing(LogFormat::Text);
+            config.log_warnings();
             let op = match command {
                 VaultCommand::Status => crate::VaultOp::Status,
                 VaultCommand::Use { version } => crate::VaultOp::Use(version),

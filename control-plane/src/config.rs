@@ -190,6 +190,8 @@ pub enum LogFormat {
 
 /// Validated configuration. Secrets are loaded and checked before anything binds a port.
 pub struct Config {
+    /// Insecure but accepted settings found while validating, logged once tracing is set up.
+    pub warnings: Vec<String>,
     pub database_url: String,
     pub admin_listen: SocketAddr,
     pub grpc_listen: SocketAddr,
@@ -266,6 +268,7 @@ impl RawConfig {
             key_pem: read_required("tls_key", self.tls_key)?,
         };
 
+        let mut warnings = Vec::new();
         let master_key_file = self.master_key_file.clone();
         let keyring_src = match (self.master_keys, self.master_key_file) {
             (Some(_), Some(_)) => {
@@ -275,8 +278,10 @@ impl RawConfig {
                 ));
             }
             (Some(s), None) => s,
-            (None, Some(path)) => String::from_utf8(read_file("master_key_file", &path)?)
-                .map_err(|_| ConfigError::field("master_key_file", "is not UTF-8"))?,
+            (None, Some(path)) => {
+                String::from_utf8(read_secret_file("master_key_file", &path, &mut warnings)?)
+                    .map_err(|_| ConfigError::field("master_key_file", "is not UTF-8"))?
+            }
             (None, None) => {
                 return Err(ConfigError::field(
                     "master_keys",
@@ -301,7 +306,7 @@ impl RawConfig {
             }
             (Some(s), None) => s.into_bytes(),
             (None, Some(path)) => {
-                let mut bytes = read_file("jwt_secret_file", &path)?;
+                let mut bytes = read_secret_file("jwt_secret_file", &path, &mut warnings)?;
                 while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
                     bytes.pop();
                 }
@@ -440,6 +445,7 @@ impl RawConfig {
             ..Default::default()
         };
         Ok(Config {
+            warnings,
             registration,
             hash_cost,
             hash_concurrency,
@@ -514,6 +520,51 @@ fn read_required(field: &'static str, path: Option<PathBuf>) -> Result<Vec<u8>, 
     read_file(field, &path)
 }
 
+impl Config {
+    /// Logs the warnings validation collected (call once tracing is initialized).
+    pub fn log_warnings(&self) {
+        for w in &self.warnings {
+            tracing::warn!(event = "insecure_configuration", "{w}");
+        }
+    }
+}
+
+/// Reads a file holding a secret. Refused when others may write it (they could replace the
+/// key); a warning (returned for the log, which does not exist yet) when others may read it —
+/// container secret mounts are often world-readable, so that alone does not stop the process.
+fn read_secret_file(
+    field: &'static str,
+    path: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<u8>, ConfigError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| ConfigError::field(field, format!("cannot read {}: {e}", path.display())))?
+            .permissions()
+            .mode();
+        if mode & 0o022 != 0 {
+            return Err(ConfigError::field(
+                field,
+                format!(
+                    "{} is writable by group or others (mode {:o}); chmod 600 it",
+                    path.display(),
+                    mode & 0o777
+                ),
+            ));
+        }
+        if mode & 0o044 != 0 {
+            warnings.push(format!(
+                "{field}: {} is readable by group or others (mode {:o}); restrict it to the service user (chmod 600)",
+                path.display(),
+                mode & 0o777
+            ));
+        }
+    }
+    read_file(field, path)
+}
+
 fn read_file(field: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
     std::fs::read(path)
         .map_err(|e| ConfigError::field(field, format!("cannot read {}: {e}", path.display())))
@@ -546,6 +597,48 @@ mod tests {
             Err(e) => panic!("unexpected {e}"),
             Ok(_) => panic!("accepted"),
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn secret_files_others_can_write_are_refused_and_readable_ones_warned() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("master.key");
+        let jwt = dir.path().join("jwt.secret");
+        std::fs::write(
+            &keys,
+            format!("1:{}\n", crate::keyring::encode_key(&[7u8; 32])),
+        )
+        .unwrap();
+        std::fs::write(&jwt, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let with_files = || {
+            let mut raw = base(dir.path());
+            raw.master_keys = None;
+            raw.jwt_secret = None;
+            raw.master_key_file = Some(keys.clone());
+            raw.jwt_secret_file = Some(jwt.clone());
+            raw
+        };
+        let chmod = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        };
+        chmod(&keys, 0o600);
+        chmod(&jwt, 0o600);
+        assert!(with_files().validate().unwrap().warnings.is_empty());
+        chmod(&keys, 0o644);
+        let c = with_files().validate().unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(
+            c.warnings[0].contains("master_key_file"),
+            "{:?}",
+            c.warnings
+        );
+        chmod(&keys, 0o666);
+        assert_eq!(field_of(with_files().validate()), "master_key_file");
+        chmod(&keys, 0o600);
+        chmod(&jwt, 0o620);
+        assert_eq!(field_of(with_files().validate()), "jwt_secret_file");
     }
 
     #[test]

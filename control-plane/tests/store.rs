@@ -1406,3 +1406,26 @@ async fn audit_chain(db: &TestDb) {
     let report = other.verify_audit().await.unwrap();
     assert_eq!(report.first_bad_seq, Some(1));
 }
+
+/// The SQLite file holds sealed keys, password hashes and the audit chain: owner-only, and an
+/// existing file that others could read is restricted when the control plane opens it.
+#[cfg(unix)]
+#[tokio::test]
+async fn sqlite_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let fresh = dir.path().join("fresh.db");
+    let store = open(format!("sqlite://{}?mode=rwc", fresh.display())).await;
+    store.ping().await.unwrap();
+    assert_eq!(mode(&fresh), 0o600);
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let p = entry.unwrap().path();
+        assert_eq!(mode(&p) & 0o077, 0, "{} is readable by others", p.display());
+    }
+    let old = dir.path().join("old.db");
+    std::fs::write(&old, b"").unwrap();
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+    open(format!("sqlite://{}?mode=rwc", old.display())).await;
+    assert_eq!(mode(&old), 0o600);
+}

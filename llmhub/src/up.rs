@@ -105,6 +105,7 @@ pub async fn up(args: UpArgs) -> Result<(), UpError> {
         ..Default::default()
     };
     let config = raw.validate()?;
+    config.log_warnings();
     Store::connect(&config.database_url)
         .await
         .context("opening the SQLite database")?

@@ -77,6 +77,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => ApiError::NotFound,
             StoreError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
             StoreError::Db(e) => ApiError::Internal(format!("database: {e}")),
+            StoreError::Io(e) => ApiError::Internal(format!("database file: {e}")),
         }
     }
 }

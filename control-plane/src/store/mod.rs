@@ -41,6 +41,8 @@ pub enum StoreError {
     NotFound,
     #[error("database error: {0}")]
     Db(DbErr),
+    #[error("database file: {0}")]
+    Io(String),
 }
 
 impl From<DbErr> for StoreError {
@@ -99,6 +101,9 @@ pub fn parse_list(s: &str) -> Vec<String> {
 
 impl Store {
     pub async fn connect(url: &str) -> Result<Self> {
+        if let Some(path) = sqlite_file(url) {
+            restrict_sqlite_file(&path)?;
+        }
         let mut opts = ConnectOptions::new(url.to_owned());
         opts.max_connections(if url.starts_with("sqlite:") { 1 } else { 10 })
             .sqlx_logging(false);
@@ -150,4 +155,47 @@ impl Store {
     pub fn backend(&self) -> sea_orm::DbBackend {
         self.db.get_database_backend()
     }
+}
+
+/// The database file of an `sqlite:` URL (`None` for in-memory databases and other backends).
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.starts_with(':')).then(|| std::path::PathBuf::from(path))
+}
+
+/// The database file holds sealed keys, password hashes and the audit chain: it is created
+/// owner-only before SQLite opens it (SQLite gives its journals the database file's mode), and
+/// an existing one that others can read is restricted.
+fn restrict_sqlite_file(path: &std::path::Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let io = |e: std::io::Error| StoreError::Io(format!("{}: {e}", path.display()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                        .map_err(io)?;
+                    tracing::warn!(
+                        event = "insecure_file",
+                        path = %path.display(),
+                        "the SQLite database was readable by others; restricted it to its owner"
+                    );
+                }
+            }
+            // A missing directory and the like: SQLite reports it in its own words.
+            Err(_) => {}
+        }
+    }
+    Ok(())
 }
