@@ -193,6 +193,30 @@ pub fn exhausted_for(h: &HeaderMap, now: SystemTime) -> Option<Duration> {
     out
 }
 
+/// A refusal caused by what the request asked, which a smaller or different request on the same
+/// key would not get: a request larger than the key's whole per-minute budget (429 "request too
+/// large"), more tokens than the credit left covers (402 "… or fewer max_tokens"), or content a
+/// provider's moderation refused (403 "flagged").
+pub fn request_specific(a: &Answer<'_>) -> bool {
+    let m = &a.message;
+    match a.status {
+        429 => m.contains("request too large") || m.contains("must be reduced"),
+        402 => m.contains("max_tokens") || m.contains("fewer tokens"),
+        403 => {
+            m.contains("flagged")
+                || m.contains("moderation")
+                || m.contains("content policy")
+                || m.contains("content management policy")
+                || matches!(
+                    a.err_code,
+                    "content_filter" | "content_policy_violation" | "moderation_blocked"
+                )
+                || !a.json["error"]["metadata"]["flagged_input"].is_null()
+        }
+        _ => false,
+    }
+}
+
 /// A non-success answer, parsed once for the kind's classifier.
 pub struct Answer<'a> {
     pub status: u16,
@@ -227,6 +251,11 @@ impl<'a> Answer<'a> {
 /// special answers first and fall back to this.
 pub fn common(a: &Answer<'_>) -> Verdict {
     let verdict = |class, retry_after| Verdict { class, retry_after };
+    // Some refusals are about this request, not the key: one user's request must not take a
+    // shared key out of service for everyone. The type, code and message say which.
+    if request_specific(a) {
+        return verdict(FailureClass::ClientError, None);
+    }
     match a.status {
         429 => {
             let quota = a.err_code == "insufficient_quota"
@@ -534,6 +563,47 @@ mod tests {
                 &none,
                 r#"{"error":{"code":503,"message":"The model is overloaded.","status":"UNAVAILABLE"}}"#,
                 Overloaded,
+                None,
+            ),
+            // Refusals about the request, not the key: no penalty for a shared key.
+            (
+                OpenAi,
+                429,
+                &ra3,
+                r#"{"error":{"message":"Request too large for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Requested 450000. The input or output tokens must be reduced in order to run successfully.","type":"tokens","param":null,"code":"rate_limit_exceeded"}}"#,
+                ClientError,
+                None,
+            ),
+            (
+                OpenAiCompatible,
+                402,
+                &none,
+                r#"{"error":{"message":"This request requires more credits, or fewer max_tokens. You requested up to 900000 tokens, but can only afford 1234.","code":402}}"#,
+                ClientError,
+                None,
+            ),
+            (
+                OpenAiCompatible,
+                402,
+                &none,
+                r#"{"error":{"message":"Insufficient credits. Add more using https://example.com/credits","code":402}}"#,
+                QuotaExhausted,
+                None,
+            ),
+            (
+                OpenAiCompatible,
+                403,
+                &none,
+                r#"{"error":{"code":403,"message":"Your chosen model requires moderation and your input was flagged for \"violence\"","metadata":{"reasons":["violence"],"flagged_input":"..."}}}"#,
+                ClientError,
+                None,
+            ),
+            (
+                OpenAi,
+                403,
+                &none,
+                r#"{"error":{"message":"blocked","type":"invalid_request_error","code":"content_policy_violation"}}"#,
+                ClientError,
                 None,
             ),
         ];

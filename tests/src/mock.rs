@@ -11,6 +11,7 @@
 //! | `mock-401`          | 401 whose message quotes the bearer key, as some providers do    |
 //! | `mock-400`          | 400 with an OpenAI invalid-request body                          |
 //! | `mock-400-quotes-key` | 400 whose message quotes the key with JSON escapes (`\u002d`)  |
+//! | `mock-403-flagged`, `mock-402-max-tokens`, `mock-429-too-large` | refusals of one request (moderation, credit for this many tokens, larger than the whole TPM budget) |
 //! | `mock-stream-cut`   | SSE: two chunks, then the connection is cut without `[DONE]`     |
 //! | `mock-stream-gated` | SSE: one chunk, then waits for [`MockProvider::release`]         |
 //!
@@ -444,6 +445,27 @@ async fn handle(
             ),
         )
             .into_response(),
+        // Refusals about one request, not the key (they must not penalize a shared key).
+        "mock-403-flagged" => (
+            StatusCode::FORBIDDEN,
+            [("content-type", "application/json")],
+            json!({"error": {"code": 403, "message": "Your chosen model requires moderation and your input was flagged for \"harassment\"",
+                "metadata": {"reasons": ["harassment"], "flagged_input": "..."}}})
+            .to_string(),
+        )
+            .into_response(),
+        "mock-402-max-tokens" => error(
+            StatusCode::PAYMENT_REQUIRED,
+            "This request requires more credits, or fewer max_tokens. You requested up to 900000 tokens, but can only afford 1234.",
+            "payment_required",
+            "402",
+        ),
+        "mock-429-too-large" => error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Request too large for gpt-4o on tokens per min (TPM): Limit 30000, Requested 450000. The input or output tokens must be reduced in order to run successfully.",
+            "tokens",
+            "rate_limit_exceeded",
+        ),
         "mock-400" => error(
             StatusCode::BAD_REQUEST,
             "This model's maximum context length is 8 tokens.",

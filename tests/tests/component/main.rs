@@ -241,6 +241,61 @@ async fn an_error_body_quoting_the_key_in_any_encoding_never_reaches_the_client(
 }
 
 #[tokio::test]
+async fn a_refusal_of_one_request_never_takes_a_shared_key_out_of_service() {
+    let mut rig = Rig::start(breaker()).await;
+    let routes: Vec<R> = [
+        "mock-403-flagged",
+        "mock-402-max-tokens",
+        "mock-429-too-large",
+    ]
+    .into_iter()
+    .map(|m| R {
+        model: m,
+        targets: vec![("p", m, 0)],
+    })
+    .chain([R {
+        model: "gpt",
+        targets: vec![("p", "mock-ok", 0)],
+    }])
+    .collect();
+    rig.snapshot(
+        &[P {
+            id: "p",
+            kind: COMPAT,
+        }],
+        &[("shared", "p", "sk-shared-1")],
+        &routes,
+    );
+    for (model, status) in [
+        ("mock-403-flagged", 403),
+        ("mock-402-max-tokens", 402),
+        ("mock-429-too-large", 429),
+    ] {
+        let (got, _, body) = rig.chat(model).await;
+        assert_eq!(
+            got, status,
+            "{model}: the provider's answer is passed on: {body}"
+        );
+        let rec = rig.record().await;
+        assert_eq!(rec.attempts.len(), 1, "{model}: not retried on another key");
+        assert_eq!(
+            rec.attempts[0].attempt_class(),
+            Some(Some(FailureClass::ClientError)),
+            "{model}"
+        );
+        assert!(
+            rig.queues.try_outcome().is_none(),
+            "{model}: the key was penalized"
+        );
+        // The key still serves everyone else.
+        let (got, _, _) = rig.chat("gpt").await;
+        assert_eq!(got, 200, "{model}");
+        let rec = rig.record().await;
+        assert!(rec.skipped.is_empty(), "{model}: {:?}", rec.skipped);
+    }
+}
+
+#[tokio::test]
 async fn an_invalid_key_is_disabled_and_the_next_key_serves() {
     let mut rig = one_provider(&[("bad", "sk-revoked-1"), ("good", "sk-good-1")], "mock-ok").await;
     let (status, _, _) = rig.chat("gpt").await;
