@@ -176,6 +176,7 @@ fn key_outcome(o: &pb::KeyOutcome) -> KeyOutcome {
         observed_at: from_ts(o.observed_at.as_ref()),
         retry_at: from_ts(o.retry_at.as_ref()),
         provider_stated: o.provider_stated,
+        client_key_prefix: o.client_key_prefix.clone(),
     }
 }
 

@@ -11,6 +11,7 @@ mod m20261129_000002_accounts;
 mod m20261129_000003_vault;
 mod m20261129_000004_health;
 mod m20261129_000005_provider_settings;
+mod m20261129_000006_penalty_client_key;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000003_vault::Migration),
             Box::new(m20261129_000004_health::Migration),
             Box::new(m20261129_000005_provider_settings::Migration),
+            Box::new(m20261129_000006_penalty_client_key::Migration),
         ]
     }
 }

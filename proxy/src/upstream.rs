@@ -169,7 +169,8 @@ pub async fn attempt(
         ex.push_attempt(record);
         return Step::Done(succeeded(app, admitted, cand, answer, ex).await);
     }
-    failed(app, cand, answer, record, ex).await
+    let client_prefix = admitted.client.prefix.as_str();
+    failed(app, cand, answer, record, client_prefix, ex).await
 }
 
 /// Everything before sending: can the provider serve this, is the key's trial slot free, the
@@ -275,8 +276,9 @@ async fn succeeded(
     );
     if recovered || answer.probe.is_some() {
         let status = answer.resp.status().as_u16();
-        app.reporter
-            .outcome(outcome(&key.id, model, None, status, now, None, false));
+        let mut o = outcome(&key.id, model, None, status, now, None, false);
+        o.client_key_prefix.clone_from(&admitted.client.prefix);
+        app.reporter.outcome(o);
     }
     drop(answer.probe);
     let translator = dialects::translator(answer.serving.translation);
@@ -310,6 +312,7 @@ async fn failed(
     cand: &Candidate<'_>,
     answer: Answer,
     mut record: pb::Attempt,
+    client_prefix: &str,
     ex: &mut Exchange,
 ) -> Step {
     let Answer {
@@ -356,7 +359,7 @@ async fn failed(
         }
         FailureClass::RateLimited | FailureClass::QuotaExhausted | FailureClass::InvalidKey => {
             app.health.provider_result(&cand.provider.id, true, now);
-            Step::Failed(refused(app, cand, &verdict, status, now))
+            Step::Failed(refused(app, cand, &verdict, status, now, client_prefix))
         }
     };
     drop(probe);
@@ -371,11 +374,12 @@ fn refused(
     verdict: &Verdict,
     status: StatusCode,
     now: SystemTime,
+    client_prefix: &str,
 ) -> Failure {
     let (key, model) = (&cand.key, &cand.target.upstream_model);
     let until = app.health.record_failure(&key.id, model, verdict, now);
     if let Some(until) = until {
-        app.reporter.outcome(outcome(
+        let mut o = outcome(
             &key.id,
             model,
             Some(verdict.class),
@@ -383,7 +387,10 @@ fn refused(
             now,
             Some(until),
             verdict.retry_after.is_some(),
-        ));
+        );
+        // Which client's request it was: shown to admins with the penalty.
+        o.client_key_prefix = client_prefix.to_owned();
+        app.reporter.outcome(o);
     }
     tracing::warn!(
         provider = %cand.provider.name,

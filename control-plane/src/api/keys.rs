@@ -60,6 +60,8 @@ pub(super) struct CooldownView {
     until: DateTime<Utc>,
     class: String,
     source: String,
+    /// The prefix of the client key whose request led to it (`null` when forced or unknown).
+    client_key: Option<String>,
 }
 
 impl From<&key_cooldowns::Model> for CooldownView {
@@ -69,6 +71,7 @@ impl From<&key_cooldowns::Model> for CooldownView {
             until: c.until,
             class: c.class.clone(),
             source: c.source.clone(),
+            client_key: c.client_key_prefix.clone(),
         }
     }
 }
@@ -174,6 +177,8 @@ pub(super) struct KeyEventView {
     model: Option<String>,
     until: Option<DateTime<Utc>>,
     source: String,
+    /// The prefix of the client key whose request led to it, when a proxy reported it.
+    client_key: Option<String>,
 }
 
 impl From<key_events::Model> for KeyEventView {
@@ -185,6 +190,7 @@ impl From<key_events::Model> for KeyEventView {
             model: (!e.model.is_empty()).then_some(e.model),
             until: e.until,
             source: e.source,
+            client_key: e.client_key_prefix,
         }
     }
 }
@@ -815,6 +821,7 @@ mod tests {
             until: chrono::Utc::now(),
             class: "rate_limited".into(),
             source: "proxy-1".into(),
+            client_key_prefix: None,
             updated_at: chrono::Utc::now(),
         };
         let v = serde_json::to_value(KeyView::new(&k, std::slice::from_ref(&c), false)).unwrap();

@@ -20,6 +20,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::keyring::provider_key_aad;
 use crate::store::entities::key_cooldowns;
+use crate::store::health::Origin;
 use crate::store::{AuditEvent, KeyState, NewRoutingRecord, Store, StoreError, parse_list};
 use crate::vault::HashSecret;
 
@@ -408,6 +409,10 @@ impl SnapshotHub {
         now: chrono::DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let until = o.retry_at.filter(|t| *t > now);
+        let origin = Origin {
+            source,
+            client_key: Some(o.client_key_prefix.as_str()),
+        };
         match o.class {
             Some(Outcome::Failed(
                 class @ (FailureClass::RateLimited | FailureClass::QuotaExhausted),
@@ -421,13 +426,13 @@ impl SnapshotHub {
                 let until = until.unwrap_or(now + fallback);
                 let c = self
                     .store
-                    .apply_cooldown(&o.key_id, model, until, class.as_str(), source, None)
+                    .apply_cooldown(&o.key_id, model, until, class.as_str(), origin, None)
                     .await?;
                 self.publish_key_state(&o.key_id, KeyHealth::cooling(&c.model, c.until, &c.class));
             }
             Some(Outcome::Failed(FailureClass::InvalidKey)) => {
                 let reason = FailureClass::InvalidKey.as_str();
-                if self.store.disable_key(&o.key_id, reason, source).await? {
+                if self.store.disable_key(&o.key_id, reason, origin).await? {
                     self.publish_key_state(&o.key_id, KeyHealth::disabled(reason));
                 }
             }

@@ -55,6 +55,8 @@ pub struct KeyOutcome {
     pub retry_at: Option<DateTime<Utc>>,
     /// The recovery time came from the provider rather than the proxy's own backoff.
     pub provider_stated: bool,
+    /// The client key whose request led to the outcome (empty when unknown).
+    pub client_key_prefix: String,
 }
 
 /// One proxied request. Delivered at least once; `request_id` makes storing it idempotent.

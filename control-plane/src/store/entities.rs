@@ -280,6 +280,8 @@ pub mod key_cooldowns {
         pub class: String,
         /// Proxy id or `admin:<user id>`.
         pub source: String,
+        /// The client key whose request led to the cooldown, when a proxy reported it.
+        pub client_key_prefix: Option<String>,
         pub updated_at: DateTimeUtc,
     }
     no_relations!();
@@ -302,6 +304,8 @@ pub mod key_events {
         pub model: String,
         pub until: Option<DateTimeUtc>,
         pub source: String,
+        /// The client key whose request led to the event, when a proxy reported it.
+        pub client_key_prefix: Option<String>,
     }
     no_relations!();
 }

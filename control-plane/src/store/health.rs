@@ -9,6 +9,31 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use super::entities::{key_cooldowns, key_events, provider_keys};
 use super::{AuditEvent, KeyState, Result, Store, StoreError, new_id};
 
+/// Who caused a key-health change: a proxy, an admin or the system, and for what a proxy
+/// observed, the client key whose request it was.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub source: &'a str,
+    pub client_key: Option<&'a str>,
+}
+
+impl<'a> From<&'a str> for Origin<'a> {
+    fn from(source: &'a str) -> Self {
+        Origin {
+            source,
+            client_key: None,
+        }
+    }
+}
+
+impl Origin<'_> {
+    fn client_key(&self) -> Option<String> {
+        self.client_key
+            .filter(|k| !k.is_empty())
+            .map(|k| k.chars().take(16).collect())
+    }
+}
+
 async fn event<C: sea_orm::ConnectionTrait>(
     conn: &C,
     key_id: &str,
@@ -16,7 +41,7 @@ async fn event<C: sea_orm::ConnectionTrait>(
     class: &str,
     model: &str,
     until: Option<DateTime<Utc>>,
-    source: &str,
+    origin: Origin<'_>,
 ) -> Result<()> {
     key_events::Entity::insert(key_events::ActiveModel {
         id: Set(new_id()),
@@ -26,7 +51,8 @@ async fn event<C: sea_orm::ConnectionTrait>(
         class: Set(class.chars().take(32).collect()),
         model: Set(model.chars().take(128).collect()),
         until: Set(until),
-        source: Set(source.chars().take(64).collect()),
+        source: Set(origin.source.chars().take(64).collect()),
+        client_key_prefix: Set(origin.client_key()),
     })
     .exec_without_returning(conn)
     .await?;
@@ -57,9 +83,10 @@ impl Store {
         model: &str,
         until: DateTime<Utc>,
         class: &str,
-        source: &str,
+        origin: impl Into<Origin<'_>>,
         audit: Option<AuditEvent>,
     ) -> Result<key_cooldowns::Model> {
+        let origin = origin.into();
         let txn = self.begin().await?;
         if provider_keys::Entity::find_by_id(key_id.to_owned())
             .one(&txn)
@@ -80,7 +107,8 @@ impl Store {
             model: model.to_owned(),
             until,
             class: class.to_owned(),
-            source: source.chars().take(64).collect(),
+            source: origin.source.chars().take(64).collect(),
+            client_key_prefix: origin.client_key(),
             updated_at: Utc::now(),
         };
         key_cooldowns::Entity::insert(key_cooldowns::ActiveModel {
@@ -89,6 +117,7 @@ impl Store {
             until: Set(row.until),
             class: Set(row.class.clone()),
             source: Set(row.source.clone()),
+            client_key_prefix: Set(row.client_key_prefix.clone()),
             updated_at: Set(row.updated_at),
         })
         .on_conflict(
@@ -97,13 +126,14 @@ impl Store {
                     key_cooldowns::Column::Until,
                     key_cooldowns::Column::Class,
                     key_cooldowns::Column::Source,
+                    key_cooldowns::Column::ClientKeyPrefix,
                     key_cooldowns::Column::UpdatedAt,
                 ])
                 .to_owned(),
         )
         .exec(&txn)
         .await?;
-        event(&txn, key_id, "cooldown", class, model, Some(until), source).await?;
+        event(&txn, key_id, "cooldown", class, model, Some(until), origin).await?;
         match audit {
             Some(ev) => self.commit_audited(txn, ev.target(key_id)).await?,
             None => txn.commit().await?,
@@ -147,7 +177,7 @@ impl Store {
                 "",
                 model.unwrap_or(""),
                 None,
-                source,
+                source.into(),
             )
             .await?;
         }
@@ -175,14 +205,20 @@ impl Store {
             .await?;
         let changed = res.rows_affected > 0;
         if changed {
-            event(&txn, key_id, "recovered", "", model, None, source).await?;
+            event(&txn, key_id, "recovered", "", model, None, source.into()).await?;
         }
         txn.commit().await?;
         Ok(changed)
     }
 
     /// Disables a key until an admin clears it (an invalid key). Returns false when it already was.
-    pub async fn disable_key(&self, key_id: &str, reason: &str, source: &str) -> Result<bool> {
+    pub async fn disable_key(
+        &self,
+        key_id: &str,
+        reason: &str,
+        origin: impl Into<Origin<'_>>,
+    ) -> Result<bool> {
+        let origin = origin.into();
         let txn = self.begin().await?;
         let key = provider_keys::Entity::find_by_id(key_id.to_owned())
             .one(&txn)
@@ -197,7 +233,7 @@ impl Store {
         m.last_error_class = Set(Some(reason.to_owned()));
         m.updated_at = Set(Utc::now());
         provider_keys::Entity::update(m).exec(&txn).await?;
-        event(&txn, key_id, "disabled", reason, "", None, source).await?;
+        event(&txn, key_id, "disabled", reason, "", None, origin).await?;
         txn.commit().await?;
         Ok(true)
     }

@@ -70,6 +70,7 @@ async fn a_429_cools_the_key_until_retry_after_and_the_fleet_hears_of_it() {
     assert_eq!(o.key_id, "hot");
     assert_eq!(o.outcome_class(), Some(Some(FailureClass::RateLimited)));
     assert!(o.provider_stated, "the mock sent Retry-After: 30");
+    assert_eq!(o.client_key_prefix, "lh-compo", "whose request it was");
     let wait = secs_until(o.retry_at.as_ref().unwrap(), rig.clock.now());
     assert!((29.0..=30.5).contains(&wait), "retry in {wait} s");
     rig.record().await;

@@ -113,10 +113,17 @@ async fn propagation(backend: Backend) -> anyhow::Result<()> {
     assert_eq!(view["cooldowns"][0]["model"], "mock-ok");
     assert_eq!(view["cooldowns"][0]["class"], "rate_limited");
     assert_eq!(view["cooldowns"][0]["source"], "proxy-a");
+    // Which client's request caused it is on record (its display prefix, never the key).
+    let client = view["cooldowns"][0]["client_key"].as_str().unwrap_or("");
+    assert!(
+        client.len() >= 6 && f.client_key.starts_with(client) && client != f.client_key,
+        "{view}"
+    );
     let (_, hist) =
         f.cp.api("GET", &format!("{}/history", f.key_path(&hot).await), None)
             .await?;
     assert_eq!(hist["events"][0]["event"], "cooldown", "{hist}");
+    assert_eq!(hist["events"][0]["client_key"], client, "{hist}");
 
     // The routing log explains: the failed attempt, the fallback, and later skips.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
