@@ -50,6 +50,7 @@ const ENV_KEYS: &[&str] = &[
     "login_lock_base_secs",
     "login_lock_max_secs",
     "login_ip_max_failures",
+    "login_account_max_failures",
     "trust_forwarded_for",
 ];
 
@@ -137,6 +138,9 @@ pub struct RawConfig {
     pub login_lock_max_secs: Option<u64>,
     /// Failed logins from one address across accounts before the address is throttled.
     pub login_ip_max_failures: Option<u64>,
+    /// Failed logins for one account from all addresses together (15 min) before the account is
+    /// throttled from everywhere (429, growing like a lockout, ending by itself).
+    pub login_account_max_failures: Option<u64>,
     /// Take the client address from `X-Forwarded-For` (only behind your own reverse proxy).
     pub trust_forwarded_for: Option<bool>,
 }
@@ -437,6 +441,11 @@ impl RawConfig {
             lock_base: Duration::from_secs(lock_base),
             lock_max: Duration::from_secs(lock_max),
             ip_max_failures: positive("login_ip_max_failures", self.login_ip_max_failures, 30)?,
+            account_max_failures: positive(
+                "login_account_max_failures",
+                self.login_account_max_failures,
+                20,
+            )?,
             ..Default::default()
         };
         Ok(Config {

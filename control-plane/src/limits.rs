@@ -255,6 +255,10 @@ pub struct LoginPolicy {
     /// Failures from one address across all accounts (password spraying) before it is throttled.
     pub ip_max_failures: u64,
     pub ip_window: Duration,
+    /// Failures for one account from all addresses together (a distributed guess) before the
+    /// account is throttled everywhere for a while (same growing, capped backoff).
+    pub account_max_failures: u64,
+    pub account_window: Duration,
 }
 
 impl Default for LoginPolicy {
@@ -266,6 +270,8 @@ impl Default for LoginPolicy {
             lock_max: Duration::from_secs(15 * 60),
             ip_max_failures: 30,
             ip_window: Duration::from_secs(10 * 60),
+            account_max_failures: 20,
+            account_window: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -276,6 +282,8 @@ pub enum LoginGate {
     AccountLocked,
     /// This address is throttled for every account.
     IpThrottled(Duration),
+    /// This account is throttled from every address (too many failures across addresses).
+    AccountThrottled(Duration),
 }
 
 /// One lockout, for the admin view.
@@ -288,12 +296,36 @@ pub struct Lockout {
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
+/// The address as counters see it: IPv4 as is, IPv6 by its /64 prefix (one subscriber usually
+/// holds a whole /64, so counting single IPv6 addresses would let one client rotate through
+/// billions of them). IPv4-mapped IPv6 counts as the IPv4 address; anything unparsable as given.
+pub fn addr_key(ip: &str) -> String {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(v4)) => v4.to_string(),
+        Ok(std::net::IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+                format!("{net}/64")
+            }
+        },
+        Err(_) => ip.to_owned(),
+    }
+}
+
+/// The admin view's address for an account-wide throttle.
+const ANY_ADDRESS: &str = "*";
+
 /// Failure counting and lockouts.
 ///
 /// Lockouts are per (account, address): an attacker's failures from their addresses never lock
-/// the account's owner out of their own address, so nobody can lock a victim out indefinitely.
-/// Spraying many accounts from one address throttles that address. Both lockouts grow
-/// exponentially with repeated offences and are capped.
+/// the account's owner out of their own address. Spraying many accounts from one address
+/// throttles that address. Guessing one account's password from many addresses is capped too:
+/// past `account_max_failures` in `account_window` the account is throttled from every address
+/// (429) — a temporary throttle, never a lock an attacker could extend at will beyond
+/// `lock_max` per offence. All of them grow exponentially with repeated offences, are capped and
+/// expire by themselves. IPv6 addresses count by /64 ([`addr_key`]).
 pub struct LoginGuard {
     counters: std::sync::Arc<Counters>,
     policy: LoginPolicy,
@@ -315,8 +347,16 @@ impl LoginGuard {
     }
 
     pub async fn check(&self, account: &str, ip: &str) -> R<LoginGate> {
+        let ip = &addr_key(ip);
         if let Some((_, left)) = self.counters.get(&format!("login:iplock:{ip}")).await? {
             return Ok(LoginGate::IpThrottled(left));
+        }
+        if let Some((_, left)) = self
+            .counters
+            .get(&format!("login:acctlock:{account}"))
+            .await?
+        {
+            return Ok(LoginGate::AccountThrottled(left));
         }
         if self
             .counters
@@ -330,6 +370,7 @@ impl LoginGuard {
     }
 
     pub async fn record_failure(&self, account: &str, ip: &str) -> R<()> {
+        let ip = &addr_key(ip);
         let p = &self.policy;
         let n_ip = self
             .counters
@@ -368,12 +409,48 @@ impl LoginGuard {
                 .await?;
             tracing::warn!(account, %ip, lock_count = c, lock_secs = d.as_secs(), "account locked for this address");
         }
+        // Across all addresses: not reset by a success, so a distributed guess stays bounded.
+        let n_acct = self
+            .counters
+            .incr(&format!("login:acctfail:{account}"), p.account_window)
+            .await?;
+        if n_acct >= p.account_max_failures {
+            let c = self
+                .counters
+                .incr(&format!("login:acctlocks:{account}"), DAY)
+                .await?;
+            let d = self.backoff(c);
+            self.counters
+                .set(&format!("login:acctlock:{account}"), c, d)
+                .await?;
+            self.counters
+                .del(&[format!("login:acctfail:{account}")])
+                .await?;
+            tracing::warn!(
+                event = "account_throttled",
+                account,
+                lock_count = c,
+                lock_secs = d.as_secs(),
+                "account throttled after failures from many addresses"
+            );
+        }
         Ok(())
     }
 
     /// Current lockouts of an account, by address.
     pub async fn lockouts(&self, account: &str) -> R<Vec<Lockout>> {
         let mut out = Vec::new();
+        if let Some((count, left)) = self
+            .counters
+            .get(&format!("login:acctlock:{account}"))
+            .await?
+        {
+            out.push(Lockout {
+                ip: ANY_ADDRESS.to_owned(),
+                remaining_secs: left.as_secs_f64().ceil() as u64,
+                lock_count: count,
+            });
+        }
         for ip in self
             .counters
             .smembers(&format!("login:lockips:{account}"))
@@ -398,7 +475,12 @@ impl LoginGuard {
     /// Lifts every lockout of an account (admin action).
     pub async fn clear(&self, account: &str) -> R<()> {
         let set = format!("login:lockips:{account}");
-        let mut keys = vec![set.clone()];
+        let mut keys = vec![
+            set.clone(),
+            format!("login:acctlock:{account}"),
+            format!("login:acctlocks:{account}"),
+            format!("login:acctfail:{account}"),
+        ];
         for ip in self.counters.smembers(&set).await? {
             keys.push(format!("login:lock:{account}:{ip}"));
             keys.push(format!("login:locks:{account}:{ip}"));
@@ -408,6 +490,7 @@ impl LoginGuard {
     }
 
     pub async fn record_success(&self, account: &str, ip: &str) -> R<()> {
+        let ip = &addr_key(ip);
         self.counters
             .del(&[
                 format!("login:fail:{account}:{ip}"),
@@ -467,9 +550,68 @@ mod tests {
                 lock_max: Duration::from_millis(base_ms * 4),
                 ip_max_failures: 10,
                 ip_window: Duration::from_secs(60),
+                ..LoginPolicy::default()
             },
         )
     }
+
+    #[tokio::test]
+    async fn failures_from_many_addresses_throttle_the_account_for_a_while() {
+        let g = guard(300);
+        for i in 0..101 {
+            let ip = format!("10.0.{}.{}", i / 200, i % 200 + 1);
+            if matches!(g.check("u1", &ip).await.unwrap(), LoginGate::Open) {
+                g.record_failure("u1", &ip).await.unwrap();
+            }
+        }
+        assert!(
+            !matches!(g.check("u1", "10.9.9.9").await.unwrap(), LoginGate::Open),
+            "101 failures from 101 addresses left the account open"
+        );
+        assert!(matches!(
+            g.check("u2", "10.9.9.9").await.unwrap(),
+            LoginGate::Open
+        ));
+        // A throttle, not a lock: it ends on its own.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        assert!(matches!(
+            g.check("u1", "10.9.9.9").await.unwrap(),
+            LoginGate::Open
+        ));
+    }
+
+    #[test]
+    fn address_keys() {
+        for (ip, key) in [
+            ("1.2.3.4", "1.2.3.4"),
+            ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+            ("2001:db8:1:2::ffff", "2001:db8:1:2::/64"),
+            ("::ffff:1.2.3.4", "1.2.3.4"),
+            ("unknown", "unknown"),
+        ] {
+            assert_eq!(addr_key(ip), key, "{ip}");
+        }
+    }
+
+    #[tokio::test]
+    async fn ipv6_addresses_share_counters_per_64() {
+        let g = guard(1000);
+        for ip in ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3"] {
+            g.record_failure("u1", ip).await.unwrap();
+        }
+        assert!(
+            matches!(
+                g.check("u1", "2001:db8:1:2::99").await.unwrap(),
+                LoginGate::AccountLocked { .. }
+            ),
+            "one /64 did not share a counter"
+        );
+        assert!(matches!(
+            g.check("u1", "2001:db8:1:3::1").await.unwrap(),
+            LoginGate::Open
+        ));
+    }
+
 
     #[tokio::test]
     async fn locks_per_account_and_address_with_growing_capped_backoff() {

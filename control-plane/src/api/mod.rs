@@ -354,7 +354,11 @@ async fn rate_limit_ip(State(s): State<AppState>, req: Request, next: Next) -> R
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
     let ip = client_ip(req.headers(), peer, s.policy.trust_forwarded_for);
-    match s.limiter.hit("ip", &ip, s.policy.rate_limit_ip).await {
+    match s
+        .limiter
+        .hit("ip", &crate::limits::addr_key(&ip), s.policy.rate_limit_ip)
+        .await
+    {
         Ok(None) => next.run(req).await,
         Ok(Some(retry)) => ApiError::TooManyRequests(retry).into_response(),
         Err(e) => ApiError::from(e).into_response(),

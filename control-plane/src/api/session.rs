@@ -111,9 +111,18 @@ pub(super) async fn login(
     };
 
     let gate = s.login_guard.check(&account, &meta.ip).await?;
-    if let LoginGate::IpThrottled(retry) = gate {
-        s.store.audit(failure("address_throttled")).await?;
-        return Err(ApiError::TooManyRequests(retry));
+    match gate {
+        LoginGate::IpThrottled(retry) => {
+            s.store.audit(failure("address_throttled")).await?;
+            return Err(ApiError::TooManyRequests(retry));
+        }
+        // Unknown names are counted under a keyed hash the same way, so this answer says
+        // nothing about whether the account exists.
+        LoginGate::AccountThrottled(retry) => {
+            s.store.audit(failure("account_throttled")).await?;
+            return Err(ApiError::TooManyRequests(retry));
+        }
+        LoginGate::Open | LoginGate::AccountLocked => {}
     }
     let locked = matches!(gate, LoginGate::AccountLocked);
     let usable = user.as_ref().filter(|u| u.is_active() && !locked);

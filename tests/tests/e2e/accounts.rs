@@ -1048,3 +1048,66 @@ async fn admin_api_rate_limits() -> anyhow::Result<()> {
     assert_eq!(statuses, vec![401, 401, 401, 429]);
     Ok(())
 }
+
+on_both_backends!(login_failures_are_capped_per_account_across_addresses);
+
+/// Wrong passwords for one account from ever new addresses: once the account-wide cap is reached
+/// the account is throttled (429 + Retry-After) from every address, even with the right password,
+/// and the throttle ends on its own.
+async fn login_failures_are_capped_per_account_across_addresses(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let cp = ControlPlane::start_with(
+        backend,
+        ControlOptions {
+            trust_forwarded_for: true,
+            login_lock_base: Some(Duration::from_secs(4)),
+            ..login_options()
+        },
+    )
+    .await?;
+    let ivan = cp.create_user("ivan", STRONG, "user").await?;
+    let login_from = |ip: String, password: &str| {
+        cp.http
+            .post(format!("{}/api/v1/auth/login", cp.admin_url))
+            .header("x-forwarded-for", ip)
+            .json(&login_body("ivan", password))
+            .send()
+    };
+    let mut statuses: HashMap<u16, usize> = HashMap::new();
+    for i in 0..101 {
+        let r = login_from(
+            format!("10.1.{}.{}", i / 200, i % 200 + 1),
+            "not-the-password",
+        )
+        .await?;
+        *statuses.entry(r.status().as_u16()).or_default() += 1;
+    }
+    assert!(
+        statuses.keys().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains_key(&429), "never throttled: {statuses:?}");
+    let r = login_from("10.9.9.9".into(), STRONG).await?;
+    assert_eq!(r.status(), 429, "the right password got through the cap");
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(
+        lockouts(&cp, &ivan).await.iter().any(|l| l["ip"] == "*"),
+        "the account-wide throttle is not in the admin view"
+    );
+    // Not a permanent lock: it ends on its own.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = login_from("10.9.9.9".into(), STRONG).await?.status();
+        if s == 200 {
+            break;
+        }
+        assert_eq!(s, 429);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "throttle never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
