@@ -278,8 +278,9 @@ impl Default for LoginPolicy {
 
 pub enum LoginGate {
     Open,
-    /// This account is locked for this address; the client sees an ordinary failed login.
-    AccountLocked,
+    /// This account is locked for this address (for this long); a login sees an ordinary failed
+    /// login.
+    AccountLocked(Duration),
     /// This address is throttled for every account.
     IpThrottled(Duration),
     /// This account is throttled from every address (too many failures across addresses).
@@ -358,13 +359,12 @@ impl LoginGuard {
         {
             return Ok(LoginGate::AccountThrottled(left));
         }
-        if self
+        if let Some((_, left)) = self
             .counters
             .get(&format!("login:lock:{account}:{ip}"))
             .await?
-            .is_some()
         {
-            return Ok(LoginGate::AccountLocked);
+            return Ok(LoginGate::AccountLocked(left));
         }
         Ok(LoginGate::Open)
     }
@@ -625,7 +625,7 @@ mod tests {
         }
         assert!(matches!(
             g.check("u1", "1.1.1.1").await.unwrap(),
-            LoginGate::AccountLocked
+            LoginGate::AccountLocked(_)
         ));
         // Another address (the owner) is not locked out by the attacker's failures.
         assert!(matches!(

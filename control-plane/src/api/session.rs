@@ -122,9 +122,9 @@ pub(super) async fn login(
             s.store.audit(failure("account_throttled")).await?;
             return Err(ApiError::TooManyRequests(retry));
         }
-        LoginGate::Open | LoginGate::AccountLocked => {}
+        LoginGate::Open | LoginGate::AccountLocked(_) => {}
     }
-    let locked = matches!(gate, LoginGate::AccountLocked);
+    let locked = matches!(gate, LoginGate::AccountLocked(_));
     let usable = user.as_ref().filter(|u| u.is_active() && !locked);
     // Oversized passwords do no hashing work at all; every other path costs one verification
     // (against a dummy hash when the account is unknown, locked or disabled).
@@ -439,11 +439,32 @@ pub(super) struct PasswordBody {
 }
 
 /// Changes the caller's password and ends all of their sessions (including this one).
+///
+/// A stolen access token must not become an unlimited password oracle: wrong current passwords
+/// count as failed logins of this account from this address (the same [`LoginGuard`] counters,
+/// lockouts and backoff), and while locked or throttled even the right one is refused with 429.
+///
+/// [`LoginGuard`]: crate::limits::LoginGuard
 pub(super) async fn change_password(
     State(s): State<AppState>,
     user: AuthUser,
     ApiJson(body): ApiJson<PasswordBody>,
 ) -> Result<StatusCode, ApiError> {
+    let failed = |reason: &str| {
+        AuditEvent::new(&user.actor(), "password_change_failed", "user")
+            .failure()
+            .target(&user.id)
+            .detail(json!({"reason": reason}))
+    };
+    match s.login_guard.check(&user.id, &user.meta.ip).await? {
+        LoginGate::Open => {}
+        LoginGate::AccountLocked(retry)
+        | LoginGate::AccountThrottled(retry)
+        | LoginGate::IpThrottled(retry) => {
+            s.store.audit(failed("locked")).await?;
+            return Err(ApiError::TooManyRequests(retry));
+        }
+    }
     let u = s
         .store
         .user_by_id(&user.id)
@@ -461,17 +482,17 @@ pub(super) async fn change_password(
             .await?
             .ok
     {
-        s.store
-            .audit(
-                AuditEvent::new(&user.actor(), "password_change_failed", "user")
-                    .failure()
-                    .target(&user.id),
-            )
+        s.login_guard
+            .record_failure(&user.id, &user.meta.ip)
             .await?;
+        s.store.audit(failed("wrong_password")).await?;
         return Err(ApiError::ForbiddenWith(
             "current password is incorrect".into(),
         ));
     }
+    s.login_guard
+        .record_success(&user.id, &user.meta.ip)
+        .await?;
     let hash = s.hasher.hash(&body.new_password).await?;
     s.store
         .set_password_hash(

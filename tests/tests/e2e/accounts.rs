@@ -1111,3 +1111,37 @@ async fn login_failures_are_capped_per_account_across_addresses(
     }
     Ok(())
 }
+
+on_both_backends!(password_change_failures_count_like_login_failures);
+
+/// Guessing the current password on the password-change endpoint is counted like failed logins:
+/// after the limit even the right current password is refused until the lock ends by itself.
+async fn password_change_failures_count_like_login_failures(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let mut sc = Scenario::start(backend).await?;
+    let alice = sc.cp.create_user("alice", STRONG, "user").await?;
+    let (a, _) = sc.sign_in("alice", STRONG).await?;
+    let cp = &sc.cp;
+    let change = |current: &str| {
+        cp.call(
+            "POST",
+            "/api/v1/me/password",
+            Some(&a),
+            Some(json!({"current_password": current, "new_password": STRONG2})),
+        )
+    };
+    for _ in 0..3 {
+        let (s, _, v) = change("wrong-wrong-wrong").await?;
+        assert_eq!(s, 403, "{v}");
+    }
+    let (s, h, v) = change(STRONG).await?;
+    assert_eq!(s, 429, "right password accepted past the limit: {v}");
+    assert!(h.contains_key("retry-after"));
+    assert_eq!(lockouts(cp, &alice).await.len(), 1);
+    wait_unlocked(cp, &alice).await;
+    let (s, _, v) = change(STRONG).await?;
+    assert_eq!(s, 204, "{v}");
+    sc.finish(&["password_change_failed", "password_changed"])
+        .await
+}
