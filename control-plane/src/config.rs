@@ -51,6 +51,7 @@ const ENV_KEYS: &[&str] = &[
     "login_lock_max_secs",
     "login_ip_max_failures",
     "login_account_max_failures",
+    "registration_rate_limit",
     "trust_forwarded_for",
 ];
 
@@ -141,6 +142,8 @@ pub struct RawConfig {
     /// Failed logins for one account from all addresses together (15 min) before the account is
     /// throttled from everywhere (429, growing like a lockout, ending by itself).
     pub login_account_max_failures: Option<u64>,
+    /// Registration attempts per hour from one address (`open` and `approval` modes).
+    pub registration_rate_limit: Option<u64>,
     /// Take the client address from `X-Forwarded-For` (only behind your own reverse proxy).
     pub trust_forwarded_for: Option<bool>,
 }
@@ -216,6 +219,7 @@ pub struct Config {
     pub admin_tls: Option<(Vec<u8>, Vec<u8>)>,
     pub admin_rate_limit_ip: u64,
     pub admin_rate_limit_user: u64,
+    pub registration_rate_limit: u64,
     pub login_policy: crate::limits::LoginPolicy,
     pub trust_forwarded_for: bool,
 }
@@ -462,6 +466,11 @@ impl RawConfig {
                 "admin_rate_limit_user",
                 self.admin_rate_limit_user,
                 1200,
+            )?,
+            registration_rate_limit: positive(
+                "registration_rate_limit",
+                self.registration_rate_limit,
+                10,
             )?,
             login_policy,
             trust_forwarded_for: self.trust_forwarded_for.unwrap_or(false),

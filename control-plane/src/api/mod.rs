@@ -52,6 +52,8 @@ pub struct AppState {
     pub hash_secret: Arc<HashSecret>,
     pub login_guard: Arc<LoginGuard>,
     pub limiter: Arc<RateLimiter>,
+    /// Registration attempts per address (one-hour window).
+    pub registration_limiter: Arc<RateLimiter>,
     pub policy: Arc<Policy>,
 }
 
@@ -61,6 +63,7 @@ pub struct Policy {
     pub refresh_ttl: Duration,
     pub rate_limit_ip: u64,
     pub rate_limit_user: u64,
+    pub registration_limit: u64,
     pub trust_forwarded_for: bool,
     pub tls: bool,
     pub dashboard_origins: Vec<HeaderValue>,

@@ -20,7 +20,7 @@ use crate::config::Registration;
 use crate::limits::LoginGate;
 use crate::store::entities::users;
 use crate::store::sessions::RefreshOutcome;
-use crate::store::{AuditEvent, NewUser, UserStatus};
+use crate::store::{AuditEvent, NewUser, StoreError, UserStatus};
 use crate::vault::generate_refresh_token;
 
 const REFRESH_COOKIE: &str = "llmhub_refresh";
@@ -390,6 +390,14 @@ pub(super) struct RegisteredView {
     status: String,
 }
 
+/// Self-service registration.
+///
+/// Every attempt from an address counts against `registration_rate_limit` per hour (429 beyond
+/// it) and is logged with `event = "registration_attempt"`. In `approval` mode a taken username
+/// or email is answered exactly like a new one (201, a pending view with a fresh id, after the
+/// same hashing work) and nothing is created, so the endpoint cannot be used to find accounts;
+/// in `open` mode the caller must learn that a name is taken, and the per-address limit bounds
+/// how many names can be probed.
 pub(super) async fn register(
     State(s): State<AppState>,
     meta: ClientMeta,
@@ -402,17 +410,46 @@ pub(super) async fn register(
         Registration::Open => UserStatus::Active,
         Registration::Approval => UserStatus::Pending,
     };
+    let result = register_new(&s, &meta, body, status).await;
+    let outcome = match &result {
+        Ok((_, outcome)) => *outcome,
+        Err(ApiError::TooManyRequests(_)) => "rate_limited",
+        Err(ApiError::Conflict(_)) => "taken",
+        Err(ApiError::BadRequest(_)) => "invalid",
+        Err(_) => "error",
+    };
+    tracing::info!(event = "registration_attempt", ip = %meta.ip, outcome, "registration attempt");
+    result.map(|(view, _)| (StatusCode::CREATED, Json(view)))
+}
+
+async fn register_new(
+    s: &AppState,
+    meta: &ClientMeta,
+    body: RegisterBody,
+    status: UserStatus,
+) -> Result<(RegisteredView, &'static str), ApiError> {
+    if let Some(retry) = s
+        .registration_limiter
+        .hit(
+            "register",
+            &crate::limits::addr_key(&meta.ip),
+            s.policy.registration_limit,
+        )
+        .await?
+    {
+        return Err(ApiError::TooManyRequests(retry));
+    }
     let (username, email) = validate_new_account(
         body.username.as_deref(),
         body.email.as_deref(),
         &body.password,
     )?;
     let hash = s.hasher.hash(&body.password).await?;
-    let user = s
+    let created = s
         .store
         .create_user(
             NewUser {
-                username,
+                username: username.clone(),
                 email,
                 password_hash: hash,
                 role: Role::User.as_str(),
@@ -420,15 +457,27 @@ pub(super) async fn register(
             },
             AuditEvent::new(&meta.actor(None), "user_registered", "user"),
         )
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(RegisteredView {
-            id: user.id,
-            username: user.username,
-            status: user.status,
-        }),
-    ))
+        .await;
+    match created {
+        Ok(user) => Ok((
+            RegisteredView {
+                id: user.id,
+                username: user.username,
+                status: user.status,
+            },
+            "registered",
+        )),
+        // Indistinguishable from a new pending account; there is nothing for an admin to approve.
+        Err(StoreError::Conflict(_)) if status == UserStatus::Pending => Ok((
+            RegisteredView {
+                id: uuid::Uuid::new_v4().to_string(),
+                username,
+                status: status.as_str().to_owned(),
+            },
+            "taken",
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[derive(Deserialize)]

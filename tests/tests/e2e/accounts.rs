@@ -1145,3 +1145,107 @@ async fn password_change_failures_count_like_login_failures(
     sc.finish(&["password_change_failed", "password_changed"])
         .await
 }
+
+on_both_backends!(approval_registration_does_not_reveal_taken_names);
+
+/// In approval mode a taken username or email gets the same answer as a new one, and nothing is
+/// created for it.
+async fn approval_registration_does_not_reveal_taken_names(backend: Backend) -> anyhow::Result<()> {
+    let cp = ControlPlane::start_with(
+        backend,
+        ControlOptions {
+            registration: Some(Registration::Approval),
+            ..ControlOptions::default()
+        },
+    )
+    .await?;
+    let register = |body: Value| cp.call("POST", "/api/v1/auth/register", None, Some(body));
+    let (s, _, fresh) =
+        register(json!({"username": "gina", "email": "gina@example.com", "password": STRONG}))
+            .await?;
+    assert_eq!(s, 201, "{fresh}");
+    let (_, users_before) = cp.api("GET", "/api/v1/users", None).await?;
+    let shape = |v: &Value| {
+        let mut keys: Vec<(String, &'static str)> = v
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), if v.is_string() { "string" } else { "other" }))
+            .collect();
+        keys.sort();
+        keys
+    };
+    for (what, body) in [
+        (
+            "taken username",
+            json!({"username": "gina", "password": STRONG2}),
+        ),
+        (
+            "taken email",
+            json!({"email": "GINA@example.com", "password": STRONG2}),
+        ),
+        (
+            "the admin",
+            json!({"username": "admin", "password": STRONG2}),
+        ),
+    ] {
+        let (s, h, v) = register(body).await?;
+        assert_eq!(s, 201, "{what}: {v}");
+        assert_eq!(shape(&v), shape(&fresh), "{what}: {v}");
+        assert_eq!(v["status"], "pending", "{what}");
+        assert_ne!(v["id"], fresh["id"], "{what}");
+        assert_eq!(h.get("content-type"), Some(&"application/json".parse()?));
+    }
+    let (_, users_after) = cp.api("GET", "/api/v1/users", None).await?;
+    assert_eq!(
+        users_before, users_after,
+        "something was created for a taken name"
+    );
+    Ok(())
+}
+
+on_both_backends!(open_registration_is_bounded_per_address);
+
+/// In open mode a taken name is still answered clearly, but one address may try only a bounded
+/// number of registrations, and each attempt is logged.
+async fn open_registration_is_bounded_per_address(backend: Backend) -> anyhow::Result<()> {
+    let cp = ControlPlane::start_with(
+        backend,
+        ControlOptions {
+            registration: Some(Registration::Open),
+            ..ControlOptions::default()
+        },
+    )
+    .await?;
+    let register = |u: String, p: &str| {
+        cp.call(
+            "POST",
+            "/api/v1/auth/register",
+            None,
+            Some(json!({"username": u, "password": p})),
+        )
+    };
+    assert_eq!(register("dave".into(), STRONG).await?.0, 201);
+    assert_eq!(register("dave".into(), STRONG2).await?.0, 409);
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        // Weak passwords: refused before any hashing, but still attempts.
+        statuses.push(register(format!("probe{i}"), "password1").await?.0);
+    }
+    let first_429 = statuses.iter().position(|s| *s == 429);
+    assert!(first_429.is_some(), "never limited: {statuses:?}");
+    assert!(
+        statuses[first_429.unwrap()..].iter().all(|s| *s == 429),
+        "{statuses:?}"
+    );
+    let (s, h, _) = register("erin".into(), STRONG).await?;
+    assert_eq!(s, 429);
+    assert!(h.contains_key("retry-after"));
+    assert!(
+        cp.logs
+            .text()
+            .contains("\"event\":\"registration_attempt\""),
+        "registration attempts are not logged"
+    );
+    Ok(())
+}
