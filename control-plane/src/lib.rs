@@ -123,10 +123,11 @@ impl App {
                     std::time::Duration::from_secs(60),
                 )),
                 registration_limiter: Arc::new(limits::RateLimiter::new(
-                    counters,
+                    counters.clone(),
                     std::time::Duration::from_secs(3600),
                 )),
                 policy,
+                counters,
             },
         })
     }

@@ -55,6 +55,8 @@ pub struct AppState {
     /// Registration attempts per address (one-hour window).
     pub registration_limiter: Arc<RateLimiter>,
     pub policy: Arc<Policy>,
+    /// The shared counters, for bounding how often a refusal is audited.
+    pub counters: Arc<crate::limits::Counters>,
 }
 
 /// Request-independent settings the handlers need.
@@ -482,10 +484,75 @@ impl FromRequestParts<AppState> for AdminUser {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let user = AuthUser::from_request_parts(parts, state).await?;
         if user.role != Role::Admin {
+            // The route template, not the concrete path: bounded, and free of ids.
+            let method = parts.method.as_str();
+            let route = route_template(method, parts.uri.path()).unwrap_or("(unmatched)");
+            record_access_denied(state, &user, method, route).await?;
             return Err(ApiError::Forbidden);
         }
         Ok(AdminUser(user))
     }
+}
+
+/// The endpoint-table path (`/api/v1/users/{id}`) a request path matches.
+fn route_template(method: &str, path: &str) -> Option<&'static str> {
+    endpoint_list()
+        .into_iter()
+        .find(|e| {
+            e.method == method && {
+                let mut want = e.path.split('/');
+                let mut got = path.split('/');
+                loop {
+                    match (want.next(), got.next()) {
+                        (None, None) => break true,
+                        (Some(w), Some(g)) if w == g || (w.starts_with('{') && !g.is_empty()) => {}
+                        _ => break false,
+                    }
+                }
+            }
+        })
+        .map(|e| e.path)
+}
+
+/// How often one user × route refusal is audited and logged at most.
+const DENIED_AUDIT_WINDOW: Duration = Duration::from_secs(60);
+
+/// Audits and logs a non-admin's call to an admin route, at most once per user × route per
+/// [`DENIED_AUDIT_WINDOW`] so a flood of refused calls cannot fill the audit table or the log.
+async fn record_access_denied(
+    state: &AppState,
+    user: &AuthUser,
+    method: &str,
+    route: &str,
+) -> Result<(), ApiError> {
+    let n = state
+        .counters
+        .incr(
+            &format!("denied:{}:{method}:{route}", user.id),
+            DENIED_AUDIT_WINDOW,
+        )
+        .await?;
+    if n != 1 {
+        return Ok(());
+    }
+    tracing::warn!(
+        event = "access_denied",
+        user_id = %user.id,
+        ip = %user.meta.ip,
+        method,
+        route,
+        "non-admin called an admin endpoint"
+    );
+    state
+        .store
+        .audit(
+            crate::store::AuditEvent::new(&user.actor(), "access_denied", "route")
+                .failure()
+                .target(format!("{method} {route}"))
+                .detail(serde_json::json!({"method": method, "path": route})),
+        )
+        .await?;
+    Ok(())
 }
 
 async fn readyz(State(s): State<AppState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
@@ -539,6 +606,20 @@ mod tests {
                 e.path
             );
         }
+    }
+
+    #[test]
+    fn route_templates() {
+        assert_eq!(
+            route_template("GET", "/api/v1/users"),
+            Some("/api/v1/users")
+        );
+        assert_eq!(
+            route_template("DELETE", "/api/v1/users/abc/lockouts"),
+            Some("/api/v1/users/{id}/lockouts")
+        );
+        assert_eq!(route_template("GET", "/api/v1/users/"), None);
+        assert_eq!(route_template("PUT", "/api/v1/users"), None);
     }
 
     #[test]

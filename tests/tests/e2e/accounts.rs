@@ -1249,3 +1249,44 @@ async fn open_registration_is_bounded_per_address(backend: Backend) -> anyhow::R
     );
     Ok(())
 }
+
+on_both_backends!(refused_admin_calls_are_audited_and_bounded);
+
+/// A user calling an admin endpoint is refused, audited as `access_denied` (with the route and
+/// the actor) and logged; a flood of refusals writes a bounded number of rows.
+async fn refused_admin_calls_are_audited_and_bounded(backend: Backend) -> anyhow::Result<()> {
+    let mut sc = Scenario::start(backend).await?;
+    let alice = sc.cp.create_user("alice", STRONG, "user").await?;
+    let (a, _) = sc.sign_in("alice", STRONG).await?;
+    let cp = &sc.cp;
+    for _ in 0..50 {
+        assert_eq!(status_of(cp, "GET", "/api/v1/users", Some(&a)).await, 403);
+    }
+    assert_eq!(status_of(cp, "GET", "/api/v1/audit", Some(&a)).await, 403);
+    let (_, page) = cp
+        .api("GET", "/api/v1/audit?action=access_denied&limit=1000", None)
+        .await?;
+    let rows = page["data"].as_array().unwrap();
+    let users_rows: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["detail"]["path"] == "/api/v1/users")
+        .collect();
+    assert!(
+        (1..=2).contains(&users_rows.len()),
+        "{} rows for 50 refusals",
+        users_rows.len()
+    );
+    let r = users_rows[0];
+    assert_eq!(r["actor_user_id"], alice.as_str());
+    assert_eq!(r["outcome"], "failure");
+    assert_eq!(r["detail"]["method"], "GET");
+    assert!(
+        rows.iter().any(|r| r["detail"]["path"] == "/api/v1/audit"),
+        "{rows:?}"
+    );
+    assert!(
+        cp.logs.text().contains("\"event\":\"access_denied\""),
+        "no access_denied log event"
+    );
+    sc.finish(&["access_denied"]).await
+}
