@@ -31,11 +31,32 @@ local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return n";
 
+/// Sliding-log admission, atomically: drop entries older than the window, admit (and log) the
+/// request if fewer than the limit remain, else return how long until the oldest leaves. Time is
+/// the Redis server's, so replicas with skewed clocks agree. Returns 0 when admitted, else the
+/// wait in milliseconds.
+const ADMIT_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return 0
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local wait = tonumber(oldest[2]) + window - now
+if wait < 1 then wait = 1 end
+return wait";
+
 enum Backend {
     Redis {
         conn: ConnectionManager,
         prefix: String,
         incr: redis::Script,
+        admit: redis::Script,
     },
     Memory(Mutex<Mem>),
 }
@@ -44,6 +65,8 @@ enum Backend {
 struct Mem {
     values: HashMap<String, (u64, Instant)>,
     sets: HashMap<String, (std::collections::BTreeSet<String>, Instant)>,
+    /// Admission times of the sliding windows (at most `limit` each), and when they expire.
+    logs: HashMap<String, (std::collections::VecDeque<Instant>, Instant)>,
 }
 
 /// Key-value counters with expiry: Redis, or an in-process map for a single replica.
@@ -76,6 +99,7 @@ impl Counters {
                 conn,
                 prefix: prefix.to_owned(),
                 incr: redis::Script::new(INCR_SCRIPT),
+                admit: redis::Script::new(ADMIT_SCRIPT),
             },
         })
     }
@@ -87,9 +111,10 @@ impl Counters {
     fn with_map<T>(map: &Mutex<Mem>, f: impl FnOnce(&mut Mem) -> T) -> T {
         let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if m.values.len() + m.sets.len() > 100_000 {
+        if m.values.len() + m.sets.len() + m.logs.len() > 100_000 {
             m.values.retain(|_, (_, exp)| *exp > now);
             m.sets.retain(|_, (_, exp)| *exp > now);
+            m.logs.retain(|_, (_, exp)| *exp > now);
         }
         f(&mut m)
     }
@@ -97,7 +122,9 @@ impl Counters {
     /// Adds one and returns the new count; the key expires `ttl` after its first increment.
     pub async fn incr(&self, key: &str, ttl: Duration) -> R<u64> {
         match &self.backend {
-            Backend::Redis { conn, prefix, incr } => {
+            Backend::Redis {
+                conn, prefix, incr, ..
+            } => {
                 let mut c = conn.clone();
                 Ok(incr
                     .key(format!("{prefix}{key}"))
@@ -113,6 +140,55 @@ impl Counters {
                 }
                 e.0 += 1;
                 e.0
+            })),
+        }
+    }
+
+    /// Sliding-window admission: `None` (and the request is counted) when fewer than `limit`
+    /// requests were admitted in the last `window`, else how long until one leaves the window.
+    /// Refused requests are not counted.
+    pub async fn admit(&self, key: &str, window: Duration, limit: u64) -> R<Option<Duration>> {
+        match &self.backend {
+            Backend::Redis {
+                conn,
+                prefix,
+                admit,
+                ..
+            } => {
+                let mut c = conn.clone();
+                let wait: u64 = admit
+                    .key(format!("{prefix}{key}"))
+                    .arg(ms(window))
+                    .arg(limit)
+                    .arg(uuid::Uuid::new_v4().simple().to_string())
+                    .invoke_async(&mut c)
+                    .await?;
+                Ok((wait > 0).then(|| Duration::from_millis(wait)))
+            }
+            Backend::Memory(map) => Ok(Self::with_map(map, |m| {
+                let now = Instant::now();
+                let (log, exp) = m
+                    .logs
+                    .entry(key.to_owned())
+                    .or_insert_with(|| (Default::default(), now + window));
+                while log
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= window)
+                {
+                    log.pop_front();
+                }
+                if (log.len() as u64) < limit {
+                    log.push_back(now);
+                    *exp = now + window;
+                    None
+                } else {
+                    let oldest = log.front().copied().unwrap_or(now);
+                    Some(
+                        (oldest + window)
+                            .saturating_duration_since(now)
+                            .max(Duration::from_millis(1)),
+                    )
+                }
             })),
         }
     }
@@ -500,9 +576,10 @@ impl LoginGuard {
     }
 }
 
-/// Sliding-window rate limiter over [`Counters`] (the common two-window approximation: the
-/// previous window's count, weighted by how much of it still overlaps, plus the current one), so
-/// a burst straddling a window boundary is still counted as one burst.
+/// Sliding-window rate limiter over [`Counters`]: a log of the admitted requests of the last
+/// `window` (a Redis sorted set, or an in-process queue), so at most `limit` requests are
+/// admitted in any interval of that length — a burst straddling a fixed-window boundary is still
+/// one burst. Only admitted requests are logged, so each key holds at most `limit` entries.
 pub struct RateLimiter {
     counters: std::sync::Arc<Counters>,
     window: Duration,
@@ -515,23 +592,15 @@ impl RateLimiter {
 
     /// Counts one request for `scope:id`; `Ok(Some(retry_after))` when over `limit`.
     pub async fn hit(&self, scope: &str, id: &str, limit: u64) -> R<Option<Duration>> {
-        let w = self.window.as_secs().max(1);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let slot = now / w;
-        let n = self
+        // `rls:` (not the fixed window's `rl:`): another type of Redis value.
+        let wait = self
             .counters
-            .incr(
-                &format!("rl:{scope}:{id}:{slot}"),
-                self.window + Duration::from_secs(1),
-            )
+            .admit(&format!("rls:{scope}:{id}"), self.window, limit)
             .await?;
-        if n > limit {
-            return Ok(Some(Duration::from_secs((slot + 1) * w - now)));
-        }
-        Ok(None)
+        // Whole seconds for Retry-After, rounded up so a client waiting that long gets in.
+        Ok(wait.map(|w| {
+            Duration::from_secs(w.as_millis().div_ceil(1000).try_into().unwrap_or(u64::MAX))
+        }))
     }
 }
 
@@ -612,6 +681,48 @@ mod tests {
         ));
     }
 
+    /// A full burst just before a (fixed) window boundary and another just after it: a sliding
+    /// window refuses the second.
+    async fn burst_across_the_boundary_is_refused(counters: Arc<Counters>) {
+        let rl = RateLimiter::new(counters, Duration::from_secs(2));
+        let id = uuid::Uuid::new_v4().to_string();
+        let now_ms = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+        };
+        // 1.7 s into a 2 s slot aligned to the epoch (where a fixed window resets).
+        let into = u64::try_from(now_ms() % 2000).unwrap();
+        tokio::time::sleep(Duration::from_millis((1700 + 2000 - into) % 2000)).await;
+        for _ in 0..5 {
+            assert!(rl.hit("ip", &id, 5).await.unwrap().is_none());
+        }
+        let into = u64::try_from(now_ms() % 2000).unwrap();
+        assert!(into >= 1700, "test too slow to straddle the boundary");
+        tokio::time::sleep(Duration::from_millis(2000 - into + 100)).await;
+        let mut admitted = 0;
+        for _ in 0..5 {
+            if rl.hit("ip", &id, 5).await.unwrap().is_none() {
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, 0, "a second full burst right after the boundary");
+    }
+
+    #[tokio::test]
+    async fn sliding_window_in_process() {
+        burst_across_the_boundary_is_refused(Arc::new(Counters::memory())).await;
+    }
+
+    #[tokio::test]
+    async fn sliding_window_redis() {
+        let url = std::env::var("LLMHUB_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let prefix = format!("llmhub-unit-{}:", uuid::Uuid::new_v4().simple());
+        burst_across_the_boundary_is_refused(Arc::new(Counters::redis(&url, &prefix).unwrap()))
+            .await;
+    }
 
     #[tokio::test]
     async fn locks_per_account_and_address_with_growing_capped_backoff() {
