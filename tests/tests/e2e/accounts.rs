@@ -376,6 +376,7 @@ async fn forged_tokens_are_refused(backend: Backend) -> anyhow::Result<()> {
     let now = jsonwebtoken::get_current_timestamp();
     for (what, k, v) in [
         ("expired", "exp", json!(now - 300)),
+        ("not yet valid", "nbf", json!(now + 300)),
         ("wrong aud", "aud", json!("someone-else")),
         ("wrong iss", "iss", json!("someone-else")),
         ("wrong typ", "typ", json!("refresh")),
