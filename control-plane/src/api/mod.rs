@@ -250,23 +250,30 @@ pub fn router(state: AppState) -> Router {
     }
     let policy = state.policy.clone();
     // Outermost last: headers, CORS, per-address limit, then the body-size guards.
-    r.fallback(|| async { ApiError::NotFound })
+    let r = r
+        .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(refuse_oversized))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             rate_limit_ip,
-        ))
-        .layer(cors(&policy))
-        .layer(axum::middleware::from_fn_with_state(
-            policy,
-            security_headers,
-        ))
-        .with_state(state)
+        ));
+    // No configured origin, no CORS layer: it would otherwise still send its origin-independent
+    // headers (allow-credentials, allow-methods, ...) to every caller.
+    let r = if policy.dashboard_origins.is_empty() {
+        r
+    } else {
+        r.layer(cors(&policy))
+    };
+    r.layer(axum::middleware::from_fn_with_state(
+        policy,
+        security_headers,
+    ))
+    .with_state(state)
 }
 
-/// Exact-origin CORS. With no configured origins no CORS header is ever sent, so browsers refuse
-/// every cross-origin call; a listed origin is echoed only when it matches exactly.
+/// Exact-origin CORS, only with configured origins; a listed origin is echoed only when it
+/// matches exactly.
 fn cors(policy: &Policy) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(policy.dashboard_origins.clone()))

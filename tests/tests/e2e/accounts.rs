@@ -1291,3 +1291,37 @@ async fn refused_admin_calls_are_audited_and_bounded(backend: Backend) -> anyhow
     );
     sc.finish(&["access_denied"]).await
 }
+
+/// With no dashboard origin configured no CORS header at all is sent, to a preflight or to a
+/// simple request carrying an `Origin`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_cors_headers_without_dashboard_origins() -> anyhow::Result<()> {
+    let cp = ControlPlane::start(Backend::Sqlite).await?;
+    let preflight = cp
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/api/v1/me", cp.admin_url),
+        )
+        .header("origin", "https://dash.example.com")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await?;
+    let simple = cp
+        .http
+        .get(format!("{}/api/v1/providers", cp.admin_url))
+        .header("origin", "https://dash.example.com")
+        .send()
+        .await?;
+    for (what, r) in [("preflight", preflight), ("simple", simple)] {
+        let cors: Vec<&str> = r
+            .headers()
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| k.starts_with("access-control-"))
+            .collect();
+        assert!(cors.is_empty(), "{what}: {cors:?}");
+    }
+    Ok(())
+}
