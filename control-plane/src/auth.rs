@@ -286,6 +286,8 @@ impl TokenIssuer {
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         // Pinned: the header's `alg` must be exactly this one.
         validation.algorithms = vec![jsonwebtoken::Algorithm::HS256];
+        // Off by default in jsonwebtoken: a token is not valid before its `nbf`.
+        validation.validate_nbf = true;
         validation.leeway = 5;
         Ok(TokenIssuer {
             enc,
@@ -484,6 +486,7 @@ mod tests {
             ("aud", serde_json::json!("other")),
             ("iss", serde_json::json!("other")),
             ("typ", serde_json::json!("refresh")),
+            ("nbf", serde_json::json!(now + 120)),
         ] {
             let mut c = good.clone();
             c[k] = v;

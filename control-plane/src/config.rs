@@ -50,6 +50,8 @@ const ENV_KEYS: &[&str] = &[
     "login_lock_base_secs",
     "login_lock_max_secs",
     "login_ip_max_failures",
+    "login_account_max_failures",
+    "registration_rate_limit",
     "trust_forwarded_for",
 ];
 
@@ -137,6 +139,11 @@ pub struct RawConfig {
     pub login_lock_max_secs: Option<u64>,
     /// Failed logins from one address across accounts before the address is throttled.
     pub login_ip_max_failures: Option<u64>,
+    /// Failed logins for one account from all addresses together (15 min) before the account is
+    /// throttled from everywhere (429, growing like a lockout, ending by itself).
+    pub login_account_max_failures: Option<u64>,
+    /// Registration attempts per hour from one address (`open` and `approval` modes).
+    pub registration_rate_limit: Option<u64>,
     /// Take the client address from `X-Forwarded-For` (only behind your own reverse proxy).
     pub trust_forwarded_for: Option<bool>,
 }
@@ -214,6 +221,7 @@ pub struct Config {
     pub admin_tls: Option<(Vec<u8>, Vec<u8>)>,
     pub admin_rate_limit_ip: u64,
     pub admin_rate_limit_user: u64,
+    pub registration_rate_limit: u64,
     pub login_policy: crate::limits::LoginPolicy,
     pub trust_forwarded_for: bool,
 }
@@ -442,6 +450,11 @@ impl RawConfig {
             lock_base: Duration::from_secs(lock_base),
             lock_max: Duration::from_secs(lock_max),
             ip_max_failures: positive("login_ip_max_failures", self.login_ip_max_failures, 30)?,
+            account_max_failures: positive(
+                "login_account_max_failures",
+                self.login_account_max_failures,
+                20,
+            )?,
             ..Default::default()
         };
         Ok(Config {
@@ -459,6 +472,11 @@ impl RawConfig {
                 "admin_rate_limit_user",
                 self.admin_rate_limit_user,
                 1200,
+            )?,
+            registration_rate_limit: positive(
+                "registration_rate_limit",
+                self.registration_rate_limit,
+                10,
             )?,
             login_policy,
             trust_forwarded_for: self.trust_forwarded_for.unwrap_or(false),

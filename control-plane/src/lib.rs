@@ -99,6 +99,7 @@ impl App {
             refresh_ttl: config.refresh_ttl,
             rate_limit_ip: config.admin_rate_limit_ip,
             rate_limit_user: config.admin_rate_limit_user,
+            registration_limit: config.registration_rate_limit,
             trust_forwarded_for: config.trust_forwarded_for,
             tls: config.admin_tls.is_some(),
             dashboard_origins: config.dashboard_origins.clone(),
@@ -118,10 +119,15 @@ impl App {
                     config.login_policy.clone(),
                 )),
                 limiter: Arc::new(limits::RateLimiter::new(
-                    counters,
+                    counters.clone(),
                     std::time::Duration::from_secs(60),
                 )),
+                registration_limiter: Arc::new(limits::RateLimiter::new(
+                    counters.clone(),
+                    std::time::Duration::from_secs(3600),
+                )),
                 policy,
+                counters,
             },
         })
     }

@@ -466,6 +466,8 @@ pub struct ControlOptions {
     pub hash_concurrency: Option<usize>,
     pub admin_rate_limit_ip: Option<u64>,
     pub admin_rate_limit_user: Option<u64>,
+    /// Take the client address from `X-Forwarded-For`, so a test can speak from many addresses.
+    pub trust_forwarded_for: bool,
 }
 
 /// What a test changes in a proxy's configuration; `None` keeps the proxy's default. Rendered to
@@ -575,6 +577,9 @@ fn control_toml(options: &ControlOptions, dir: &Path, database_url: &str) -> Str
         .num("hash_concurrency", options.hash_concurrency)
         .num("admin_rate_limit_ip", options.admin_rate_limit_ip)
         .num("admin_rate_limit_user", options.admin_rate_limit_user);
+    if options.trust_forwarded_for {
+        t.raw("trust_forwarded_for", "true");
+    }
     t.0
 }
 

@@ -52,7 +52,11 @@ pub struct AppState {
     pub hash_secret: Arc<HashSecret>,
     pub login_guard: Arc<LoginGuard>,
     pub limiter: Arc<RateLimiter>,
+    /// Registration attempts per address (one-hour window).
+    pub registration_limiter: Arc<RateLimiter>,
     pub policy: Arc<Policy>,
+    /// The shared counters, for bounding how often a refusal is audited.
+    pub counters: Arc<crate::limits::Counters>,
 }
 
 /// Request-independent settings the handlers need.
@@ -61,6 +65,7 @@ pub struct Policy {
     pub refresh_ttl: Duration,
     pub rate_limit_ip: u64,
     pub rate_limit_user: u64,
+    pub registration_limit: u64,
     pub trust_forwarded_for: bool,
     pub tls: bool,
     pub dashboard_origins: Vec<HeaderValue>,
@@ -245,23 +250,30 @@ pub fn router(state: AppState) -> Router {
     }
     let policy = state.policy.clone();
     // Outermost last: headers, CORS, per-address limit, then the body-size guards.
-    r.fallback(|| async { ApiError::NotFound })
+    let r = r
+        .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(refuse_oversized))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             rate_limit_ip,
-        ))
-        .layer(cors(&policy))
-        .layer(axum::middleware::from_fn_with_state(
-            policy,
-            security_headers,
-        ))
-        .with_state(state)
+        ));
+    // No configured origin, no CORS layer: it would otherwise still send its origin-independent
+    // headers (allow-credentials, allow-methods, ...) to every caller.
+    let r = if policy.dashboard_origins.is_empty() {
+        r
+    } else {
+        r.layer(cors(&policy))
+    };
+    r.layer(axum::middleware::from_fn_with_state(
+        policy,
+        security_headers,
+    ))
+    .with_state(state)
 }
 
-/// Exact-origin CORS. With no configured origins no CORS header is ever sent, so browsers refuse
-/// every cross-origin call; a listed origin is echoed only when it matches exactly.
+/// Exact-origin CORS, only with configured origins; a listed origin is echoed only when it
+/// matches exactly.
 fn cors(policy: &Policy) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(policy.dashboard_origins.clone()))
@@ -354,7 +366,11 @@ async fn rate_limit_ip(State(s): State<AppState>, req: Request, next: Next) -> R
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
     let ip = client_ip(req.headers(), peer, s.policy.trust_forwarded_for);
-    match s.limiter.hit("ip", &ip, s.policy.rate_limit_ip).await {
+    match s
+        .limiter
+        .hit("ip", &crate::limits::addr_key(&ip), s.policy.rate_limit_ip)
+        .await
+    {
         Ok(None) => next.run(req).await,
         Ok(Some(retry)) => ApiError::TooManyRequests(retry).into_response(),
         Err(e) => ApiError::from(e).into_response(),
@@ -475,10 +491,75 @@ impl FromRequestParts<AppState> for AdminUser {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let user = AuthUser::from_request_parts(parts, state).await?;
         if user.role != Role::Admin {
+            // The route template, not the concrete path: bounded, and free of ids.
+            let method = parts.method.as_str();
+            let route = route_template(method, parts.uri.path()).unwrap_or("(unmatched)");
+            record_access_denied(state, &user, method, route).await?;
             return Err(ApiError::Forbidden);
         }
         Ok(AdminUser(user))
     }
+}
+
+/// The endpoint-table path (`/api/v1/users/{id}`) a request path matches.
+fn route_template(method: &str, path: &str) -> Option<&'static str> {
+    endpoint_list()
+        .into_iter()
+        .find(|e| {
+            e.method == method && {
+                let mut want = e.path.split('/');
+                let mut got = path.split('/');
+                loop {
+                    match (want.next(), got.next()) {
+                        (None, None) => break true,
+                        (Some(w), Some(g)) if w == g || (w.starts_with('{') && !g.is_empty()) => {}
+                        _ => break false,
+                    }
+                }
+            }
+        })
+        .map(|e| e.path)
+}
+
+/// How often one user × route refusal is audited and logged at most.
+const DENIED_AUDIT_WINDOW: Duration = Duration::from_secs(60);
+
+/// Audits and logs a non-admin's call to an admin route, at most once per user × route per
+/// [`DENIED_AUDIT_WINDOW`] so a flood of refused calls cannot fill the audit table or the log.
+async fn record_access_denied(
+    state: &AppState,
+    user: &AuthUser,
+    method: &str,
+    route: &str,
+) -> Result<(), ApiError> {
+    let n = state
+        .counters
+        .incr(
+            &format!("denied:{}:{method}:{route}", user.id),
+            DENIED_AUDIT_WINDOW,
+        )
+        .await?;
+    if n != 1 {
+        return Ok(());
+    }
+    tracing::warn!(
+        event = "access_denied",
+        user_id = %user.id,
+        ip = %user.meta.ip,
+        method,
+        route,
+        "non-admin called an admin endpoint"
+    );
+    state
+        .store
+        .audit(
+            crate::store::AuditEvent::new(&user.actor(), "access_denied", "route")
+                .failure()
+                .target(format!("{method} {route}"))
+                .detail(serde_json::json!({"method": method, "path": route})),
+        )
+        .await?;
+    Ok(())
 }
 
 async fn readyz(State(s): State<AppState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
@@ -532,6 +613,20 @@ mod tests {
                 e.path
             );
         }
+    }
+
+    #[test]
+    fn route_templates() {
+        assert_eq!(
+            route_template("GET", "/api/v1/users"),
+            Some("/api/v1/users")
+        );
+        assert_eq!(
+            route_template("DELETE", "/api/v1/users/abc/lockouts"),
+            Some("/api/v1/users/{id}/lockouts")
+        );
+        assert_eq!(route_template("GET", "/api/v1/users/"), None);
+        assert_eq!(route_template("PUT", "/api/v1/users"), None);
     }
 
     #[test]

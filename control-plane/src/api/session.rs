@@ -20,7 +20,7 @@ use crate::config::Registration;
 use crate::limits::LoginGate;
 use crate::store::entities::users;
 use crate::store::sessions::RefreshOutcome;
-use crate::store::{AuditEvent, NewUser, UserStatus};
+use crate::store::{AuditEvent, NewUser, StoreError, UserStatus};
 use crate::vault::generate_refresh_token;
 
 const REFRESH_COOKIE: &str = "llmhub_refresh";
@@ -111,11 +111,20 @@ pub(super) async fn login(
     };
 
     let gate = s.login_guard.check(&account, &meta.ip).await?;
-    if let LoginGate::IpThrottled(retry) = gate {
-        s.store.audit(failure("address_throttled")).await?;
-        return Err(ApiError::TooManyRequests(retry));
+    match gate {
+        LoginGate::IpThrottled(retry) => {
+            s.store.audit(failure("address_throttled")).await?;
+            return Err(ApiError::TooManyRequests(retry));
+        }
+        // Unknown names are counted under a keyed hash the same way, so this answer says
+        // nothing about whether the account exists.
+        LoginGate::AccountThrottled(retry) => {
+            s.store.audit(failure("account_throttled")).await?;
+            return Err(ApiError::TooManyRequests(retry));
+        }
+        LoginGate::Open | LoginGate::AccountLocked(_) => {}
     }
-    let locked = matches!(gate, LoginGate::AccountLocked);
+    let locked = matches!(gate, LoginGate::AccountLocked(_));
     let usable = user.as_ref().filter(|u| u.is_active() && !locked);
     // Oversized passwords do no hashing work at all; every other path costs one verification
     // (against a dummy hash when the account is unknown, locked or disabled).
@@ -381,6 +390,14 @@ pub(super) struct RegisteredView {
     status: String,
 }
 
+/// Self-service registration.
+///
+/// Every attempt from an address counts against `registration_rate_limit` per hour (429 beyond
+/// it) and is logged with `event = "registration_attempt"`. In `approval` mode a taken username
+/// or email is answered exactly like a new one (201, a pending view with a fresh id, after the
+/// same hashing work) and nothing is created, so the endpoint cannot be used to find accounts;
+/// in `open` mode the caller must learn that a name is taken, and the per-address limit bounds
+/// how many names can be probed.
 pub(super) async fn register(
     State(s): State<AppState>,
     meta: ClientMeta,
@@ -393,17 +410,46 @@ pub(super) async fn register(
         Registration::Open => UserStatus::Active,
         Registration::Approval => UserStatus::Pending,
     };
+    let result = register_new(&s, &meta, body, status).await;
+    let outcome = match &result {
+        Ok((_, outcome)) => *outcome,
+        Err(ApiError::TooManyRequests(_)) => "rate_limited",
+        Err(ApiError::Conflict(_)) => "taken",
+        Err(ApiError::BadRequest(_)) => "invalid",
+        Err(_) => "error",
+    };
+    tracing::info!(event = "registration_attempt", ip = %meta.ip, outcome, "registration attempt");
+    result.map(|(view, _)| (StatusCode::CREATED, Json(view)))
+}
+
+async fn register_new(
+    s: &AppState,
+    meta: &ClientMeta,
+    body: RegisterBody,
+    status: UserStatus,
+) -> Result<(RegisteredView, &'static str), ApiError> {
+    if let Some(retry) = s
+        .registration_limiter
+        .hit(
+            "register",
+            &crate::limits::addr_key(&meta.ip),
+            s.policy.registration_limit,
+        )
+        .await?
+    {
+        return Err(ApiError::TooManyRequests(retry));
+    }
     let (username, email) = validate_new_account(
         body.username.as_deref(),
         body.email.as_deref(),
         &body.password,
     )?;
     let hash = s.hasher.hash(&body.password).await?;
-    let user = s
+    let created = s
         .store
         .create_user(
             NewUser {
-                username,
+                username: username.clone(),
                 email,
                 password_hash: hash,
                 role: Role::User.as_str(),
@@ -411,15 +457,27 @@ pub(super) async fn register(
             },
             AuditEvent::new(&meta.actor(None), "user_registered", "user"),
         )
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(RegisteredView {
-            id: user.id,
-            username: user.username,
-            status: user.status,
-        }),
-    ))
+        .await;
+    match created {
+        Ok(user) => Ok((
+            RegisteredView {
+                id: user.id,
+                username: user.username,
+                status: user.status,
+            },
+            "registered",
+        )),
+        // Indistinguishable from a new pending account; there is nothing for an admin to approve.
+        Err(StoreError::Conflict(_)) if status == UserStatus::Pending => Ok((
+            RegisteredView {
+                id: uuid::Uuid::new_v4().to_string(),
+                username,
+                status: status.as_str().to_owned(),
+            },
+            "taken",
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -430,11 +488,32 @@ pub(super) struct PasswordBody {
 }
 
 /// Changes the caller's password and ends all of their sessions (including this one).
+///
+/// A stolen access token must not become an unlimited password oracle: wrong current passwords
+/// count as failed logins of this account from this address (the same [`LoginGuard`] counters,
+/// lockouts and backoff), and while locked or throttled even the right one is refused with 429.
+///
+/// [`LoginGuard`]: crate::limits::LoginGuard
 pub(super) async fn change_password(
     State(s): State<AppState>,
     user: AuthUser,
     ApiJson(body): ApiJson<PasswordBody>,
 ) -> Result<StatusCode, ApiError> {
+    let failed = |reason: &str| {
+        AuditEvent::new(&user.actor(), "password_change_failed", "user")
+            .failure()
+            .target(&user.id)
+            .detail(json!({"reason": reason}))
+    };
+    match s.login_guard.check(&user.id, &user.meta.ip).await? {
+        LoginGate::Open => {}
+        LoginGate::AccountLocked(retry)
+        | LoginGate::AccountThrottled(retry)
+        | LoginGate::IpThrottled(retry) => {
+            s.store.audit(failed("locked")).await?;
+            return Err(ApiError::TooManyRequests(retry));
+        }
+    }
     let u = s
         .store
         .user_by_id(&user.id)
@@ -452,17 +531,17 @@ pub(super) async fn change_password(
             .await?
             .ok
     {
-        s.store
-            .audit(
-                AuditEvent::new(&user.actor(), "password_change_failed", "user")
-                    .failure()
-                    .target(&user.id),
-            )
+        s.login_guard
+            .record_failure(&user.id, &user.meta.ip)
             .await?;
+        s.store.audit(failed("wrong_password")).await?;
         return Err(ApiError::ForbiddenWith(
             "current password is incorrect".into(),
         ));
     }
+    s.login_guard
+        .record_success(&user.id, &user.meta.ip)
+        .await?;
     let hash = s.hasher.hash(&body.new_password).await?;
     s.store
         .set_password_hash(

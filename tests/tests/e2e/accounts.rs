@@ -376,6 +376,7 @@ async fn forged_tokens_are_refused(backend: Backend) -> anyhow::Result<()> {
     let now = jsonwebtoken::get_current_timestamp();
     for (what, k, v) in [
         ("expired", "exp", json!(now - 300)),
+        ("not yet valid", "nbf", json!(now + 300)),
         ("wrong aud", "aud", json!("someone-else")),
         ("wrong iss", "iss", json!("someone-else")),
         ("wrong typ", "typ", json!("refresh")),
@@ -1046,5 +1047,281 @@ async fn admin_api_rate_limits() -> anyhow::Result<()> {
         );
     }
     assert_eq!(statuses, vec![401, 401, 401, 429]);
+    Ok(())
+}
+
+on_both_backends!(login_failures_are_capped_per_account_across_addresses);
+
+/// Wrong passwords for one account from ever new addresses: once the account-wide cap is reached
+/// the account is throttled (429 + Retry-After) from every address, even with the right password,
+/// and the throttle ends on its own.
+async fn login_failures_are_capped_per_account_across_addresses(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let cp = ControlPlane::start_with(
+        backend,
+        ControlOptions {
+            trust_forwarded_for: true,
+            login_lock_base: Some(Duration::from_secs(4)),
+            ..login_options()
+        },
+    )
+    .await?;
+    let ivan = cp.create_user("ivan", STRONG, "user").await?;
+    let login_from = |ip: String, password: &str| {
+        cp.http
+            .post(format!("{}/api/v1/auth/login", cp.admin_url))
+            .header("x-forwarded-for", ip)
+            .json(&login_body("ivan", password))
+            .send()
+    };
+    let mut statuses: HashMap<u16, usize> = HashMap::new();
+    for i in 0..101 {
+        let r = login_from(
+            format!("10.1.{}.{}", i / 200, i % 200 + 1),
+            "not-the-password",
+        )
+        .await?;
+        *statuses.entry(r.status().as_u16()).or_default() += 1;
+    }
+    assert!(
+        statuses.keys().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains_key(&429), "never throttled: {statuses:?}");
+    let r = login_from("10.9.9.9".into(), STRONG).await?;
+    assert_eq!(r.status(), 429, "the right password got through the cap");
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(
+        lockouts(&cp, &ivan).await.iter().any(|l| l["ip"] == "*"),
+        "the account-wide throttle is not in the admin view"
+    );
+    // Not a permanent lock: it ends on its own.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = login_from("10.9.9.9".into(), STRONG).await?.status();
+        if s == 200 {
+            break;
+        }
+        assert_eq!(s, 429);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "throttle never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+on_both_backends!(password_change_failures_count_like_login_failures);
+
+/// Guessing the current password on the password-change endpoint is counted like failed logins:
+/// after the limit even the right current password is refused until the lock ends by itself.
+async fn password_change_failures_count_like_login_failures(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let mut sc = Scenario::start(backend).await?;
+    let alice = sc.cp.create_user("alice", STRONG, "user").await?;
+    let (a, _) = sc.sign_in("alice", STRONG).await?;
+    let cp = &sc.cp;
+    let change = |current: &str| {
+        cp.call(
+            "POST",
+            "/api/v1/me/password",
+            Some(&a),
+            Some(json!({"current_password": current, "new_password": STRONG2})),
+        )
+    };
+    for _ in 0..3 {
+        let (s, _, v) = change("wrong-wrong-wrong").await?;
+        assert_eq!(s, 403, "{v}");
+    }
+    let (s, h, v) = change(STRONG).await?;
+    assert_eq!(s, 429, "right password accepted past the limit: {v}");
+    assert!(h.contains_key("retry-after"));
+    assert_eq!(lockouts(cp, &alice).await.len(), 1);
+    wait_unlocked(cp, &alice).await;
+    let (s, _, v) = change(STRONG).await?;
+    assert_eq!(s, 204, "{v}");
+    sc.finish(&["password_change_failed", "password_changed"])
+        .await
+}
+
+on_both_backends!(approval_registration_does_not_reveal_taken_names);
+
+/// In approval mode a taken username or email gets the same answer as a new one, and nothing is
+/// created for it.
+async fn approval_registration_does_not_reveal_taken_names(backend: Backend) -> anyhow::Result<()> {
+    let cp = ControlPlane::start_with(
+        backend,
+        ControlOptions {
+            registration: Some(Registration::Approval),
+            ..ControlOptions::default()
+        },
+    )
+    .await?;
+    let register = |body: Value| cp.call("POST", "/api/v1/auth/register", None, Some(body));
+    let (s, _, fresh) =
+        register(json!({"username": "gina", "email": "gina@example.com", "password": STRONG}))
+            .await?;
+    assert_eq!(s, 201, "{fresh}");
+    let (_, users_before) = cp.api("GET", "/api/v1/users", None).await?;
+    let shape = |v: &Value| {
+        let mut keys: Vec<(String, &'static str)> = v
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), if v.is_string() { "string" } else { "other" }))
+            .collect();
+        keys.sort();
+        keys
+    };
+    for (what, body) in [
+        (
+            "taken username",
+            json!({"username": "gina", "password": STRONG2}),
+        ),
+        (
+            "taken email",
+            json!({"email": "GINA@example.com", "password": STRONG2}),
+        ),
+        (
+            "the admin",
+            json!({"username": "admin", "password": STRONG2}),
+        ),
+    ] {
+        let (s, h, v) = register(body).await?;
+        assert_eq!(s, 201, "{what}: {v}");
+        assert_eq!(shape(&v), shape(&fresh), "{what}: {v}");
+        assert_eq!(v["status"], "pending", "{what}");
+        assert_ne!(v["id"], fresh["id"], "{what}");
+        assert_eq!(h.get("content-type"), Some(&"application/json".parse()?));
+    }
+    let (_, users_after) = cp.api("GET", "/api/v1/users", None).await?;
+    assert_eq!(
+        users_before, users_after,
+        "something was created for a taken name"
+    );
+    Ok(())
+}
+
+on_both_backends!(open_registration_is_bounded_per_address);
+
+/// In open mode a taken name is still answered clearly, but one address may try only a bounded
+/// number of registrations, and each attempt is logged.
+async fn open_registration_is_bounded_per_address(backend: Backend) -> anyhow::Result<()> {
+    let cp = ControlPlane::start_with(
+        backend,
+        ControlOptions {
+            registration: Some(Registration::Open),
+            ..ControlOptions::default()
+        },
+    )
+    .await?;
+    let register = |u: String, p: &str| {
+        cp.call(
+            "POST",
+            "/api/v1/auth/register",
+            None,
+            Some(json!({"username": u, "password": p})),
+        )
+    };
+    assert_eq!(register("dave".into(), STRONG).await?.0, 201);
+    assert_eq!(register("dave".into(), STRONG2).await?.0, 409);
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        // Weak passwords: refused before any hashing, but still attempts.
+        statuses.push(register(format!("probe{i}"), "password1").await?.0);
+    }
+    let first_429 = statuses.iter().position(|s| *s == 429);
+    assert!(first_429.is_some(), "never limited: {statuses:?}");
+    assert!(
+        statuses[first_429.unwrap()..].iter().all(|s| *s == 429),
+        "{statuses:?}"
+    );
+    let (s, h, _) = register("erin".into(), STRONG).await?;
+    assert_eq!(s, 429);
+    assert!(h.contains_key("retry-after"));
+    assert!(
+        cp.logs
+            .text()
+            .contains("\"event\":\"registration_attempt\""),
+        "registration attempts are not logged"
+    );
+    Ok(())
+}
+
+on_both_backends!(refused_admin_calls_are_audited_and_bounded);
+
+/// A user calling an admin endpoint is refused, audited as `access_denied` (with the route and
+/// the actor) and logged; a flood of refusals writes a bounded number of rows.
+async fn refused_admin_calls_are_audited_and_bounded(backend: Backend) -> anyhow::Result<()> {
+    let mut sc = Scenario::start(backend).await?;
+    let alice = sc.cp.create_user("alice", STRONG, "user").await?;
+    let (a, _) = sc.sign_in("alice", STRONG).await?;
+    let cp = &sc.cp;
+    for _ in 0..50 {
+        assert_eq!(status_of(cp, "GET", "/api/v1/users", Some(&a)).await, 403);
+    }
+    assert_eq!(status_of(cp, "GET", "/api/v1/audit", Some(&a)).await, 403);
+    let (_, page) = cp
+        .api("GET", "/api/v1/audit?action=access_denied&limit=1000", None)
+        .await?;
+    let rows = page["data"].as_array().unwrap();
+    let users_rows: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["detail"]["path"] == "/api/v1/users")
+        .collect();
+    assert!(
+        (1..=2).contains(&users_rows.len()),
+        "{} rows for 50 refusals",
+        users_rows.len()
+    );
+    let r = users_rows[0];
+    assert_eq!(r["actor_user_id"], alice.as_str());
+    assert_eq!(r["outcome"], "failure");
+    assert_eq!(r["detail"]["method"], "GET");
+    assert!(
+        rows.iter().any(|r| r["detail"]["path"] == "/api/v1/audit"),
+        "{rows:?}"
+    );
+    assert!(
+        cp.logs.text().contains("\"event\":\"access_denied\""),
+        "no access_denied log event"
+    );
+    sc.finish(&["access_denied"]).await
+}
+
+/// With no dashboard origin configured no CORS header at all is sent, to a preflight or to a
+/// simple request carrying an `Origin`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_cors_headers_without_dashboard_origins() -> anyhow::Result<()> {
+    let cp = ControlPlane::start(Backend::Sqlite).await?;
+    let preflight = cp
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/api/v1/me", cp.admin_url),
+        )
+        .header("origin", "https://dash.example.com")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await?;
+    let simple = cp
+        .http
+        .get(format!("{}/api/v1/providers", cp.admin_url))
+        .header("origin", "https://dash.example.com")
+        .send()
+        .await?;
+    for (what, r) in [("preflight", preflight), ("simple", simple)] {
+        let cors: Vec<&str> = r
+            .headers()
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| k.starts_with("access-control-"))
+            .collect();
+        assert!(cors.is_empty(), "{what}: {cors:?}");
+    }
     Ok(())
 }
