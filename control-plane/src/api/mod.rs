@@ -264,6 +264,10 @@ pub fn router(state: AppState) -> Router {
         r
     } else {
         r.layer(cors(&policy))
+            .layer(axum::middleware::from_fn_with_state(
+                policy.clone(),
+                cors_only_for_listed_origins,
+            ))
     };
     r.layer(axum::middleware::from_fn_with_state(
         policy,
@@ -312,6 +316,33 @@ async fn refuse_oversized(req: Request, next: Next) -> Response {
         }
         _ => next.run(req).await,
     }
+}
+
+/// The CORS layer answers every origin with its allow-credentials, methods, headers and max-age
+/// (only the allow-origin header depends on the list): an origin that is not listed gets no
+/// `access-control-*` header at all.
+async fn cors_only_for_listed_origins(
+    State(policy): State<Arc<Policy>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let listed = req
+        .headers()
+        .get(header::ORIGIN)
+        .is_some_and(|o| policy.dashboard_origins.contains(o));
+    let mut resp = next.run(req).await;
+    if !listed {
+        let h = resp.headers_mut();
+        let cors: Vec<http::HeaderName> = h
+            .keys()
+            .filter(|k| k.as_str().starts_with("access-control-"))
+            .cloned()
+            .collect();
+        for k in cors {
+            h.remove(k);
+        }
+    }
+    resp
 }
 
 async fn security_headers(State(policy): State<Arc<Policy>>, req: Request, next: Next) -> Response {

@@ -186,10 +186,22 @@ async fn security_headers_and_cors(backend: Backend) -> anyhow::Result<()> {
             .send()
             .await?;
         let allow = r.headers().get("access-control-allow-origin");
+        let cors: Vec<&str> = r
+            .headers()
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| k.starts_with("access-control-"))
+            .collect();
         if allowed {
             assert_eq!(allow.unwrap(), origin);
+            assert!(
+                cors.contains(&"access-control-allow-credentials"),
+                "{cors:?}"
+            );
         } else {
             assert!(allow.is_none(), "{origin} got {allow:?}");
+            // Nothing else either: no allow-credentials, methods, headers or max-age.
+            assert!(cors.is_empty(), "{origin} got {cors:?}");
         }
     }
     sc.finish(&[]).await
