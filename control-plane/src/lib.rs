@@ -85,6 +85,9 @@ impl App {
             .redirect(reqwest::redirect::Policy::none())
             // Key tests connect only to addresses the egress policy permits.
             .dns_resolver(Arc::new(egress::Resolver(Arc::new(config.egress.clone()))))
+            // Directly: through an `HTTP(S)_PROXY` from the environment the address connected to
+            // would be the proxy's, and the policy could not see the provider's.
+            .no_proxy()
             .build()
             .context("building the outbound HTTP client")?;
         let counters = Arc::new(match &config.redis_url {

@@ -72,6 +72,9 @@ impl Parts {
             .redirect(reqwest::redirect::Policy::none())
             // Only addresses the egress policy permits are ever connected to.
             .dns_resolver(Arc::new(egress::Resolver(egress.clone())))
+            // Directly: through an `HTTP(S)_PROXY` from the environment the address connected to
+            // would be the proxy's, and the policy could not see the provider's.
+            .no_proxy()
             .build()?;
         let cell = Arc::new(SnapshotCell::default());
         let health = Arc::new(Health::new(breaker));
