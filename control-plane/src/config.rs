@@ -53,6 +53,7 @@ const ENV_KEYS: &[&str] = &[
     "login_account_max_failures",
     "registration_rate_limit",
     "trust_forwarded_for",
+    "egress_allow",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +147,10 @@ pub struct RawConfig {
     pub registration_rate_limit: Option<u64>,
     /// Take the client address from `X-Forwarded-For` (only behind your own reverse proxy).
     pub trust_forwarded_for: Option<bool>,
+    /// Networks key tests may reach besides public addresses (CIDRs or single addresses).
+    /// Default: none — loopback, private, link-local (cloud metadata) and other internal
+    /// addresses are refused, and so are provider base URLs naming them.
+    pub egress_allow: Option<StringList>,
 }
 
 /// A list given either as an array or as one comma-separated string (handy in environment
@@ -224,6 +229,8 @@ pub struct Config {
     pub registration_rate_limit: u64,
     pub login_policy: crate::limits::LoginPolicy,
     pub trust_forwarded_for: bool,
+    /// Where key tests may connect (and which provider base URLs are accepted).
+    pub egress: llmhub_providers::EgressPolicy,
 }
 
 /// PEM contents, read at start so a missing file is a config error, not a runtime surprise.
@@ -408,6 +415,9 @@ impl RawConfig {
                 "must start with redis:// or rediss://",
             ));
         }
+        let egress =
+            llmhub_providers::EgressPolicy::parse(&self.egress_allow.unwrap_or_default().0)
+                .map_err(|e| ConfigError::field("egress_allow", e.to_string()))?;
         let mut dashboard_origins = Vec::new();
         for o in self.dashboard_origins.unwrap_or_default().0 {
             dashboard_origins.push(validate_origin(&o)?);
@@ -480,6 +490,7 @@ impl RawConfig {
             )?,
             login_policy,
             trust_forwarded_for: self.trust_forwarded_for.unwrap_or(false),
+            egress,
             database_url,
             admin_listen,
             grpc_listen,
@@ -614,6 +625,33 @@ mod tests {
             Err(ConfigError::Field { field, .. }) => field,
             Err(e) => panic!("unexpected {e}"),
             Ok(_) => panic!("accepted"),
+        }
+    }
+
+    #[test]
+    fn egress_allow_is_parsed_and_a_bad_entry_names_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = base(dir.path()).validate().unwrap();
+        assert!(
+            c.egress.allow.is_empty(),
+            "default: nothing internal allowed"
+        );
+        let mut raw = base(dir.path());
+        raw.egress_allow = Some(StringList(vec!["10.0.0.0/8".into(), "::1".into()]));
+        let c = raw.validate().unwrap();
+        assert!(c.egress.permits("10.1.2.3".parse().unwrap()));
+        assert!(!c.egress.permits("169.254.169.254".parse().unwrap()));
+        for bad in ["10.0.0.0/40", "example.com", "10.0.0.0/8/1"] {
+            let mut raw = base(dir.path());
+            raw.egress_allow = Some(StringList(vec!["127.0.0.1".into(), bad.into()]));
+            let r = raw.validate();
+            let msg = r
+                .as_ref()
+                .err()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            assert_eq!(field_of(r), "egress_allow", "{bad}");
+            assert!(msg.contains(bad), "{msg}");
         }
     }
 

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod certs;
 pub mod cli;
 pub mod config;
+pub mod egress;
 pub mod grpc;
 pub mod hub;
 pub mod keyring;
@@ -82,6 +83,11 @@ impl App {
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())
+            // Key tests connect only to addresses the egress policy permits.
+            .dns_resolver(Arc::new(egress::Resolver(Arc::new(config.egress.clone()))))
+            // Directly: through an `HTTP(S)_PROXY` from the environment the address connected to
+            // would be the proxy's, and the policy could not see the provider's.
+            .no_proxy()
             .build()
             .context("building the outbound HTTP client")?;
         let counters = Arc::new(match &config.redis_url {
@@ -104,6 +110,7 @@ impl App {
             tls: config.admin_tls.is_some(),
             dashboard_origins: config.dashboard_origins.clone(),
             counters_shared: counters.is_shared(),
+            egress: config.egress.clone(),
         });
         Ok(App {
             state: api::AppState {

@@ -58,6 +58,11 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
+/// What `up` lets provider traffic reach besides public addresses: this machine only.
+fn loopback_networks() -> Vec<String> {
+    vec!["127.0.0.0/8".into(), "::1/128".into()]
+}
+
 pub async fn up(args: UpArgs) -> Result<(), UpError> {
     let dir = &args.data_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -102,6 +107,8 @@ pub async fn up(args: UpArgs) -> Result<(), UpError> {
         master_key_file: Some(master_key),
         jwt_secret_file: Some(jwt_file),
         log_format: Some("text".into()),
+        // Development on one machine: the Ollama and vLLM presets live on localhost.
+        egress_allow: Some(llmhub_control::config::StringList(loopback_networks())),
         ..Default::default()
     };
     let config = raw.validate()?;
@@ -134,6 +141,7 @@ pub async fn up(args: UpArgs) -> Result<(), UpError> {
         tls_key: Some(cert_dir.join("proxy-1.key")),
         proxy_id: Some("proxy-1".into()),
         log_format: Some("text".into()),
+        egress_allow: Some(loopback_networks()),
         ..Default::default()
     };
     let text = toml::to_string(&proxy).context("writing the proxy configuration")?;

@@ -5,6 +5,7 @@
 //! validate admin input and to test a key, so both planes always agree.
 
 pub mod classify;
+pub mod egress;
 pub mod kind;
 pub mod kinds;
 pub mod op;
@@ -14,6 +15,7 @@ pub mod spec;
 pub mod upstream;
 
 pub use classify::{FailureClass, Verdict};
+pub use egress::{Cidr, EgressPolicy};
 pub use kind::Kind;
 pub use kinds::anthropic::ANTHROPIC_VERSION;
 pub use op::{Dialect, Op, Serving, Translation};

@@ -92,6 +92,10 @@ async fn forward(
                 tally.unsupported = true;
                 ex.skip(line);
             }
+            Step::Denied(line) => {
+                tally.last = Some(ProxyError::UpstreamUnavailable(line.clone()));
+                ex.skip(line);
+            }
             Step::Failed(f) => {
                 tally.attempts += 1;
                 if let Some(t) = f.recovers_at {

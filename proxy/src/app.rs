@@ -18,4 +18,6 @@ pub struct App {
     pub reporter: Reporter,
     pub clock: Arc<dyn Clock>,
     pub max_body_bytes: usize,
+    /// Where provider traffic may go (the client's resolver enforces it for names too).
+    pub egress: Arc<llmhub_providers::EgressPolicy>,
 }

@@ -27,6 +27,7 @@ const ENV_KEYS: &[&str] = &[
     "report_queue",
     "breaker_failures",
     "breaker_open_ms",
+    "egress_allow",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,35 @@ pub struct RawConfig {
     pub breaker_failures: Option<u32>,
     /// How long an opened circuit stays open at first, in ms (doubles on repeat, up to 8x).
     pub breaker_open_ms: Option<u64>,
+    /// Networks provider traffic may reach besides public addresses (CIDRs or single
+    /// addresses; a list, or one comma-separated string in `LLMHUB_EGRESS_ALLOW`). Default:
+    /// none — loopback, private, link-local (cloud metadata) and other internal addresses are
+    /// refused.
+    #[serde(
+        default,
+        deserialize_with = "comma_list",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub egress_allow: Option<Vec<String>>,
+}
+
+/// A list given as an array or as one comma-separated string (environment variables).
+fn comma_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(Option::<Either>::deserialize(d)?.map(|e| match e {
+        Either::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Either::Many(v) => v,
+    }))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +127,7 @@ pub struct Config {
     pub report_queue: usize,
     pub header_read_timeout: Duration,
     pub breaker: crate::health::BreakerPolicy,
+    pub egress: llmhub_providers::EgressPolicy,
 }
 
 impl std::fmt::Debug for Config {
@@ -186,7 +217,10 @@ impl RawConfig {
         if !(100..=600_000).contains(&breaker_open_ms) {
             return Err(field("breaker_open_ms", "must be between 100 and 600000"));
         }
+        let egress = llmhub_providers::EgressPolicy::parse(&self.egress_allow.unwrap_or_default())
+            .map_err(|e| field("egress_allow", e.to_string()))?;
         Ok(Config {
+            egress,
             breaker: crate::health::BreakerPolicy {
                 failures: breaker_failures,
                 open: Duration::from_millis(breaker_open_ms),
@@ -244,6 +278,12 @@ mod tests {
                 Box::new(|c| c.log_format = Some("yaml".into())),
                 "log_format",
             ),
+            (
+                Box::new(|c| {
+                    c.egress_allow = Some(vec!["10.0.0.0/8".into(), "10.0.0.0/99".into()])
+                }),
+                "egress_allow",
+            ),
         ];
         for (m, name) in cases {
             let mut raw = base(dir.path());
@@ -253,5 +293,17 @@ mod tests {
                 other => panic!("{name}: {:?}", other.err()),
             }
         }
+    }
+
+    #[test]
+    fn egress_allow_defaults_to_nothing_and_reads_a_comma_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = base(dir.path()).validate().unwrap();
+        assert!(c.egress.allow.is_empty());
+        let read = |t: &str| -> RawConfig { Figment::from(Toml::string(t)).extract().unwrap() };
+        let raw = read("egress_allow = \"127.0.0.0/8, ::1/128\"");
+        assert_eq!(raw.egress_allow.unwrap(), ["127.0.0.0/8", "::1/128"]);
+        let raw = read("egress_allow = [\"10.0.0.0/8\"]");
+        assert_eq!(raw.egress_allow.unwrap(), ["10.0.0.0/8"]);
     }
 }

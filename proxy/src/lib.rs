@@ -18,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod dialects;
+pub mod egress;
 pub mod error;
 pub mod exchange;
 pub mod health;
@@ -60,13 +61,20 @@ impl Parts {
         report_queue: usize,
         max_body_bytes: usize,
         clock: Arc<dyn Clock>,
+        egress: llmhub_providers::EgressPolicy,
     ) -> anyhow::Result<Parts> {
+        let egress = Arc::new(egress);
         // One process-wide crypto provider (ring) for reqwest's rustls and tonic.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(90))
             .redirect(reqwest::redirect::Policy::none())
+            // Only addresses the egress policy permits are ever connected to.
+            .dns_resolver(Arc::new(egress::Resolver(egress.clone())))
+            // Directly: through an `HTTP(S)_PROXY` from the environment the address connected to
+            // would be the proxy's, and the policy could not see the provider's.
+            .no_proxy()
             .build()?;
         let cell = Arc::new(SnapshotCell::default());
         let health = Arc::new(Health::new(breaker));
@@ -85,6 +93,7 @@ impl Parts {
             reporter,
             clock,
             max_body_bytes,
+            egress,
         });
         Ok(Parts { app, sink, queues })
     }
@@ -104,6 +113,7 @@ pub async fn run(
         config.report_queue,
         config.max_body_bytes,
         Arc::new(SystemClock),
+        config.egress.clone(),
     )?;
     let watch = tokio::spawn(control::watch_loop(
         endpoint.clone(),

@@ -36,6 +36,8 @@ pub enum Step {
     Unsupported(String),
     /// The attempt failed in a way another key or provider may not.
     Failed(Failure),
+    /// The egress policy refuses the provider's address: nothing was sent; the line says so.
+    Denied(String),
 }
 
 /// A failed attempt: the error the client gets if nothing else works, and when a key it cooled
@@ -144,6 +146,9 @@ pub async fn attempt(
     let resp = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
+            if let Some(d) = crate::egress::denied_in(&e) {
+                return Step::Denied(egress_denied(&provider.name, &d.0));
+            }
             record.set_class(Some(FailureClass::Overloaded));
             ex.push_attempt(record);
             let detail = format!("provider {}: {}", provider.name, e.without_url());
@@ -192,6 +197,15 @@ async fn prepare(
             admitted.op.path()
         )));
     };
+    // Never send a key to an address the egress policy refuses. Names are also checked by the
+    // client's resolver at connect time; an IP literal never reaches a resolver.
+    if let Some(host) = url::Url::parse(&provider.base_url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        && !app.egress.permits_url_host(&host)
+    {
+        return Err(Step::Denied(egress_denied(&provider.name, &host)));
+    }
     // The one trial request after a cooldown; if another request holds it, move on.
     let probe = match cand.half_open {
         true => match app.health.try_probe(&key.id, &target.upstream_model) {
@@ -233,6 +247,14 @@ async fn prepare(
         body,
         upstream,
     })
+}
+
+/// The skip line (and the detail of the client's error) for a provider the policy refuses.
+fn egress_denied(provider: &str, host: &str) -> String {
+    format!(
+        "provider {provider}: {}",
+        llmhub_providers::egress::denied_message(host)
+    )
 }
 
 /// What came back from a sent attempt.

@@ -468,7 +468,14 @@ pub struct ControlOptions {
     pub admin_rate_limit_user: Option<u64>,
     /// Take the client address from `X-Forwarded-For`, so a test can speak from many addresses.
     pub trust_forwarded_for: bool,
+    /// `egress_allow`; `None` renders [`TEST_EGRESS_ALLOW`] (loopback, where the mock provider
+    /// listens), `Some(vec![])` the server default (nothing internal allowed).
+    pub egress_allow: Option<Vec<String>>,
 }
+
+/// What spawned control planes and proxies may reach unless a test says otherwise: loopback,
+/// where the mock provider listens.
+pub const TEST_EGRESS_ALLOW: &[&str] = &["127.0.0.0/8"];
 
 /// What a test changes in a proxy's configuration; `None` keeps the proxy's default. Rendered to
 /// TOML only by [`proxy_toml`].
@@ -477,6 +484,8 @@ pub struct ProxyOptions {
     pub breaker_failures: Option<u32>,
     /// Rendered in whole milliseconds.
     pub breaker_open: Option<Duration>,
+    /// `egress_allow`; `None` renders [`TEST_EGRESS_ALLOW`], `Some(vec![])` the default (deny).
+    pub egress_allow: Option<Vec<String>>,
 }
 
 /// A TOML document built one `key = value` line at a time.
@@ -496,6 +505,19 @@ impl Toml {
         match value {
             Some(v) => self.raw(key, &v.to_string()),
             None => self,
+        }
+    }
+
+    fn list(&mut self, key: &str, values: &[impl AsRef<str>]) -> &mut Self {
+        let items: Vec<String> = values.iter().map(|v| toml_string(v.as_ref())).collect();
+        self.raw(key, &format!("[{}]", items.join(", ")))
+    }
+
+    /// `egress_allow`: the test's list, or loopback for the mock provider.
+    fn egress_allow(&mut self, allow: Option<&Vec<String>>) -> &mut Self {
+        match allow {
+            Some(list) => self.list("egress_allow", list),
+            None => self.list("egress_allow", TEST_EGRESS_ALLOW),
         }
     }
 
@@ -557,12 +579,7 @@ fn control_toml(options: &ControlOptions, dir: &Path, database_url: &str) -> Str
             .path("admin_tls_key", &certs.join("control.key"));
     }
     if !options.dashboard_origins.is_empty() {
-        let list: Vec<String> = options
-            .dashboard_origins
-            .iter()
-            .map(|o| toml_string(o))
-            .collect();
-        t.raw("dashboard_origins", &format!("[{}]", list.join(", ")));
+        t.list("dashboard_origins", &options.dashboard_origins);
     }
     t.num("login_max_failures", options.login_max_failures)
         .num(
@@ -580,6 +597,7 @@ fn control_toml(options: &ControlOptions, dir: &Path, database_url: &str) -> Str
     if options.trust_forwarded_for {
         t.raw("trust_forwarded_for", "true");
     }
+    t.egress_allow(options.egress_allow.as_ref());
     t.0
 }
 
@@ -604,7 +622,8 @@ fn proxy_toml(
         .num(
             "breaker_open_ms",
             options.breaker_open.map(|d| d.as_millis()),
-        );
+        )
+        .egress_allow(options.egress_allow.as_ref());
     t.0
 }
 

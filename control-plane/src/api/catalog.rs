@@ -75,8 +75,14 @@ pub(super) fn yes() -> bool {
 }
 
 /// Accepts only absolute http(s) URLs without credentials, query or fragment: the base URL is
-/// where provider keys are sent, so it must be exactly what the admin meant.
-fn validate_base_url(raw: &str) -> Result<String, ApiError> {
+/// where provider keys are sent, so it must be exactly what the admin meant. A host the egress
+/// policy refuses outright (an internal IP literal, a cloud metadata name) is refused here; a
+/// name that merely resolves to an internal address is refused when a key test or the proxy
+/// connects.
+fn validate_base_url(
+    raw: &str,
+    egress: &llmhub_providers::EgressPolicy,
+) -> Result<String, ApiError> {
     let url = url::Url::parse(raw)
         .map_err(|_| ApiError::BadRequest("base_url: not a valid URL".into()))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -93,6 +99,15 @@ fn validate_base_url(raw: &str) -> Result<String, ApiError> {
         return Err(ApiError::BadRequest(
             "base_url: must be scheme://host[:port]/path without query or fragment".into(),
         ));
+    }
+    if let Some(host) = url.host_str()
+        && !egress.permits_url_host(host)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "base_url: {host} is an internal or metadata address, refused by the egress policy; \
+             allow its network with the `egress_allow` setting (control plane and proxies) for a \
+             self-hosted provider"
+        )));
     }
     Ok(url.as_str().trim_end_matches('/').to_owned())
 }
@@ -135,7 +150,7 @@ pub(super) async fn create_provider(
         (None, None) => return Err(ApiError::BadRequest("kind or preset is required".into())),
     };
     let base_url = match (&body.base_url, preset) {
-        (Some(u), _) => validate_base_url(u)?,
+        (Some(u), _) => validate_base_url(u, &s.policy.egress)?,
         (None, Some(p)) => p.base_url.to_owned(),
         (None, None) => return Err(ApiError::BadRequest("base_url: is required".into())),
     };
@@ -541,11 +556,16 @@ pub(super) async fn fleet(State(s): State<AppState>, _admin: AdminUser) -> Json<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use llmhub_providers::EgressPolicy;
 
     #[test]
     fn every_preset_base_url_is_accepted() {
         for p in presets::PRESETS {
-            assert!(validate_base_url(p.base_url).is_ok(), "{}", p.base_url);
+            assert!(
+                validate_base_url(p.base_url, &EgressPolicy::default()).is_ok(),
+                "{}",
+                p.base_url
+            );
         }
     }
 
@@ -558,8 +578,35 @@ mod tests {
             "https://h/v1#f",
             "not a url",
         ] {
-            assert!(validate_base_url(bad).is_err(), "{bad}");
+            assert!(
+                validate_base_url(bad, &EgressPolicy::default()).is_err(),
+                "{bad}"
+            );
         }
-        assert_eq!(validate_base_url("https://h/v1/").unwrap(), "https://h/v1");
+        assert_eq!(
+            validate_base_url("https://h/v1/", &EgressPolicy::default()).unwrap(),
+            "https://h/v1"
+        );
+    }
+
+    #[test]
+    fn base_urls_the_egress_policy_refuses_are_rejected() {
+        let deny = EgressPolicy::default();
+        for bad in [
+            "http://169.254.169.254/v1",
+            "http://metadata.google.internal/",
+            "http://127.0.0.1:11434/v1",
+            "http://[::1]:8000/v1",
+            "http://10.0.0.5/v1",
+            "http://[::ffff:169.254.169.254]/",
+        ] {
+            let e = validate_base_url(bad, &deny).unwrap_err().to_string();
+            assert!(e.contains("base_url") && e.contains("egress_allow"), "{e}");
+        }
+        let allow = EgressPolicy::parse(&["10.0.0.0/8", "127.0.0.0/8"]).unwrap();
+        assert!(validate_base_url("http://10.0.0.5/v1", &allow).is_ok());
+        assert!(validate_base_url("http://127.0.0.1:11434/v1", &allow).is_ok());
+        assert!(validate_base_url("http://169.254.169.254/v1", &allow).is_err());
+        assert!(validate_base_url("http://metadata.google.internal/", &allow).is_err());
     }
 }

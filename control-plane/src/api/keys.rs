@@ -592,6 +592,14 @@ pub(super) async fn test(
         .ok_or_else(|| ApiError::Conflict("this key is not valid text; replace it".into()))?;
     // The shared rules for where each provider takes its key and what its answers mean: the key
     // test and the proxy cannot disagree.
+    // The key goes only where the egress policy permits: an IP literal or metadata name is
+    // checked here, any other name by the client's resolver at connect time.
+    let host = url::Url::parse(&provider.base_url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned));
+    if host.is_none_or(|h| !s.policy.egress.permits_url_host(&h)) {
+        return Err(egress_refused());
+    }
     let kind = Kind::from_slug(&provider.kind).unwrap_or(Kind::OpenAiCompatible);
     let endpoint = Endpoint {
         base_url: &provider.base_url,
@@ -606,6 +614,11 @@ pub(super) async fn test(
     }
     let started = Instant::now();
     let sent = req.send().await;
+    if let Err(e) = &sent
+        && crate::egress::denied_in(e).is_some()
+    {
+        return Err(egress_refused());
+    }
     let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let (result, class, status) = match sent {
         Ok(r) if r.status().is_success() => ("ok", None, Some(r.status().as_u16())),
@@ -637,6 +650,14 @@ pub(super) async fn test(
         latency_ms,
         key: key_view(&s, &row),
     }))
+}
+
+/// The key test's refusal when the provider's address is not allowed; nothing was sent.
+fn egress_refused() -> ApiError {
+    ApiError::Conflict(
+        "the provider's address is not allowed by the egress policy (egress_allow); the key was not sent"
+            .into(),
+    )
 }
 
 /// At most `limit` bytes of a response body.

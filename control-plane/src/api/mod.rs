@@ -70,6 +70,8 @@ pub struct Policy {
     pub tls: bool,
     pub dashboard_origins: Vec<HeaderValue>,
     pub counters_shared: bool,
+    /// Which provider addresses key tests may reach (`egress_allow`).
+    pub egress: llmhub_providers::EgressPolicy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

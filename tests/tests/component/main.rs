@@ -587,3 +587,78 @@ async fn passthrough_sends_the_clients_bytes_and_rewrites_only_the_model() {
     let got = rig.mock.requests().pop().unwrap().body;
     assert_eq!(got, body, "only the model changes");
 }
+
+/// One OpenAI-compatible provider at `base_url` under the default (deny) egress policy.
+async fn denied_rig() -> Rig {
+    let mut rig = Rig::start_with(breaker(), llmhub_providers::EgressPolicy::default()).await;
+    rig.snapshot(
+        &[P {
+            id: "p",
+            kind: COMPAT,
+        }],
+        &[("a", "p", "sk-good-a")],
+        &[R {
+            model: "gpt",
+            targets: vec![("p", "mock-ok", 0)],
+        }],
+    );
+    rig
+}
+
+#[tokio::test]
+async fn egress_to_a_loopback_provider_is_refused_without_sending_anything() {
+    let mut rig = denied_rig().await;
+    let (status, _, body) = rig.chat("gpt").await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "upstream_unavailable", "{body}");
+    assert_eq!(rig.upstream_count(), 0, "no request reached the provider");
+    let rec = rig.record().await;
+    assert!(rec.attempts.is_empty(), "nothing was sent: {rec:?}");
+    assert!(
+        rec.skipped
+            .iter()
+            .any(|l| l.contains("egress to 127.0.0.1 denied by policy")),
+        "{:?}",
+        rec.skipped
+    );
+    // The Anthropic dialect gets its own error shape.
+    let (status, _, body) = rig
+        .post(
+            "/v1/messages",
+            json!({"model": "gpt", "max_tokens": 5,
+                "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["type"], "error", "{body}");
+    assert_eq!(rig.upstream_count(), 0);
+}
+
+#[tokio::test]
+async fn egress_to_a_name_resolving_to_loopback_is_refused_at_connect_time() {
+    let mut rig = denied_rig().await;
+    let named = rig.mock.base_url().replace("127.0.0.1", "localhost");
+    rig.provider_base_url = named;
+    rig.snapshot(
+        &[P {
+            id: "p",
+            kind: COMPAT,
+        }],
+        &[("a", "p", "sk-good-a")],
+        &[R {
+            model: "gpt",
+            targets: vec![("p", "mock-ok", 0)],
+        }],
+    );
+    let (status, _, body) = rig.chat("gpt").await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(rig.upstream_count(), 0, "no request reached the provider");
+    let rec = rig.record().await;
+    assert!(
+        rec.skipped
+            .iter()
+            .any(|l| l.contains("egress to localhost denied by policy")),
+        "the resolver refused it: {:?}",
+        rec.skipped
+    );
+}

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use hmac::{Hmac, KeyInit, Mac};
 use llmhub_e2e::mock::MockProvider;
 use llmhub_proto::v1 as pb;
+use llmhub_providers::EgressPolicy;
 use llmhub_proxy::Parts;
 use llmhub_proxy::clock::ManualClock;
 use llmhub_proxy::control::{ReportQueues, Sink};
@@ -29,6 +30,8 @@ pub struct Rig {
     pub queues: ReportQueues,
     pub url: String,
     pub http: reqwest::Client,
+    /// The base URL every scripted provider gets (default: the mock's, on 127.0.0.1).
+    pub provider_base_url: String,
     version: u64,
     _server: tokio::task::JoinHandle<()>,
 }
@@ -49,11 +52,16 @@ pub struct R {
 }
 
 impl Rig {
+    /// A proxy whose egress policy allows loopback, where the mock provider listens.
     pub async fn start(breaker: BreakerPolicy) -> Rig {
+        Rig::start_with(breaker, EgressPolicy::loopback()).await
+    }
+
+    pub async fn start_with(breaker: BreakerPolicy, egress: EgressPolicy) -> Rig {
         let mock = MockProvider::start().await.expect("mock provider");
         let clock = Arc::new(ManualClock::new(SystemTime::now()));
         let Parts { app, sink, queues } =
-            Parts::new(breaker, 1000, 1 << 20, clock.clone()).expect("parts");
+            Parts::new(breaker, 1000, 1 << 20, clock.clone(), egress).expect("parts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -66,6 +74,7 @@ impl Rig {
             Duration::from_secs(1),
         ));
         Rig {
+            provider_base_url: mock.base_url(),
             mock,
             clock,
             sink,
@@ -96,7 +105,7 @@ impl Rig {
                     id: p.id.into(),
                     name: p.id.into(),
                     kind: p.kind as i32,
-                    base_url: self.mock.base_url(),
+                    base_url: self.provider_base_url.clone(),
                     enabled: true,
                     request_timeout_ms: 5000,
                     api_version: "2024-10-21".into(),

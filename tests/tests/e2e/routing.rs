@@ -251,6 +251,7 @@ async fn overload_trips_the_provider_breaker_not_the_key() -> anyhow::Result<()>
             &ProxyOptions {
                 breaker_failures: Some(2),
                 breaker_open: Some(Duration::from_millis(400)),
+                ..ProxyOptions::default()
             },
         )
         .await?;

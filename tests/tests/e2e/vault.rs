@@ -794,3 +794,64 @@ async fn tampered_ciphertext_fails_closed() -> anyhow::Result<()> {
     assert_eq!(cp.call("GET", "/healthz", None, None).await?.0, 200);
     Ok(())
 }
+
+/// Provider base URLs at internal or metadata addresses are refused when created, and a key test
+/// against a name that resolves to one sends nothing: the key never leaves for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_policy_keeps_keys_away_from_internal_addresses() -> anyhow::Result<()> {
+    let mock = MockProvider::start().await?;
+    let cp = ControlPlane::start_with(
+        Backend::Sqlite,
+        ControlOptions {
+            egress_allow: Some(vec![]), // the server default: nothing internal
+            ..ControlOptions::default()
+        },
+    )
+    .await?;
+    for bad in [
+        "http://169.254.169.254/v1".to_owned(),
+        "http://metadata.google.internal/".to_owned(),
+        "http://[::1]:8000/v1".to_owned(),
+        mock.base_url(),
+    ] {
+        let (s, v) = cp
+            .api(
+                "POST",
+                "/api/v1/providers",
+                Some(json!({"name": "bad", "kind": "openai-compatible", "base_url": bad})),
+            )
+            .await?;
+        assert_eq!(s, 400, "{bad}: {v}");
+        let text = v.to_string();
+        assert!(
+            text.contains("base_url") && text.contains("egress_allow"),
+            "{text}"
+        );
+    }
+    // A name is accepted here (it may resolve anywhere later) and checked when connecting.
+    let named = mock.base_url().replace("127.0.0.1", "localhost");
+    let pid = cp
+        .add_provider("local", "openai-compatible", &named)
+        .await?;
+    let key = secret_key();
+    let kid = cp.add_shared_key(&pid, &key).await?["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, v) = cp
+        .api(
+            "POST",
+            &format!("/api/v1/providers/{pid}/keys/{kid}/test"),
+            None,
+        )
+        .await?;
+    assert_eq!(s, 409, "{v}");
+    assert!(v.to_string().contains("egress policy"), "{v}");
+    assert!(
+        mock.requests().is_empty(),
+        "nothing reached the provider: {:?}",
+        mock.requests().len()
+    );
+    assert!(!cp.logs.text().contains(&key), "the key was never logged");
+    Ok(())
+}
