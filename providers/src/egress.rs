@@ -157,8 +157,8 @@ impl EgressPolicy {
 
 /// Is `host` (a name) other than a cloud metadata service's?
 pub fn permits_name(host: &str) -> bool {
-    let h = host.trim_end_matches('.').to_ascii_lowercase();
-    !METADATA_HOSTS.contains(&h.as_str())
+    let h = host.trim_end_matches('.');
+    !METADATA_HOSTS.iter().any(|m| m.eq_ignore_ascii_case(h))
 }
 
 /// `::a.b.c.d` (deprecated IPv4-compatible), but not `::` or `::1`.

@@ -46,6 +46,8 @@ pub struct Provider {
     /// `None` for a kind this build does not know: such a provider serves nothing.
     pub kind: Option<Kind>,
     pub base_url: String,
+    /// The base URL's host, parsed once here so the egress check per attempt parses nothing.
+    pub host: String,
     pub enabled: bool,
     pub request_timeout: std::time::Duration,
     /// Azure OpenAI `api-version`.
@@ -166,6 +168,10 @@ impl Snapshot {
             let kind = pb::ProviderKind::try_from(p.kind)
                 .ok()
                 .and_then(pb::ProviderKind::kind);
+            let host = url::Url::parse(&p.base_url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .ok_or_else(|| SnapshotError::BaseUrl(p.id.clone()))?;
             providers.insert(
                 p.id.clone(),
                 Provider {
@@ -175,6 +181,7 @@ impl Snapshot {
                     id: p.id,
                     name: p.name,
                     kind,
+                    host,
                     base_url: p.base_url,
                     enabled: p.enabled,
                     api_version: p.api_version,

@@ -199,12 +199,8 @@ async fn prepare(
     };
     // Never send a key to an address the egress policy refuses. Names are also checked by the
     // client's resolver at connect time; an IP literal never reaches a resolver.
-    if let Some(host) = url::Url::parse(&provider.base_url)
-        .ok()
-        .and_then(|u| u.host_str().map(str::to_owned))
-        && !app.egress.permits_url_host(&host)
-    {
-        return Err(Step::Denied(egress_denied(&provider.name, &host)));
+    if !app.egress.permits_url_host(&provider.host) {
+        return Err(Step::Denied(egress_denied(&provider.name, &provider.host)));
     }
     // The one trial request after a cooldown; if another request holds it, move on.
     let probe = match cand.half_open {
