@@ -7,7 +7,9 @@
 //!   cargo build --release --workspace
 //!   cargo bench -p llmhub-e2e --bench proxy_cpu
 //!
-//! `REQUESTS` (default 20000), `CONCURRENCY` (32) and `LLMHUB_BIN_DIR` adjust the run.
+//! `REQUESTS` (default 20000), `CONCURRENCY` (32) and `LLMHUB_BIN_DIR` adjust the run;
+//! `LLMHUB_PROXY_BIN` measures another proxy build (e.g. an earlier commit's) against this
+//! control plane (the wire contract is compatible across versions).
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed benchmark
 

@@ -622,8 +622,12 @@ fn proxy_toml(
         .num(
             "breaker_open_ms",
             options.breaker_open.map(|d| d.as_millis()),
-        )
-        .egress_allow(options.egress_allow.as_ref());
+        );
+    // A proxy built before `egress_allow` existed refuses the key (benchmarks compare such
+    // builds: `LLMHUB_PROXY_BIN` below).
+    if std::env::var_os("LLMHUB_PROXY_BIN").is_none() {
+        t.egress_allow(options.egress_allow.as_ref());
+    }
     t.0
 }
 
@@ -945,7 +949,10 @@ impl ControlPlane {
         );
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, toml)?;
-        let mut cmd = Command::new(bin("llmhub-proxy"));
+        // `LLMHUB_PROXY_BIN` runs another proxy build against this control plane (benchmarks).
+        let proxy_bin =
+            std::env::var_os("LLMHUB_PROXY_BIN").map_or_else(|| bin("llmhub-proxy"), PathBuf::from);
+        let mut cmd = Command::new(proxy_bin);
         cmd.arg("--config").arg(&path);
         clear_llmhub_env(&mut cmd);
         let (child, listening, _) = spawn_until_listening(cmd, name, &self.logs).await?;
