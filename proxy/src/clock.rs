@@ -4,6 +4,20 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+/// Milliseconds since the Unix epoch (atomics hold instants in this form).
+pub fn millis(t: SystemTime) -> u64 {
+    u64::try_from(
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
+}
+
+pub fn from_millis(ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
 pub trait Clock: Send + Sync {
     fn now(&self) -> SystemTime;
 }
@@ -28,15 +42,7 @@ pub struct ManualClock {
 impl ManualClock {
     pub fn new(start: SystemTime) -> Self {
         ManualClock {
-            ms: AtomicU64::new(
-                u64::try_from(
-                    start
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_millis(),
-                )
-                .unwrap_or(u64::MAX),
-            ),
+            ms: AtomicU64::new(millis(start)),
         }
     }
 
@@ -48,6 +54,6 @@ impl ManualClock {
 
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_millis(self.ms.load(Ordering::SeqCst))
+        from_millis(self.ms.load(Ordering::SeqCst))
     }
 }

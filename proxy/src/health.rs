@@ -15,6 +15,8 @@ use arc_swap::ArcSwap;
 
 use llmhub_providers::{FailureClass, Verdict};
 
+use crate::clock::{from_millis, millis};
+
 /// Longest backoff for a rate limit the provider gave no reset time for.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// First backoff for such a rate limit.
@@ -24,19 +26,6 @@ const QUOTA_COOLDOWN: Duration = Duration::from_secs(3600);
 /// Consecutive provider failures that open its circuit, and for how long at first.
 const BREAKER_THRESHOLD: u32 = 5;
 const BREAKER_OPEN: Duration = Duration::from_secs(10);
-
-pub fn millis(t: SystemTime) -> u64 {
-    u64::try_from(
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis(),
-    )
-    .unwrap_or(u64::MAX)
-}
-
-fn from_millis(ms: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
-}
 
 /// `12:03:10` (UTC) for skip reasons in routing records.
 pub fn clock(t: SystemTime) -> String {
