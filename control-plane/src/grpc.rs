@@ -103,6 +103,7 @@ fn snapshot(s: &Snapshot) -> pb::Snapshot {
                 state: Some(key_state(&k.state)),
                 cooldowns: k.cooldowns.iter().map(key_state).collect(),
                 rpm_limit: k.rpm_limit.unwrap_or(0),
+                tpm_limit: k.tpm_limit.unwrap_or(0),
             })
             .collect(),
         client_keys: s
@@ -117,10 +118,12 @@ fn snapshot(s: &Snapshot) -> pb::Snapshot {
                 enabled: c.enabled,
                 expires_at: c.expires_at.map(ts),
                 use_shared_pool: c.use_shared_pool,
+                ..Default::default()
             })
             .collect(),
         routes: s.routes.iter().map(route).collect(),
         client_key_hash_secret: s.client_key_hash_secret.bytes().to_vec(),
+        ..Default::default()
     }
 }
 
@@ -136,6 +139,7 @@ fn delta(d: &Delta) -> pb::Delta {
                 state: Some(key_state(&c.health)),
             })
             .collect(),
+        ..Default::default()
     }
 }
 

@@ -262,6 +262,7 @@ impl SnapshotHub {
                 state,
                 cooldowns: cooldowns.remove(&k.id).unwrap_or_default(),
                 rpm_limit: k.rpm_limit.and_then(|v| u32::try_from(v).ok()),
+                tpm_limit: k.tpm_limit.and_then(|v| u32::try_from(v).ok()),
                 id: k.id,
             });
         }

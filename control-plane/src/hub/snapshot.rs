@@ -66,6 +66,7 @@ pub struct ProviderKey {
     /// Live cooldowns, whole-key (empty model) or per upstream model.
     pub cooldowns: Vec<KeyHealth>,
     pub rpm_limit: Option<u32>,
+    pub tpm_limit: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,6 +233,7 @@ impl Snapshot {
                 f.health(c);
             }
             f.u64(k.rpm_limit.map_or(u64::MAX, u64::from));
+            f.u64(k.tpm_limit.map_or(u64::MAX, u64::from));
         }
         f.u64(self.client_keys.len() as u64);
         for c in &self.client_keys {
