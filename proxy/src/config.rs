@@ -28,6 +28,9 @@ const ENV_KEYS: &[&str] = &[
     "breaker_failures",
     "breaker_open_ms",
     "egress_allow",
+    "redis_url",
+    "redis_prefix",
+    "redis_timeout_ms",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +88,15 @@ pub struct RawConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub egress_allow: Option<Vec<String>>,
+    /// `redis://[user:password@]host:port[/db]` where every proxy shares its limit counters.
+    /// Without it each proxy counts in process and enforces its share of every limit (the limit
+    /// divided by the live proxies), which is exact for one proxy and conservative for several.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key (default `llmhub:`), to share one Redis between deployments.
+    pub redis_prefix: Option<String>,
+    /// Time budget of one limit check in Redis, in ms (default 50): past it the proxy decides on
+    /// its local share instead, and counts the decision as degraded.
+    pub redis_timeout_ms: Option<u64>,
 }
 
 /// A list given as an array or as one comma-separated string (environment variables).
@@ -128,6 +140,15 @@ pub struct Config {
     pub header_read_timeout: Duration,
     pub breaker: crate::health::BreakerPolicy,
     pub egress: llmhub_providers::EgressPolicy,
+    pub redis: Option<RedisConfig>,
+}
+
+/// Where limit counters are shared. The URL may hold a password: it is never printed.
+#[derive(Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    pub prefix: String,
+    pub timeout: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -137,6 +158,7 @@ impl std::fmt::Debug for Config {
             .field("internal_listen", &self.internal_listen)
             .field("control_plane_url", &self.control_plane_url)
             .field("proxy_id", &self.proxy_id)
+            .field("redis", &self.redis.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -219,7 +241,39 @@ impl RawConfig {
         }
         let egress = llmhub_providers::EgressPolicy::parse(&self.egress_allow.unwrap_or_default())
             .map_err(|e| field("egress_allow", e.to_string()))?;
+        let redis_timeout_ms = self.redis_timeout_ms.unwrap_or(50);
+        if !(1..=10_000).contains(&redis_timeout_ms) {
+            return Err(field("redis_timeout_ms", "must be between 1 and 10000"));
+        }
+        let redis_prefix = self.redis_prefix.unwrap_or_else(|| "llmhub:".into());
+        if redis_prefix.len() > 64 || redis_prefix.chars().any(char::is_whitespace) {
+            return Err(field(
+                "redis_prefix",
+                "must be at most 64 characters without spaces",
+            ));
+        }
+        let redis = match self.redis_url {
+            None => None,
+            Some(url) => {
+                if !url.starts_with("redis://") {
+                    // The message must not echo the URL: it may carry a password.
+                    return Err(field(
+                        "redis_url",
+                        "must start with redis:// (a Redis reachable on a private network)",
+                    ));
+                }
+                if redis::Client::open(url.as_str()).is_err() {
+                    return Err(field("redis_url", "is not a valid Redis URL"));
+                }
+                Some(RedisConfig {
+                    url,
+                    prefix: redis_prefix,
+                    timeout: Duration::from_millis(redis_timeout_ms),
+                })
+            }
+        };
         Ok(Config {
+            redis,
             egress,
             breaker: crate::health::BreakerPolicy {
                 failures: breaker_failures,
@@ -283,6 +337,18 @@ mod tests {
                     c.egress_allow = Some(vec!["10.0.0.0/8".into(), "10.0.0.0/99".into()])
                 }),
                 "egress_allow",
+            ),
+            (
+                Box::new(|c| c.redis_url = Some("http://secret@h:1".into())),
+                "redis_url",
+            ),
+            (
+                Box::new(|c| c.redis_timeout_ms = Some(0)),
+                "redis_timeout_ms",
+            ),
+            (
+                Box::new(|c| c.redis_prefix = Some("a b".into())),
+                "redis_prefix",
             ),
         ];
         for (m, name) in cases {

@@ -85,6 +85,8 @@ pub struct Sink {
     pub health: Arc<Health>,
     pub status: Arc<LinkStatus>,
     pub clock: Arc<dyn Clock>,
+    /// Told the fleet size, for the local share of each limit.
+    pub limiter: Arc<crate::limits::Limiter>,
 }
 
 impl Sink {
@@ -95,12 +97,14 @@ impl Sink {
         match event {
             pb::watch_event::Event::Snapshot(msg) => {
                 let version = msg.version;
+                let live_proxies = msg.live_proxies;
                 match Snapshot::from_proto(msg) {
                     Ok(snap) => {
                         if self.cell.store(snap)
                             && let Some(current) = self.cell.load()
                         {
                             self.health.apply_snapshot(&current, self.clock.now());
+                            self.limiter.set_live_proxies(live_proxies);
                             self.status
                                 .snapshots_applied
                                 .fetch_add(1, Ordering::Relaxed);
@@ -116,6 +120,9 @@ impl Sink {
                 }
             }
             pb::watch_event::Event::Delta(d) => {
+                if d.live_proxies > 0 {
+                    self.limiter.set_live_proxies(d.live_proxies);
+                }
                 // Key health changes apply on their own: each names the key and its new state.
                 for u in &d.key_states {
                     if let Some(change) = u.state.as_ref().and_then(key_change) {

@@ -14,6 +14,7 @@ use llmhub_providers::Dialect;
 use serde_json::json;
 
 use crate::body::{Body, json};
+use crate::limits::{Dim, Refusal, Scope};
 
 /// Who caused an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,27 @@ pub enum ProxyError {
     UpstreamUnavailable(String),
     #[error("the provider did not answer in time")]
     UpstreamTimeout,
+    /// A fleet-wide limit of the client key, its user, or every usable provider key is reached.
+    #[error("{}", limit_message(.0))]
+    RateLimited(Refusal),
+}
+
+/// Which limit, in words, and when to come back.
+fn limit_message(r: &Refusal) -> String {
+    let what = match r.dim {
+        Dim::Requests => format!("{} requests per minute", r.limit),
+        Dim::Tokens => format!("{} tokens per minute", r.limit),
+        Dim::Concurrent => format!("{} concurrent requests", r.limit),
+    };
+    let whose = match r.scope {
+        Scope::ClientKey => "this API key",
+        Scope::User => "your account",
+        Scope::ProviderKey => "every provider key serving this model",
+    };
+    format!(
+        "rate limit reached for {whose}: {what}; retry in {} s",
+        retry_after_secs(r.retry_after)
+    )
 }
 
 /// Whole seconds for `Retry-After`: rounded up, and at least one.
@@ -71,6 +93,8 @@ impl ProxyError {
             | ProxyError::NotFound(_)
             | ProxyError::MethodNotAllowed
             | ProxyError::ModelNotFound(_) => Source::Client,
+            ProxyError::RateLimited(r) if r.scope != Scope::ProviderKey => Source::Client,
+            ProxyError::RateLimited(_) => Source::Upstream,
             ProxyError::AllCooling(_)
             | ProxyError::UpstreamAuth
             | ProxyError::UpstreamUnavailable(_)
@@ -88,6 +112,7 @@ impl ProxyError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             ProxyError::AllCooling(d) => Some(retry_after_secs(*d)),
+            ProxyError::RateLimited(r) => Some(retry_after_secs(r.retry_after)),
             _ => None,
         }
     }
@@ -100,7 +125,7 @@ impl ProxyError {
             ProxyError::NotFound(_) | ProxyError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoKeyAvailable | ProxyError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::AllCooling(_) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::AllCooling(_) | ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::UpstreamAuth | ProxyError::UpstreamUnavailable(_) => {
                 StatusCode::BAD_GATEWAY
             }
@@ -119,7 +144,9 @@ impl ProxyError {
             ProxyError::ModelNotFound(_) => ("invalid_request_error", "model_not_found"),
             ProxyError::NoKeyAvailable => ("server_error", "no_key_available"),
             ProxyError::NotReady => ("server_error", "not_ready"),
-            ProxyError::AllCooling(_) => ("rate_limit_error", "rate_limit_exceeded"),
+            ProxyError::AllCooling(_) | ProxyError::RateLimited(_) => {
+                ("rate_limit_error", "rate_limit_exceeded")
+            }
             ProxyError::UpstreamAuth => ("server_error", "upstream_auth_failed"),
             ProxyError::UpstreamUnavailable(_) => ("server_error", "upstream_unavailable"),
             ProxyError::UpstreamTimeout => ("server_error", "upstream_timeout"),
@@ -174,6 +201,25 @@ impl ProxyError {
         if let Some(secs) = self.retry_after() {
             h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if let ProxyError::RateLimited(r) = &self {
+            // OpenAI's names, saying which limit: `x-ratelimit-{limit,remaining,reset}-{requests,
+            // tokens,concurrent}` and the scope it belongs to.
+            let dim = r.dim.as_str();
+            let secs = retry_after_secs(r.retry_after);
+            for (name, value) in [
+                (format!("x-ratelimit-limit-{dim}"), r.limit.to_string()),
+                (format!("x-ratelimit-remaining-{dim}"), "0".to_owned()),
+                (format!("x-ratelimit-reset-{dim}"), format!("{secs}s")),
+                ("x-ratelimit-scope".to_owned(), r.scope.as_str().to_owned()),
+            ] {
+                if let (Ok(n), Ok(v)) = (
+                    http::HeaderName::try_from(name),
+                    HeaderValue::try_from(value),
+                ) {
+                    h.insert(n, v);
+                }
+            }
+        }
         if matches!(self, ProxyError::InvalidApiKey) {
             h.insert(
                 http::header::WWW_AUTHENTICATE,
@@ -227,5 +273,29 @@ mod tests {
         let r = cooling.into_response(Dialect::Anthropic, &HeaderValue::from_static("req_1"));
         assert_eq!(r.headers()["retry-after"], "2");
         assert_eq!(r.headers()["x-request-id"], "req_1");
+    }
+
+    #[test]
+    fn rate_limited_says_which_limit() {
+        let e = ProxyError::RateLimited(Refusal {
+            scope: Scope::User,
+            dim: Dim::Tokens,
+            limit: 1000,
+            retry_after: Duration::from_millis(4500),
+        });
+        assert_eq!(e.source(), Source::Client);
+        assert!(
+            e.to_string()
+                .contains("your account: 1000 tokens per minute; retry in 5 s"),
+            "{e}"
+        );
+        let r = e.into_response(Dialect::Anthropic, &HeaderValue::from_static("req_2"));
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        let h = r.headers();
+        assert_eq!(h["retry-after"], "5");
+        assert_eq!(h["x-ratelimit-limit-tokens"], "1000");
+        assert_eq!(h["x-ratelimit-remaining-tokens"], "0");
+        assert_eq!(h["x-ratelimit-reset-tokens"], "5s");
+        assert_eq!(h["x-ratelimit-scope"], "user");
     }
 }

@@ -10,6 +10,7 @@ use llmhub_proto::v1 as pb;
 use llmhub_providers::Dialect;
 
 use crate::control::Reporter;
+use crate::limits::Ticket;
 
 /// Facts gathered along the way for the access log.
 #[derive(Default, Debug)]
@@ -29,10 +30,11 @@ struct Trail {
     log: LogFields,
     record: Option<pb::RoutingRecord>,
     reporter: Reporter,
+    tickets: Vec<Ticket>,
 }
 
 impl Trail {
-    fn emit(self, status: u16) {
+    fn emit(mut self, status: u16) {
         let latency = self.started.elapsed();
         tracing::info!(
             request_id = self.request_id.to_str().unwrap_or_default(),
@@ -47,6 +49,20 @@ impl Trail {
             attempts = self.log.attempts,
             "request"
         );
+        // The limits learn what the request really used: the provider's usage when it reported
+        // some, nothing for a request that failed without any, else the estimate stands.
+        let used = self
+            .record
+            .as_ref()
+            .map_or(0, |r| r.prompt_tokens + r.completion_tokens);
+        for t in &mut self.tickets {
+            if used > 0 {
+                t.settle_tokens(used);
+            } else if !(200..300).contains(&status) {
+                t.settle_tokens(0);
+            }
+        }
+        drop(std::mem::take(&mut self.tickets));
         if let Some(mut r) = self.record {
             r.status = u32::from(status);
             r.latency_ms = u32::try_from(latency.as_millis()).unwrap_or(u32::MAX);
@@ -67,6 +83,9 @@ pub struct Exchange {
     record: Option<pb::RoutingRecord>,
     reporter: Reporter,
     open: bool,
+    /// Limit reservations, settled when the exchange finishes (so a stream holds its
+    /// concurrency slot until it ends).
+    tickets: Vec<Ticket>,
 }
 
 impl Exchange {
@@ -82,12 +101,18 @@ impl Exchange {
             record: None,
             reporter,
             open: true,
+            tickets: Vec::new(),
         }
     }
 
     /// Starts the routing record once the request is admitted and planned.
     pub fn start_record(&mut self, record: pb::RoutingRecord) {
         self.record = Some(record);
+    }
+
+    /// Keeps a limit reservation until the exchange finishes.
+    pub fn hold(&mut self, ticket: Ticket) {
+        self.tickets.push(ticket);
     }
 
     pub fn record(&mut self) -> Option<&mut pb::RoutingRecord> {
@@ -131,6 +156,7 @@ impl Exchange {
             log: std::mem::take(&mut self.log),
             record: self.record.take(),
             reporter: self.reporter.clone(),
+            tickets: std::mem::take(&mut self.tickets),
         })
     }
 }

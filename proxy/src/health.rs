@@ -53,8 +53,6 @@ pub struct KeyStats {
     inflight: AtomicU32,
     /// Latency EWMA in microseconds (0 = no sample yet).
     ewma_us: AtomicU64,
-    minute: AtomicU64,
-    in_minute: AtomicU32,
     /// `x-ratelimit-remaining-*` hit zero: skip until this instant (ms since epoch).
     exhausted_until_ms: AtomicU64,
 }
@@ -66,23 +64,6 @@ impl KeyStats {
 
     pub fn ewma_us(&self) -> u64 {
         self.ewma_us.load(Ordering::Relaxed)
-    }
-
-    /// Counts a request against this minute's budget.
-    fn count(&self, now: SystemTime) {
-        let m = millis(now) / 60_000;
-        if self.minute.swap(m, Ordering::Relaxed) != m {
-            self.in_minute.store(0, Ordering::Relaxed);
-        }
-        self.in_minute.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn used_this_minute(&self, now: SystemTime) -> u32 {
-        if self.minute.load(Ordering::Relaxed) == millis(now) / 60_000 {
-            self.in_minute.load(Ordering::Relaxed)
-        } else {
-            0
-        }
     }
 
     fn observe_latency(&self, d: Duration) {
@@ -308,7 +289,7 @@ impl Health {
     }
 
     /// Whether a key may be tried for `model` now.
-    pub fn gate(&self, key_id: &str, model: &str, rpm_limit: u32, now: SystemTime) -> Gate {
+    pub fn gate(&self, key_id: &str, model: &str, now: SystemTime) -> Gate {
         if let Some(reason) = self.disabled.load().get(key_id) {
             return Gate::Skip {
                 reason: format!(
@@ -350,13 +331,6 @@ impl Health {
                     until: Some(from_millis(ex)),
                 };
             }
-            if rpm_limit > 0 && s.used_this_minute(now) >= rpm_limit {
-                let next_minute = from_millis((millis(now) / 60_000 + 1) * 60_000);
-                return Gate::Skip {
-                    reason: format!("rpm limit {rpm_limit} reached"),
-                    until: Some(next_minute),
-                };
-            }
         }
         Gate::Open
     }
@@ -371,11 +345,11 @@ impl Health {
             .map(|_| Probe(c.probe.clone()))
     }
 
-    /// Starts an attempt on a key: counts it in flight and against its minute.
-    pub fn begin(&self, key_id: &str, now: SystemTime) -> InFlight {
+    /// Starts an attempt on a key: counts it in flight. (Its requests and tokens per minute
+    /// are the fleet-wide limiter's.)
+    pub fn begin(&self, key_id: &str) -> InFlight {
         let s = self.stats(key_id);
         s.inflight.fetch_add(1, Ordering::Relaxed);
-        s.count(now);
         InFlight(s)
     }
 
@@ -576,19 +550,19 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let until = h.record_failure("k", "gpt", &rl(Some(10)), now).unwrap();
         assert_eq!(until, now + Duration::from_secs(10));
-        assert!(matches!(h.gate("k", "gpt", 0, now), Gate::Skip { .. }));
+        assert!(matches!(h.gate("k", "gpt", now), Gate::Skip { .. }));
         assert!(
-            matches!(h.gate("k", "other", 0, now), Gate::Open),
+            matches!(h.gate("k", "other", now), Gate::Open),
             "scope is key x model"
         );
         let later = now + Duration::from_secs(11);
-        assert!(matches!(h.gate("k", "gpt", 0, later), Gate::HalfOpen));
+        assert!(matches!(h.gate("k", "gpt", later), Gate::HalfOpen));
         let probe = h.try_probe("k", "gpt").unwrap();
         assert!(h.try_probe("k", "gpt").is_none(), "one trial at a time");
-        assert!(matches!(h.gate("k", "gpt", 0, later), Gate::Skip { .. }));
+        assert!(matches!(h.gate("k", "gpt", later), Gate::Skip { .. }));
         drop(probe);
         assert!(h.record_success("k", "gpt", Duration::from_millis(5), None, later));
-        assert!(matches!(h.gate("k", "gpt", 0, later), Gate::Open));
+        assert!(matches!(h.gate("k", "gpt", later), Gate::Open));
     }
 
     #[test]
@@ -612,7 +586,7 @@ mod tests {
         };
         h.record_failure("k", "m", &q, now);
         assert!(matches!(
-            h.gate("k", "any-model", 0, now + Duration::from_secs(3000)),
+            h.gate("k", "any-model", now + Duration::from_secs(3000)),
             Gate::Skip { .. }
         ));
         let bad = Verdict {
@@ -620,7 +594,7 @@ mod tests {
             retry_after: None,
         };
         h.record_failure("j", "m", &bad, now);
-        match h.gate("j", "m", 0, now + Duration::from_secs(86_400)) {
+        match h.gate("j", "m", now + Duration::from_secs(86_400)) {
             Gate::Skip { reason, until } => {
                 assert!(
                     reason.contains("invalid_key") && until.is_none(),
@@ -634,7 +608,7 @@ mod tests {
             retry_after: None,
         };
         assert!(h.record_failure("c", "m", &client, now).is_none());
-        assert!(matches!(h.gate("c", "m", 0, now), Gate::Open));
+        assert!(matches!(h.gate("c", "m", now), Gate::Open));
     }
 
     #[test]
@@ -650,7 +624,7 @@ mod tests {
             },
         );
         assert!(matches!(
-            h.gate("k", "m", 0, SystemTime::now()),
+            h.gate("k", "m", SystemTime::now()),
             Gate::Skip { .. }
         ));
         h.apply_change(
@@ -659,11 +633,11 @@ mod tests {
                 model: String::new(),
             },
         );
-        assert!(matches!(h.gate("k", "m", 0, SystemTime::now()), Gate::Open));
+        assert!(matches!(h.gate("k", "m", SystemTime::now()), Gate::Open));
     }
 
     #[test]
-    fn proactive_exhaustion_and_rpm() {
+    fn proactive_exhaustion() {
         let h = Health::default();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_020);
         h.stats.store(Arc::new(HashMap::from([(
@@ -678,19 +652,13 @@ mod tests {
             now,
         );
         assert!(matches!(
-            h.gate("k", "m", 0, now + Duration::from_secs(4)),
+            h.gate("k", "m", now + Duration::from_secs(4)),
             Gate::Skip { .. }
         ));
         assert!(matches!(
-            h.gate("k", "m", 0, now + Duration::from_secs(6)),
+            h.gate("k", "m", now + Duration::from_secs(6)),
             Gate::Open
         ));
-        let later = now + Duration::from_secs(6);
-        for _ in 0..3 {
-            let _f = h.begin("k", later);
-        }
-        assert!(matches!(h.gate("k", "m", 3, later), Gate::Skip { .. }));
-        assert!(matches!(h.gate("k", "m", 4, later), Gate::Open));
     }
 
     #[test]

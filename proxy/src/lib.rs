@@ -22,6 +22,7 @@ pub mod egress;
 pub mod error;
 pub mod exchange;
 pub mod health;
+pub mod limits;
 pub mod relay;
 pub mod routing;
 pub mod server;
@@ -32,6 +33,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::app::App;
@@ -62,7 +64,9 @@ impl Parts {
         max_body_bytes: usize,
         clock: Arc<dyn Clock>,
         egress: llmhub_providers::EgressPolicy,
+        limiter: limits::Limiter,
     ) -> anyhow::Result<Parts> {
+        let limiter = Arc::new(limiter);
         let egress = Arc::new(egress);
         // One process-wide crypto provider (ring) for reqwest's rustls and tonic.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -85,6 +89,7 @@ impl Parts {
             health: health.clone(),
             status,
             clock: clock.clone(),
+            limiter: limiter.clone(),
         };
         let app = Arc::new(App {
             cell,
@@ -94,6 +99,7 @@ impl Parts {
             clock,
             max_body_bytes,
             egress,
+            limiter,
         });
         Ok(Parts { app, sink, queues })
     }
@@ -108,12 +114,26 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let endpoint = control::endpoint(&config)?;
+    let limiter = match &config.redis {
+        Some(r) => limits::Limiter::shared(
+            limits::Shared::connect(&r.url, &r.prefix, r.timeout)
+                .context("redis_url: cannot create a Redis client")?,
+            r.timeout,
+        ),
+        None => {
+            tracing::info!(
+                "no redis_url: limits are counted in this process, each proxy enforcing its share"
+            );
+            limits::Limiter::local()
+        }
+    };
     let Parts { app, sink, queues } = Parts::new(
         config.breaker,
         config.report_queue,
         config.max_body_bytes,
         Arc::new(SystemClock),
         config.egress.clone(),
+        limiter,
     )?;
     let watch = tokio::spawn(control::watch_loop(
         endpoint.clone(),
@@ -130,10 +150,10 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let (cell, status) = (sink.cell.clone(), sink.status.clone());
+    let (cell, status, limiter) = (sink.cell.clone(), sink.status.clone(), sink.limiter.clone());
     let internal_task = tokio::spawn(server::serve(
         internal,
-        move |req| server::internal(req, cell.clone(), status.clone()),
+        move |req| server::internal(req, cell.clone(), status.clone(), limiter.clone()),
         config.header_read_timeout,
         stopped(stop_rx.clone()),
         Duration::from_secs(1),

@@ -96,7 +96,7 @@ fn usable_keys<'k>(
             ));
             continue;
         }
-        match health.gate(&k.id, &target.upstream_model, k.rpm_limit, now) {
+        match health.gate(&k.id, &target.upstream_model, now) {
             Gate::Open => open.push(k),
             Gate::HalfOpen => half_open.push(k),
             Gate::Skip { reason, until } => {
@@ -295,10 +295,7 @@ mod tests {
         let client = s.authenticate("lh-good", SystemTime::now()).unwrap();
         let health = Health::default();
         health.apply_snapshot(&s, SystemTime::now());
-        let _busy = (
-            health.begin("k2", SystemTime::now()),
-            health.begin("k2", SystemTime::now()),
-        );
+        let _busy = (health.begin("k2"), health.begin("k2"));
         for _ in 0..10 {
             let plan = super::plan(&s, &s.routes["gpt-x"], client, &health, SystemTime::now());
             assert_eq!(plan.candidates[0].key.id, "k1");

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 
 use crate::body::{Body, full};
 use crate::control::LinkStatus;
+use crate::limits::Limiter;
 use crate::state::SnapshotCell;
 
 /// Accepts connections until `shutdown`, then drains in-flight requests for up to `drain`.
@@ -76,11 +77,13 @@ pub async fn serve<F, Fut>(
     }
 }
 
-/// `/healthz` (process alive) and `/readyz` (a snapshot is installed).
+/// `/healthz` (process alive), `/readyz` (a snapshot is installed) and `/metrics` (the limit
+/// decisions, in the Prometheus text format).
 pub async fn internal(
     req: Request<Incoming>,
     cell: Arc<SnapshotCell>,
     status: Arc<LinkStatus>,
+    limiter: Arc<Limiter>,
 ) -> Response<Body> {
     let json = |code: StatusCode, v: serde_json::Value| {
         let mut r = Response::new(full(v.to_string()));
@@ -110,9 +113,47 @@ pub async fn internal(
             };
             json(code, body)
         }
+        "/metrics" => {
+            let mut r = Response::new(full(limit_metrics(&limiter)));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
         _ => json(
             StatusCode::NOT_FOUND,
             serde_json::json!({"error": "not found"}),
         ),
     }
+}
+
+/// The limiter's counters as Prometheus text.
+fn limit_metrics(l: &Limiter) -> String {
+    let c = &l.counters;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    format!(
+        "# HELP llmhub_limit_decisions_total Public API limit decisions.\n\
+         # TYPE llmhub_limit_decisions_total counter\n\
+         llmhub_limit_decisions_total{{decision=\"admitted\"}} {}\n\
+         llmhub_limit_decisions_total{{decision=\"refused\"}} {}\n\
+         # HELP llmhub_limit_degraded_decisions_total Decisions taken on this proxy's local share because the shared counters were unreachable or slow.\n\
+         # TYPE llmhub_limit_degraded_decisions_total counter\n\
+         llmhub_limit_degraded_decisions_total {}\n\
+         # HELP llmhub_limit_shared_errors_total Calls to the shared counters that failed or exceeded their time budget.\n\
+         # TYPE llmhub_limit_shared_errors_total counter\n\
+         llmhub_limit_shared_errors_total {}\n\
+         # HELP llmhub_limit_settlements_dropped_total Settlements dropped because their queue was full.\n\
+         # TYPE llmhub_limit_settlements_dropped_total counter\n\
+         llmhub_limit_settlements_dropped_total {}\n\
+         # HELP llmhub_limit_live_proxies Proxies in the fleet as the control plane last reported.\n\
+         # TYPE llmhub_limit_live_proxies gauge\n\
+         llmhub_limit_live_proxies {}\n",
+        get(&c.admitted),
+        get(&c.refused),
+        get(&c.degraded),
+        get(&c.shared_errors),
+        crate::limits::Counters::settle_dropped(),
+        l.live_proxies(),
+    )
 }

@@ -67,7 +67,9 @@ pub struct ProviderKey {
     pub disabled_reason: Option<String>,
     /// Cooldowns in force when the snapshot was built: (model or "" for the whole key, until, class).
     pub cooldowns: Vec<(String, SystemTime, String)>,
+    /// Fleet-wide requests and tokens per minute (0 = no limit), enforced by the limiter.
     pub rpm_limit: u32,
+    pub tpm_limit: u32,
 }
 
 impl std::fmt::Debug for ProviderKey {
@@ -239,6 +241,7 @@ impl Snapshot {
                     disabled_reason,
                     cooldowns,
                     rpm_limit: k.rpm_limit,
+                    tpm_limit: k.tpm_limit,
                 }));
         }
         if let Some(e) = failure {

@@ -120,7 +120,7 @@ pub async fn attempt(
     };
     let (provider, key) = (cand.provider, &cand.key);
     let started = Instant::now();
-    let inflight = app.health.begin(&key.id, app.clock.now());
+    let inflight = app.health.begin(&key.id);
     let mut request = app.http.post(p.upstream.url);
     for (name, value) in p.upstream.headers {
         request = request.header(name, value);

@@ -48,6 +48,9 @@ pub struct RpcCounters {
 pub enum HubEvent {
     Snapshot(Arc<Snapshot>),
     Delta(Arc<Delta>),
+    /// The number of distinct proxies connected changed: each enforces limit ÷ this many
+    /// when it cannot reach the shared counters.
+    Fleet(u32),
 }
 
 pub struct SnapshotHub {
@@ -88,11 +91,19 @@ pub struct Connection {
     id: u64,
 }
 
+fn distinct(map: &HashMap<u64, ConnectedProxy>) -> u32 {
+    let ids: std::collections::HashSet<&str> = map.values().map(|p| p.proxy_id.as_str()).collect();
+    u32::try_from(ids.len()).unwrap_or(u32::MAX)
+}
+
 impl Drop for Connection {
     fn drop(&mut self) {
         let mut map = self.hub.proxies.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = map.remove(&self.id) {
             tracing::info!(proxy_id = %p.proxy_id, "proxy disconnected");
+            let n = distinct(&map);
+            drop(map);
+            let _ = self.hub.events.send(HubEvent::Fleet(n));
         }
     }
 }
@@ -125,6 +136,11 @@ impl SnapshotHub {
 
     pub fn current_version(&self) -> u64 {
         self.tx.borrow().as_ref().map_or(0, |s| s.version)
+    }
+
+    /// Distinct proxies connected now (a proxy reconnecting may briefly hold two streams).
+    pub fn live_proxies(&self) -> u32 {
+        distinct(&self.proxies.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn connected(&self) -> Vec<ConnectedProxy> {
@@ -166,6 +182,7 @@ impl SnapshotHub {
                 },
             );
         tracing::info!(%proxy_id, %peer, "proxy connected");
+        let _ = self.events.send(HubEvent::Fleet(self.live_proxies()));
         let conn = Connection {
             hub: self.clone(),
             id,

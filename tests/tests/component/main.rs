@@ -7,6 +7,7 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod limits;
 mod rig;
 
 use std::time::Duration;

@@ -60,8 +60,15 @@ impl Rig {
     pub async fn start_with(breaker: BreakerPolicy, egress: EgressPolicy) -> Rig {
         let mock = MockProvider::start().await.expect("mock provider");
         let clock = Arc::new(ManualClock::new(SystemTime::now()));
-        let Parts { app, sink, queues } =
-            Parts::new(breaker, 1000, 1 << 20, clock.clone(), egress).expect("parts");
+        let Parts { app, sink, queues } = Parts::new(
+            breaker,
+            1000,
+            1 << 20,
+            clock.clone(),
+            egress,
+            llmhub_proxy::limits::Limiter::local(),
+        )
+        .expect("parts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

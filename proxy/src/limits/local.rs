@@ -1,0 +1,314 @@
+//! Counting in this process: the embedded mode's counters, and every proxy's fallback while the
+//! shared counters cannot be reached. Each limit is enforced at this proxy's share
+//! ([`super::share`]).
+//!
+//! One mutex guards all windows so a request's checks and reservations across several limits
+//! are atomic; it is held for a few map lookups and never across an await. Requests without
+//! limits never take it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::{Check, Decision, Demand, Dim, Refusal, Settlement, Ticket, WINDOW, millis_of, share};
+
+/// Windows beyond this many are pruned of the empty ones.
+const PRUNE_ABOVE: usize = 10_000;
+
+#[derive(Default, Debug)]
+pub struct Local {
+    windows: Mutex<HashMap<String, Window>>,
+}
+
+/// One limit's recent admissions: a sliding log of (admitted at ms, request, amount) with its
+/// running sum, or for concurrency the slots held.
+#[derive(Default, Debug)]
+struct Window {
+    log: VecDeque<(u64, String, u64)>,
+    sum: u64,
+    held: u64,
+}
+
+impl Window {
+    fn expire(&mut self, now: u64) {
+        let window = millis_of(WINDOW);
+        while let Some((at, _, amount)) = self.log.front() {
+            if at + window > now {
+                break;
+            }
+            self.sum -= amount;
+            self.log.pop_front();
+        }
+    }
+
+    /// Whether `amount` more fits under `limit`. An empty window admits anything, so a single
+    /// request larger than a token limit is not refused forever.
+    fn fits(&self, dim: Dim, amount: u64, limit: u64) -> bool {
+        match dim {
+            Dim::Requests => self.sum < limit,
+            Dim::Tokens => self.sum == 0 || self.sum + amount <= limit,
+            Dim::Concurrent => self.held < limit,
+        }
+    }
+
+    /// How long until `amount` fits, as the oldest admissions leave the window.
+    fn wait(&self, dim: Dim, amount: u64, limit: u64, now: u64) -> Duration {
+        if dim == Dim::Concurrent {
+            // A slot frees when some request ends; nothing says when.
+            return Duration::from_secs(1);
+        }
+        let window = millis_of(WINDOW);
+        let mut sum = self.sum;
+        for (at, _, a) in &self.log {
+            sum -= a;
+            let fits = match dim {
+                Dim::Requests => sum < limit,
+                _ => sum == 0 || sum + amount <= limit,
+            };
+            if fits {
+                return Duration::from_millis((at + window).saturating_sub(now).max(1));
+            }
+        }
+        WINDOW
+    }
+
+    fn reserve(&mut self, dim: Dim, request_id: &str, amount: u64, now: u64) {
+        match dim {
+            Dim::Requests => {
+                self.log.push_back((now, request_id.to_owned(), 1));
+                self.sum += 1;
+            }
+            Dim::Tokens => {
+                self.log.push_back((now, request_id.to_owned(), amount));
+                self.sum += amount;
+            }
+            Dim::Concurrent => self.held += 1,
+        }
+    }
+}
+
+impl Local {
+    /// Checks every limit of `demand` at this proxy's share and, when all have room and one of
+    /// the candidate keys (if any) has too, reserves them.
+    pub fn admit(&self, demand: &Demand, live_proxies: u32, now: u64) -> Decision {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if windows.len() > PRUNE_ABOVE {
+            windows.retain(|_, w| {
+                w.expire(now);
+                !w.log.is_empty() || w.held > 0
+            });
+        }
+        let verdict = |windows: &mut HashMap<String, Window>, c: &Check| {
+            let limit = share(c.limit, live_proxies);
+            let w = windows.entry(c.counter()).or_default();
+            w.expire(now);
+            if w.fits(c.dim, demand.tokens, limit) {
+                None
+            } else {
+                Some(Refusal {
+                    scope: c.scope,
+                    dim: c.dim,
+                    limit,
+                    retry_after: w.wait(c.dim, demand.tokens, limit, now),
+                })
+            }
+        };
+        // The refusal that lasts longest: the request cannot pass before it ends anyway.
+        let mut refused: Option<Refusal> = None;
+        for c in &demand.checks {
+            if let Some(r) = verdict(&mut windows, c) {
+                refused = Some(match refused {
+                    Some(prev) if prev.retry_after >= r.retry_after => prev,
+                    _ => r,
+                });
+            }
+        }
+        if let Some(r) = refused {
+            return Decision::Refuse(r);
+        }
+        let mut key = None;
+        let mut soonest: Option<Refusal> = None;
+        for (i, k) in demand.keys.iter().enumerate() {
+            let mut blocked: Option<Refusal> = None;
+            for c in k.checks() {
+                if let Some(r) = verdict(&mut windows, &c) {
+                    blocked = Some(match blocked {
+                        Some(prev) if prev.retry_after >= r.retry_after => prev,
+                        _ => r,
+                    });
+                }
+            }
+            match blocked {
+                None => {
+                    key = Some(i);
+                    break;
+                }
+                Some(r) => {
+                    if soonest
+                        .as_ref()
+                        .is_none_or(|s| r.retry_after < s.retry_after)
+                    {
+                        soonest = Some(r);
+                    }
+                }
+            }
+        }
+        if !demand.keys.is_empty()
+            && key.is_none()
+            && let Some(r) = soonest
+        {
+            return Decision::Refuse(r);
+        }
+        let chosen = key.and_then(|i| demand.keys.get(i));
+        for c in demand
+            .checks
+            .iter()
+            .cloned()
+            .chain(chosen.into_iter().flat_map(|k| k.checks()))
+        {
+            windows.entry(c.counter()).or_default().reserve(
+                c.dim,
+                &demand.request_id,
+                demand.tokens,
+                now,
+            );
+        }
+        let mut t = Ticket::free();
+        t.key = key;
+        Decision::Admit(t)
+    }
+
+    /// Corrects token reservations to the real usage and releases concurrency slots.
+    pub fn settle(&self, s: &Settlement) {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if s.actual != s.reserved {
+            for c in &s.tokens {
+                if let Some(w) = windows.get_mut(&c.counter())
+                    && let Some(e) = w.log.iter_mut().rev().find(|e| e.1 == s.request_id)
+                {
+                    w.sum = w.sum - e.2 + s.actual;
+                    e.2 = s.actual;
+                }
+            }
+        }
+        for c in &s.slots {
+            if let Some(w) = windows.get_mut(&c.counter()) {
+                w.held = w.held.saturating_sub(1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{KeyLimits, Scope};
+    use super::*;
+
+    fn demand(id: &str, tokens: u64, checks: Vec<Check>, keys: Vec<KeyLimits>) -> Demand {
+        Demand {
+            request_id: id.into(),
+            tokens,
+            checks,
+            keys,
+        }
+    }
+
+    fn c(dim: Dim, limit: u64) -> Check {
+        Check {
+            scope: Scope::ClientKey,
+            id: "c1".into(),
+            dim,
+            limit,
+        }
+    }
+
+    fn admitted(d: Decision) -> Option<Ticket> {
+        match d {
+            Decision::Admit(t) => Some(t),
+            Decision::Refuse(_) => None,
+        }
+    }
+
+    #[test]
+    fn requests_slide_rather_than_reset() {
+        let l = Local::default();
+        let d = demand("r", 1, vec![c(Dim::Requests, 3)], vec![]);
+        for t in [0, 10_000, 20_000] {
+            assert!(admitted(l.admit(&d, 1, t)).is_some());
+        }
+        let Decision::Refuse(r) = l.admit(&d, 1, 59_000) else {
+            panic!("fourth request in a minute")
+        };
+        assert_eq!(r.retry_after, Duration::from_millis(1_000));
+        assert_eq!((r.dim, r.limit), (Dim::Requests, 3));
+        // The first left the window at 60 s; one more fits, not three (no fixed-window reset).
+        assert!(admitted(l.admit(&d, 1, 60_000)).is_some());
+        assert!(admitted(l.admit(&d, 1, 60_001)).is_none());
+    }
+
+    #[test]
+    fn tokens_reserve_then_settle() {
+        let l = Local::default();
+        let a = demand("a", 600, vec![c(Dim::Tokens, 1000)], vec![]);
+        let b = demand("b", 600, vec![c(Dim::Tokens, 1000)], vec![]);
+        assert!(admitted(l.admit(&a, 1, 0)).is_some());
+        assert!(admitted(l.admit(&b, 1, 1)).is_none(), "600 + 600 > 1000");
+        // `a` really used 100: the reservation shrinks and `b` fits.
+        l.settle(&Settlement {
+            request_id: "a".into(),
+            reserved: 600,
+            actual: 100,
+            tokens: vec![c(Dim::Tokens, 1000)],
+            slots: vec![],
+        });
+        assert!(admitted(l.admit(&b, 1, 2)).is_some());
+        // An oversized request fits an empty window only.
+        let huge = demand("h", 5000, vec![c(Dim::Tokens, 1000)], vec![]);
+        assert!(admitted(l.admit(&huge, 1, 3)).is_none());
+        assert!(admitted(l.admit(&huge, 1, 70_000)).is_some());
+    }
+
+    #[test]
+    fn refusal_reserves_nothing_anywhere() {
+        let l = Local::default();
+        let user = Check {
+            scope: Scope::User,
+            id: "u1".into(),
+            dim: Dim::Requests,
+            limit: 1,
+        };
+        let d = demand("x", 1, vec![c(Dim::Requests, 5), user.clone()], vec![]);
+        assert!(admitted(l.admit(&d, 1, 0)).is_some());
+        let Decision::Refuse(r) = l.admit(&d, 1, 1) else {
+            panic!("user limit 1")
+        };
+        assert_eq!(r.scope, Scope::User);
+        // The refused request took nothing from the client key's window.
+        let w = l.windows.lock().unwrap();
+        assert_eq!(w[&c(Dim::Requests, 5).counter()].sum, 1);
+    }
+
+    #[test]
+    fn first_key_with_room_is_chosen() {
+        let l = Local::default();
+        let keys = vec![
+            KeyLimits {
+                id: "k1".into(),
+                rpm: 1,
+                tpm: 0,
+            },
+            KeyLimits {
+                id: "k2".into(),
+                rpm: 0,
+                tpm: 100,
+            },
+        ];
+        let d = demand("r", 60, vec![], keys);
+        assert_eq!(admitted(l.admit(&d, 1, 0)).unwrap().key, Some(0));
+        assert_eq!(admitted(l.admit(&d, 1, 1)).unwrap().key, Some(1));
+        let Decision::Refuse(r) = l.admit(&d, 1, 2) else {
+            panic!("both keys are full")
+        };
+        assert_eq!(r.scope, Scope::ProviderKey);
+    }
+}

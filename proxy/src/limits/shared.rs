@@ -1,0 +1,311 @@
+//! Counting shared by every proxy through Redis: one script call per request checks and reserves
+//! all of its limits atomically, on the Redis server's clock (so proxies with skewed clocks
+//! agree). Settlements run from a background task, off the request path.
+//!
+//! Per limit, under `<prefix><dim>:<scope>:<id>`:
+//! - requests per minute: a sorted set of request ids scored by admission time;
+//! - tokens per minute: a sorted set of `request id:tokens` scored by admission time, and the
+//!   window's running sum beside it (`…:sum`), so a check costs no walk over the window;
+//! - concurrency: a sorted set of request ids scored by when their lease expires.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use tokio::sync::mpsc;
+
+use super::{Check, Decision, Demand, Dim, LEASE, Refusal, Settlement, Ticket, WINDOW, millis_of};
+
+/// Checks every limit, then (only if all have room and some candidate key has too) reserves the
+/// request in all of them. Returns `{0, chosen key index or -1}`, `{1, check index, wait ms}` or
+/// `{2, key index, check index within the key, wait ms}`.
+///
+/// KEYS: per check in order — requests: the set; tokens: the set, the sum; concurrency: the
+/// set. ARGV: request id, tokens, window ms, lease ms, number of checks, (dim, limit) per check,
+/// number of keys, then per key its number of checks and (dim, limit) per check. Dims: 1
+/// requests, 2 tokens, 3 concurrency.
+const ADMIT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local id = ARGV[1]
+local tokens = tonumber(ARGV[2])
+local window = tonumber(ARGV[3])
+local lease = tonumber(ARGV[4])
+local ki, ai = 1, 5
+
+local function read_check()
+  local c = {dim = tonumber(ARGV[ai]), limit = tonumber(ARGV[ai + 1]), z = KEYS[ki]}
+  ai = ai + 2
+  ki = ki + 1
+  if c.dim == 2 then
+    c.s = KEYS[ki]
+    ki = ki + 1
+  end
+  return c
+end
+
+local function amount(member)
+  return tonumber(string.match(member, ':(%d+)$')) or 0
+end
+
+local function fits(sum, limit)
+  return sum <= 0 or sum + tokens <= limit
+end
+
+-- 0 when the limit has room, else how long (ms) until it has.
+local function wait(c)
+  if c.dim == 3 then
+    redis.call('ZREMRANGEBYSCORE', c.z, '-inf', now)
+    if redis.call('ZCARD', c.z) < c.limit then return 0 end
+    return 1000
+  end
+  if c.dim == 1 then
+    redis.call('ZREMRANGEBYSCORE', c.z, '-inf', now - window)
+    local n = redis.call('ZCARD', c.z)
+    if n < c.limit then return 0 end
+    local e = redis.call('ZRANGE', c.z, n - c.limit, n - c.limit, 'WITHSCORES')
+    return math.max(tonumber(e[2]) + window - now, 1)
+  end
+  local sum = tonumber(redis.call('GET', c.s) or '0')
+  local old = redis.call('ZRANGEBYSCORE', c.z, '-inf', now - window)
+  if #old > 0 then
+    for _, m in ipairs(old) do sum = sum - amount(m) end
+    if sum < 0 then sum = 0 end
+    redis.call('ZREMRANGEBYSCORE', c.z, '-inf', now - window)
+    if redis.call('EXISTS', c.s) == 1 then redis.call('SET', c.s, sum, 'KEEPTTL') end
+  end
+  if fits(sum, c.limit) then return 0 end
+  local live = redis.call('ZRANGE', c.z, 0, -1, 'WITHSCORES')
+  for i = 1, #live, 2 do
+    sum = sum - amount(live[i])
+    if fits(sum, c.limit) then
+      return math.max(tonumber(live[i + 1]) + window - now, 1)
+    end
+  end
+  return window
+end
+
+local function reserve(c)
+  if c.dim == 1 then
+    redis.call('ZADD', c.z, now, id)
+    redis.call('PEXPIRE', c.z, window)
+  elseif c.dim == 2 then
+    redis.call('ZADD', c.z, now, id .. ':' .. tokens)
+    redis.call('INCRBY', c.s, tokens)
+    redis.call('PEXPIRE', c.z, window)
+    redis.call('PEXPIRE', c.s, window)
+  else
+    redis.call('ZADD', c.z, now + lease, id)
+    redis.call('PEXPIRE', c.z, lease)
+  end
+end
+
+local nchecks = tonumber(ARGV[ai])
+ai = ai + 1
+local checks = {}
+for i = 1, nchecks do checks[i] = read_check() end
+local worst, worst_i = 0, 0
+for i, c in ipairs(checks) do
+  local w = wait(c)
+  if w > worst then worst, worst_i = w, i end
+end
+if worst > 0 then return {1, worst_i - 1, worst} end
+
+local nkeys = tonumber(ARGV[ai])
+ai = ai + 1
+local chosen, soonest, soonest_k, soonest_c = -1, nil, 0, 0
+for k = 1, nkeys do
+  local kc = {}
+  local m = tonumber(ARGV[ai])
+  ai = ai + 1
+  for j = 1, m do kc[j] = read_check() end
+  if chosen < 0 then
+    local kw, kwi = 0, 0
+    for j, c in ipairs(kc) do
+      local w = wait(c)
+      if w > kw then kw, kwi = w, j end
+    end
+    if kw == 0 then
+      chosen = k - 1
+      for _, c in ipairs(kc) do reserve(c) end
+    elseif soonest == nil or kw < soonest then
+      soonest, soonest_k, soonest_c = kw, k - 1, kwi - 1
+    end
+  end
+end
+if nkeys > 0 and chosen < 0 then return {2, soonest_k, soonest_c, soonest} end
+for _, c in ipairs(checks) do reserve(c) end
+return {0, chosen}";
+
+/// Corrects token reservations to real usage and releases concurrency leases.
+/// KEYS: (set, sum) per token limit, then the concurrency sets. ARGV: request id, reserved,
+/// actual, number of token limits.
+const SETTLE: &str = r"
+local id, reserved, actual = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
+for i = 1, n do
+  local z, s = KEYS[2 * i - 1], KEYS[2 * i]
+  local old = id .. ':' .. reserved
+  local score = redis.call('ZSCORE', z, old)
+  if score and tonumber(reserved) ~= actual then
+    redis.call('ZREM', z, old)
+    redis.call('ZADD', z, score, id .. ':' .. actual)
+    if redis.call('EXISTS', s) == 1 then
+      if redis.call('INCRBY', s, actual - tonumber(reserved)) < 0 then
+        redis.call('SET', s, 0, 'KEEPTTL')
+      end
+    end
+  end
+end
+for i = 2 * n + 1, #KEYS do redis.call('ZREM', KEYS[i], id) end
+return 1";
+
+/// Settlements in flight at once (the connection pipelines them).
+const SETTLE_CONCURRENCY: usize = 64;
+
+#[derive(Clone)]
+pub struct Shared {
+    conn: ConnectionManager,
+    prefix: String,
+    admit: redis::Script,
+    settle: redis::Script,
+}
+
+impl Shared {
+    /// Connects lazily, so a proxy starts (counting locally) while Redis is down.
+    pub fn connect(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Shared, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
+            .set_response_timeout(Some(timeout.max(Duration::from_millis(200))))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        Ok(Shared {
+            conn: ConnectionManager::new_lazy_with_config(client, config)?,
+            prefix: prefix.to_owned(),
+            admit: redis::Script::new(ADMIT),
+            settle: redis::Script::new(SETTLE),
+        })
+    }
+
+    fn keys_of(&self, inv: &mut redis::ScriptInvocation<'_>, c: &Check) {
+        let name = format!("{}{}", self.prefix, c.counter());
+        // Keys in the order the script reads them: a token limit's sum follows its set.
+        if c.dim == Dim::Tokens {
+            inv.key(&name);
+            inv.key(format!("{name}:sum"));
+        } else {
+            inv.key(name);
+        }
+    }
+
+    /// One round trip: checks and reserves.
+    pub async fn admit(&self, d: &Demand) -> Result<Decision, redis::RedisError> {
+        let mut inv = self.admit.prepare_invoke();
+        let window = millis_of(WINDOW);
+        let lease = millis_of(LEASE);
+        inv.arg(&d.request_id)
+            .arg(d.tokens)
+            .arg(window)
+            .arg(lease)
+            .arg(d.checks.len());
+        for c in &d.checks {
+            self.keys_of(&mut inv, c);
+            inv.arg(dim_code(c.dim)).arg(c.limit);
+        }
+        inv.arg(d.keys.len());
+        let key_checks: Vec<Vec<Check>> = d.keys.iter().map(|k| k.checks().collect()).collect();
+        for checks in &key_checks {
+            inv.arg(checks.len());
+            for c in checks {
+                self.keys_of(&mut inv, c);
+                inv.arg(dim_code(c.dim)).arg(c.limit);
+            }
+        }
+        let mut conn = self.conn.clone();
+        let reply: Vec<i64> = inv.invoke_async(&mut conn).await?;
+        let wait = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(1).max(1));
+        let refusal = |c: &Check, ms: i64| Refusal {
+            scope: c.scope,
+            dim: c.dim,
+            limit: c.limit,
+            retry_after: wait(ms),
+        };
+        let idx = |v: i64| usize::try_from(v).ok();
+        match reply.as_slice() {
+            [0, chosen] => {
+                let mut t = Ticket::free();
+                t.key = idx(*chosen);
+                Ok(Decision::Admit(t))
+            }
+            [1, i, ms] => match idx(*i).and_then(|i| d.checks.get(i)) {
+                Some(c) => Ok(Decision::Refuse(refusal(c, *ms))),
+                None => Err(unexpected()),
+            },
+            [2, k, j, ms] => match idx(*k)
+                .and_then(|k| key_checks.get(k))
+                .and_then(|cs| idx(*j).and_then(|j| cs.get(j)))
+            {
+                Some(c) => Ok(Decision::Refuse(refusal(c, *ms))),
+                None => Err(unexpected()),
+            },
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn settle_one(&self, s: &Settlement) -> Result<(), redis::RedisError> {
+        let mut inv = self.settle.prepare_invoke();
+        let tokens: Vec<&Check> = if s.actual == s.reserved {
+            Vec::new()
+        } else {
+            s.tokens.iter().collect()
+        };
+        inv.arg(&s.request_id)
+            .arg(s.reserved)
+            .arg(s.actual)
+            .arg(tokens.len());
+        for c in tokens {
+            self.keys_of(&mut inv, c);
+        }
+        for c in &s.slots {
+            self.keys_of(&mut inv, c);
+        }
+        let mut conn = self.conn.clone();
+        let _: i64 = inv.invoke_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Applies settlements as they come, several at once. A failed one is logged and left: its
+    /// token estimate stays in the window until it slides out, its lease until it expires.
+    pub async fn settle_loop(self, rx: mpsc::Receiver<Settlement>) {
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+            .for_each_concurrent(SETTLE_CONCURRENCY, |s| {
+                let this = &self;
+                async move {
+                    if let Err(e) = this.settle_one(&s).await {
+                        tracing::debug!(error = %e, "limit settlement not applied");
+                    }
+                }
+            })
+            .await;
+    }
+}
+
+fn dim_code(d: Dim) -> u8 {
+    match d {
+        Dim::Requests => 1,
+        Dim::Tokens => 2,
+        Dim::Concurrent => 3,
+    }
+}
+
+fn unexpected() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Client,
+        "unexpected reply from the limit script",
+    ))
+}
