@@ -165,6 +165,7 @@ pub async fn reserve(
     let demand = Demand {
         request_id: ex.request_id.to_str().unwrap_or_default().to_owned(),
         tokens: admitted.estimated_tokens,
+        cost_nanos: 0,
         checks: client_checks(admitted.client),
         keys: plan.candidates.iter().map(|c| key_limits(&c.key)).collect(),
     };
@@ -199,6 +200,7 @@ pub async fn reserve_key(
     let demand = Demand {
         request_id: ex.request_id.to_str().unwrap_or_default().to_owned(),
         tokens: admitted.estimated_tokens,
+        cost_nanos: 0,
         checks: Vec::new(),
         keys: vec![limits],
     };

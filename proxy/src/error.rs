@@ -63,15 +63,29 @@ pub enum ProxyError {
 
 /// Which limit, in words, and when to come back.
 fn limit_message(r: &Refusal) -> String {
-    let what = match r.dim {
-        Dim::Requests => format!("{} requests per minute", r.limit),
-        Dim::Tokens => format!("{} tokens per minute", r.limit),
-        Dim::Concurrent => format!("{} concurrent requests", r.limit),
-    };
     let whose = match r.scope {
         Scope::ClientKey => "this API key",
         Scope::User => "your account",
         Scope::ProviderKey => "every provider key serving this model",
+    };
+    if r.dim == Dim::Budget {
+        let usd = r.limit as f64 / 1e9;
+        return if r.retry_after.is_zero() {
+            format!(
+                "the budget of {whose} (${usd:.2}) is exhausted, or this request could cost more than what is left (a lower max_tokens may fit)"
+            )
+        } else {
+            format!(
+                "the budget of {whose} (${usd:.2} per period) is exhausted, or this request could cost more than what is left (a lower max_tokens may fit); the period ends in {} s",
+                retry_after_secs(r.retry_after)
+            )
+        };
+    }
+    let what = match r.dim {
+        Dim::Requests => format!("{} requests per minute", r.limit),
+        Dim::Tokens => format!("{} tokens per minute", r.limit),
+        Dim::Concurrent => format!("{} concurrent requests", r.limit),
+        Dim::Budget => String::new(),
     };
     format!(
         "rate limit reached for {whose}: {what}; retry in {} s",
@@ -112,6 +126,8 @@ impl ProxyError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             ProxyError::AllCooling(d) => Some(retry_after_secs(*d)),
+            // A budget that never resets: waiting will not help.
+            ProxyError::RateLimited(r) if r.retry_after.is_zero() => None,
             ProxyError::RateLimited(r) => Some(retry_after_secs(r.retry_after)),
             _ => None,
         }
@@ -144,6 +160,9 @@ impl ProxyError {
             ProxyError::ModelNotFound(_) => ("invalid_request_error", "model_not_found"),
             ProxyError::NoKeyAvailable => ("server_error", "no_key_available"),
             ProxyError::NotReady => ("server_error", "not_ready"),
+            ProxyError::RateLimited(r) if r.dim == Dim::Budget => {
+                ("insufficient_quota", "budget_exceeded")
+            }
             ProxyError::AllCooling(_) | ProxyError::RateLimited(_) => {
                 ("rate_limit_error", "rate_limit_exceeded")
             }
@@ -201,7 +220,13 @@ impl ProxyError {
         if let Some(secs) = self.retry_after() {
             h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if let ProxyError::RateLimited(r) = &self {
+        if let ProxyError::RateLimited(r) = &self
+            && r.dim == Dim::Budget
+        {
+            if let Ok(v) = HeaderValue::try_from(r.scope.as_str()) {
+                h.insert("x-ratelimit-scope", v);
+            }
+        } else if let ProxyError::RateLimited(r) = &self {
             // OpenAI's names, saying which limit: `x-ratelimit-{limit,remaining,reset}-{requests,
             // tokens,concurrent}` and the scope it belongs to.
             let dim = r.dim.as_str();
@@ -297,5 +322,32 @@ mod tests {
         assert_eq!(h["x-ratelimit-remaining-tokens"], "0");
         assert_eq!(h["x-ratelimit-reset-tokens"], "5s");
         assert_eq!(h["x-ratelimit-scope"], "user");
+    }
+
+    #[test]
+    fn an_exhausted_budget_says_so() {
+        let periodic = ProxyError::RateLimited(Refusal {
+            scope: Scope::ClientKey,
+            dim: Dim::Budget,
+            limit: 25_500_000_000,
+            retry_after: Duration::from_secs(3600),
+        });
+        let v: serde_json::Value = serde_json::from_slice(&periodic.openai_json()).unwrap();
+        assert_eq!(v["error"]["code"], "budget_exceeded");
+        assert_eq!(v["error"]["type"], "insufficient_quota");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("this API key ($25.50 per period)"), "{msg}");
+        assert_eq!(periodic.retry_after(), Some(3600));
+        let once = ProxyError::RateLimited(Refusal {
+            scope: Scope::User,
+            dim: Dim::Budget,
+            limit: 1_000_000_000,
+            retry_after: Duration::ZERO,
+        });
+        assert_eq!(once.retry_after(), None, "waiting will not help");
+        let r = once.into_response(Dialect::OpenAi, &HeaderValue::from_static("req_3"));
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(r.headers().get("retry-after").is_none());
+        assert_eq!(r.headers()["x-ratelimit-scope"], "user");
     }
 }

@@ -10,7 +10,7 @@ use llmhub_proto::v1 as pb;
 use llmhub_providers::Dialect;
 
 use crate::control::Reporter;
-use crate::limits::Ticket;
+use crate::limits::{Amounts, Ticket};
 
 /// Facts gathered along the way for the access log.
 #[derive(Default, Debug)]
@@ -54,12 +54,15 @@ impl Trail {
         let used = self
             .record
             .as_ref()
-            .map_or(0, |r| r.prompt_tokens + r.completion_tokens);
+            .map_or(Amounts::default(), |r| Amounts {
+                tokens: r.prompt_tokens + r.completion_tokens,
+                cost_nanos: r.cost_nanos,
+            });
         for t in &mut self.tickets {
-            if used > 0 {
-                t.settle_tokens(used);
+            if used.tokens > 0 {
+                t.settle(used);
             } else if !(200..300).contains(&status) {
-                t.settle_tokens(0);
+                t.settle(Amounts::default());
             }
         }
         drop(std::mem::take(&mut self.tickets));

@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use super::{Check, Decision, Demand, Dim, Refusal, Settlement, Ticket, WINDOW, millis_of, share};
 
+/// How a refusal without a natural end (a budget that never resets) says "not by waiting".
+const NEVER: Duration = Duration::ZERO;
+
 /// Windows beyond this many are pruned of the empty ones.
 const PRUNE_ABOVE: usize = 10_000;
 
@@ -21,12 +24,14 @@ pub struct Local {
 }
 
 /// One limit's recent admissions: a sliding log of (admitted at ms, request, amount) with its
-/// running sum, or for concurrency the slots held.
+/// running sum; for concurrency the slots held; for a budget the spend counted here (`sum`) on
+/// top of the ledger's (`base`).
 #[derive(Default, Debug)]
 struct Window {
     log: VecDeque<(u64, String, u64)>,
     sum: u64,
     held: u64,
+    base: u64,
 }
 
 impl Window {
@@ -48,6 +53,7 @@ impl Window {
             Dim::Requests => self.sum < limit,
             Dim::Tokens => self.sum == 0 || self.sum + amount <= limit,
             Dim::Concurrent => self.held < limit,
+            Dim::Budget => self.sum + amount <= limit,
         }
     }
 
@@ -83,6 +89,7 @@ impl Window {
                 self.sum += amount;
             }
             Dim::Concurrent => self.held += 1,
+            Dim::Budget => self.sum += amount,
         }
     }
 }
@@ -99,17 +106,36 @@ impl Local {
             });
         }
         let verdict = |windows: &mut HashMap<String, Window>, c: &Check| {
-            let limit = share(c.limit, live_proxies);
             let w = windows.entry(c.counter()).or_default();
+            let amount = c.amount(demand);
+            if let Some(p) = &c.period {
+                // The ledger's spend grew past what this window started from: it now includes
+                // what was counted here, so count from it afresh.
+                if p.seed > w.base {
+                    w.base = p.seed;
+                    w.sum = 0;
+                }
+                // This proxy's share of what the ledger says is left.
+                let left = c.limit.saturating_sub(w.base) / u64::from(live_proxies.max(1));
+                return (!w.fits(Dim::Budget, amount, left)).then(|| Refusal {
+                    scope: c.scope,
+                    dim: c.dim,
+                    limit: c.limit,
+                    retry_after: p
+                        .end_ms
+                        .map_or(NEVER, |end| Duration::from_millis(end.saturating_sub(now))),
+                });
+            }
+            let limit = share(c.limit, live_proxies);
             w.expire(now);
-            if w.fits(c.dim, demand.tokens, limit) {
+            if w.fits(c.dim, amount, limit) {
                 None
             } else {
                 Some(Refusal {
                     scope: c.scope,
                     dim: c.dim,
                     limit,
-                    retry_after: w.wait(c.dim, demand.tokens, limit, now),
+                    retry_after: w.wait(c.dim, amount, limit, now),
                 })
             }
         };
@@ -166,34 +192,35 @@ impl Local {
             .cloned()
             .chain(chosen.into_iter().flat_map(|k| k.checks()))
         {
-            windows.entry(c.counter()).or_default().reserve(
-                c.dim,
-                &demand.request_id,
-                demand.tokens,
-                now,
-            );
+            let amount = c.amount(demand);
+            windows
+                .entry(c.counter())
+                .or_default()
+                .reserve(c.dim, &demand.request_id, amount, now);
         }
         let mut t = Ticket::free();
         t.key = key;
         Decision::Admit(t)
     }
 
-    /// Corrects token reservations to the real usage and releases concurrency slots.
+    /// Corrects token and budget reservations to the real usage and releases concurrency
+    /// slots.
     pub fn settle(&self, s: &Settlement) {
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        if s.actual != s.reserved {
-            for c in &s.tokens {
-                if let Some(w) = windows.get_mut(&c.counter())
-                    && let Some(e) = w.log.iter_mut().rev().find(|e| e.1 == s.request_id)
-                {
-                    w.sum = w.sum - e.2 + s.actual;
-                    e.2 = s.actual;
+        for c in &s.counters {
+            let Some(w) = windows.get_mut(&c.counter()) else {
+                continue;
+            };
+            match c.dim {
+                Dim::Tokens => {
+                    if let Some(e) = w.log.iter_mut().rev().find(|e| e.1 == s.request_id) {
+                        w.sum = w.sum - e.2 + s.actual.tokens;
+                        e.2 = s.actual.tokens;
+                    }
                 }
-            }
-        }
-        for c in &s.slots {
-            if let Some(w) = windows.get_mut(&c.counter()) {
-                w.held = w.held.saturating_sub(1);
+                Dim::Budget => w.sum = w.sum.saturating_add_signed(s.delta(c)),
+                Dim::Concurrent => w.held = w.held.saturating_sub(1),
+                Dim::Requests => {}
             }
         }
     }
@@ -201,13 +228,14 @@ impl Local {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{KeyLimits, Scope};
+    use super::super::{Amounts, KeyLimits, Scope};
     use super::*;
 
     fn demand(id: &str, tokens: u64, checks: Vec<Check>, keys: Vec<KeyLimits>) -> Demand {
         Demand {
             request_id: id.into(),
             tokens,
+            cost_nanos: tokens * 10,
             checks,
             keys,
         }
@@ -219,6 +247,7 @@ mod tests {
             id: "c1".into(),
             dim,
             limit,
+            period: None,
         }
     }
 
@@ -256,10 +285,15 @@ mod tests {
         // `a` really used 100: the reservation shrinks and `b` fits.
         l.settle(&Settlement {
             request_id: "a".into(),
-            reserved: 600,
-            actual: 100,
-            tokens: vec![c(Dim::Tokens, 1000)],
-            slots: vec![],
+            reserved: Amounts {
+                tokens: 600,
+                cost_nanos: 0,
+            },
+            actual: Amounts {
+                tokens: 100,
+                cost_nanos: 0,
+            },
+            counters: vec![c(Dim::Tokens, 1000)],
         });
         assert!(admitted(l.admit(&b, 1, 2)).is_some());
         // An oversized request fits an empty window only.
@@ -276,6 +310,7 @@ mod tests {
             id: "u1".into(),
             dim: Dim::Requests,
             limit: 1,
+            period: None,
         };
         let d = demand("x", 1, vec![c(Dim::Requests, 5), user.clone()], vec![]);
         assert!(admitted(l.admit(&d, 1, 0)).is_some());
@@ -310,5 +345,94 @@ mod tests {
             panic!("both keys are full")
         };
         assert_eq!(r.scope, Scope::ProviderKey);
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::super::{Amounts, Period, Scope};
+    use super::*;
+
+    fn budget(limit: u64, seed: u64) -> Check {
+        Check {
+            scope: Scope::User,
+            id: "u1".into(),
+            dim: Dim::Budget,
+            limit,
+            period: Some(Period {
+                start_ms: 0,
+                end_ms: Some(86_400_000),
+                seed,
+            }),
+        }
+    }
+
+    fn spend(id: &str, cost: u64, check: Check) -> Demand {
+        Demand {
+            request_id: id.into(),
+            tokens: 1,
+            cost_nanos: cost,
+            checks: vec![check],
+            keys: vec![],
+        }
+    }
+
+    #[test]
+    fn a_budget_admits_only_what_is_left_and_settles_to_real_cost() {
+        let l = Local::default();
+        // 1000 budget, the ledger already knows 400 spent.
+        assert!(matches!(
+            l.admit(&spend("a", 500, budget(1000, 400)), 1, 10),
+            Decision::Admit(_)
+        ));
+        let Decision::Refuse(r) = l.admit(&spend("b", 200, budget(1000, 400)), 1, 20) else {
+            panic!("400 + 500 + 200 > 1000")
+        };
+        assert_eq!(r.dim, Dim::Budget);
+        assert_eq!(
+            r.retry_after,
+            Duration::from_millis(86_400_000 - 20),
+            "the period's end"
+        );
+        // `a` really cost 50: 400 + 50 + 200 fits.
+        l.settle(&Settlement {
+            request_id: "a".into(),
+            reserved: Amounts {
+                tokens: 1,
+                cost_nanos: 500,
+            },
+            actual: Amounts {
+                tokens: 1,
+                cost_nanos: 50,
+            },
+            counters: vec![budget(1000, 400)],
+        });
+        assert!(matches!(
+            l.admit(&spend("b", 200, budget(1000, 400)), 1, 30),
+            Decision::Admit(_)
+        ));
+        // The ledger caught up (400 + 50 + 200): counting restarts from it, not on top of it.
+        assert!(matches!(
+            l.admit(&spend("c", 350, budget(1000, 650)), 1, 40),
+            Decision::Admit(_)
+        ));
+        assert!(matches!(
+            l.admit(&spend("d", 1, budget(1000, 650)), 1, 50),
+            Decision::Refuse(_)
+        ));
+    }
+
+    #[test]
+    fn a_budget_share_splits_what_is_left_over_the_fleet() {
+        let l = Local::default();
+        // 1000 left over 4 proxies: 250 here.
+        assert!(matches!(
+            l.admit(&spend("a", 250, budget(1000, 0)), 4, 0),
+            Decision::Admit(_)
+        ));
+        assert!(matches!(
+            l.admit(&spend("b", 1, budget(1000, 0)), 4, 1),
+            Decision::Refuse(_)
+        ));
     }
 }

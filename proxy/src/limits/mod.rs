@@ -1,5 +1,6 @@
 //! Fleet-wide limits on the public API: requests per minute, tokens per minute and concurrent
-//! requests, per client key, per user and per provider key.
+//! requests, per client key, per user and per provider key; and spending budgets per client key
+//! and per user.
 //!
 //! Counting is shared through Redis ([`shared`]): one script call per request checks every limit
 //! that applies and, only when all of them have room, reserves the request in all of them —
@@ -16,6 +17,13 @@
 //!
 //! The windows are sliding, not fixed: in any 60 seconds a limit admits at most its value, so
 //! offering twice the rate never gets more than the limit through.
+//!
+//! Budgets count spend (nano-USD) per period. A request reserves its estimated cost — the
+//! prompt estimate at the input price plus its output cap at the output price — and is admitted
+//! only if that fits what is left, so concurrent requests cannot together overrun a budget by
+//! more than the amount by which real costs exceed their estimates (nothing, when requests cap
+//! their output and the model has a price). The shared counter starts from the spend the control
+//! plane's ledger knows (`seed`) and never drops below it.
 
 mod local;
 mod shared;
@@ -77,6 +85,8 @@ pub enum Dim {
     Tokens,
     /// Requests in flight at once.
     Concurrent,
+    /// Spend in nano-USD per budget period.
+    Budget,
 }
 
 impl Dim {
@@ -85,6 +95,7 @@ impl Dim {
             Dim::Requests => "requests",
             Dim::Tokens => "tokens",
             Dim::Concurrent => "concurrent",
+            Dim::Budget => "budget",
         }
     }
 
@@ -93,7 +104,13 @@ impl Dim {
             Dim::Requests => "rpm",
             Dim::Tokens => "tpm",
             Dim::Concurrent => "cc",
+            Dim::Budget => "bud",
         }
+    }
+
+    /// Whether settling the request changes this counter.
+    fn settles(self) -> bool {
+        !matches!(self, Dim::Requests)
     }
 }
 
@@ -104,12 +121,44 @@ pub struct Check {
     pub id: String,
     pub dim: Dim,
     pub limit: u64,
+    /// Budgets only: the period counted in.
+    pub period: Option<Period>,
+}
+
+/// A budget's current period.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Period {
+    /// Start, ms since the epoch (names the counter, so a new period starts from nothing).
+    pub start_ms: u64,
+    /// When the counter may be forgotten: the period's end (or the budget's expiry), ms since
+    /// the epoch; `None` for a budget that never resets or expires.
+    pub end_ms: Option<u64>,
+    /// Spend in this period as the control plane's ledger knew it.
+    pub seed: u64,
 }
 
 impl Check {
     /// The counter's name, the same on every proxy (Redis adds its prefix).
     fn counter(&self) -> String {
-        format!("{}:{}:{}", self.dim.tag(), self.scope.tag(), self.id)
+        match &self.period {
+            Some(p) => format!(
+                "{}:{}:{}:{}",
+                self.dim.tag(),
+                self.scope.tag(),
+                self.id,
+                p.start_ms
+            ),
+            None => format!("{}:{}:{}", self.dim.tag(), self.scope.tag(), self.id),
+        }
+    }
+
+    /// What this request adds to the counter.
+    fn amount(&self, d: &Demand) -> u64 {
+        match self.dim {
+            Dim::Requests | Dim::Concurrent => 1,
+            Dim::Tokens => d.tokens,
+            Dim::Budget => d.cost_nanos,
+        }
     }
 }
 
@@ -131,6 +180,7 @@ impl KeyLimits {
                 id: self.id.clone(),
                 dim,
                 limit,
+                period: None,
             })
     }
 }
@@ -141,6 +191,8 @@ pub struct Demand {
     pub request_id: String,
     /// Estimated tokens (prompt + the most it may generate), reserved until settled.
     pub tokens: u64,
+    /// Estimated cost in nano-USD, reserved against budgets until settled.
+    pub cost_nanos: u64,
     /// Client-key and user limits: all must have room.
     pub checks: Vec<Check>,
     /// Provider keys in the order the request would try them: the first with room is reserved.
@@ -181,20 +233,26 @@ pub enum Counted {
     Local,
 }
 
-/// An admitted request's reservations. Dropping it settles them: the token reservations are
-/// corrected to the usage set with [`Ticket::settle_tokens`] (kept as estimated when none was
-/// set) and the concurrency slots are released.
+/// Tokens and cost of one request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Amounts {
+    pub tokens: u64,
+    pub cost_nanos: u64,
+}
+
+/// An admitted request's reservations. Dropping it settles them: token and budget reservations
+/// are corrected to what [`Ticket::settle`] said was used (kept as estimated when nothing was
+/// said) and concurrency slots are released.
 #[derive(Debug)]
 pub struct Ticket {
     /// Index into [`Demand::keys`] of the key reserved (`None` when the demand named none).
     pub key: Option<usize>,
     pub counted: Counted,
     request_id: String,
-    reserved: u64,
-    actual: Option<u64>,
-    /// The token and concurrency counters to settle.
-    tokens: Vec<Check>,
-    slots: Vec<Check>,
+    reserved: Amounts,
+    actual: Option<Amounts>,
+    /// The counters settling changes (tokens, budgets, concurrency).
+    settles: Vec<Check>,
     settle: Option<mpsc::Sender<Settlement>>,
     local: Option<Arc<Local>>,
 }
@@ -205,21 +263,20 @@ impl Ticket {
             key: None,
             counted: Counted::Nowhere,
             request_id: String::new(),
-            reserved: 0,
+            reserved: Amounts::default(),
             actual: None,
-            tokens: Vec::new(),
-            slots: Vec::new(),
+            settles: Vec::new(),
             settle: None,
             local: None,
         }
     }
 
-    /// The tokens the request really used, replacing the estimate when the ticket drops.
-    pub fn settle_tokens(&mut self, used: u64) {
+    /// What the request really used, replacing the estimates when the ticket drops.
+    pub fn settle(&mut self, used: Amounts) {
         self.actual = Some(used);
     }
 
-    pub fn reserved_tokens(&self) -> u64 {
+    pub fn reserved(&self) -> Amounts {
         self.reserved
     }
 }
@@ -228,17 +285,31 @@ impl Ticket {
 #[derive(Debug)]
 pub struct Settlement {
     pub request_id: String,
-    pub reserved: u64,
-    pub actual: u64,
-    pub tokens: Vec<Check>,
-    pub slots: Vec<Check>,
+    pub reserved: Amounts,
+    pub actual: Amounts,
+    pub counters: Vec<Check>,
+}
+
+impl Settlement {
+    /// The correction a counter needs: `actual - reserved` in its unit.
+    fn delta(&self, c: &Check) -> i64 {
+        let (r, a) = match c.dim {
+            Dim::Tokens => (self.reserved.tokens, self.actual.tokens),
+            Dim::Budget => (self.reserved.cost_nanos, self.actual.cost_nanos),
+            Dim::Requests | Dim::Concurrent => (0, 0),
+        };
+        i64::try_from(a).unwrap_or(i64::MAX) - i64::try_from(r).unwrap_or(i64::MAX)
+    }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
+        let unchanged = self.actual.is_none_or(|a| a == self.reserved);
         if self.counted == Counted::Nowhere
-            || (self.slots.is_empty()
-                && (self.tokens.is_empty() || self.actual.is_none_or(|a| a == self.reserved)))
+            || self
+                .settles
+                .iter()
+                .all(|c| c.dim != Dim::Concurrent && unchanged)
         {
             return;
         }
@@ -246,8 +317,7 @@ impl Drop for Ticket {
             request_id: std::mem::take(&mut self.request_id),
             reserved: self.reserved,
             actual: self.actual.unwrap_or(self.reserved),
-            tokens: std::mem::take(&mut self.tokens),
-            slots: std::mem::take(&mut self.slots),
+            counters: std::mem::take(&mut self.settles),
         };
         if let Some(local) = &self.local {
             local.settle(&s);
@@ -389,7 +459,10 @@ impl Limiter {
                 self.counters.admitted.fetch_add(1, Ordering::Relaxed);
                 t.counted = counted;
                 t.request_id = demand.request_id.clone();
-                t.reserved = demand.tokens;
+                t.reserved = Amounts {
+                    tokens: demand.tokens,
+                    cost_nanos: demand.cost_nanos,
+                };
                 match counted {
                     Counted::Shared => t.settle = self.settle_tx.clone(),
                     _ => t.local = Some(self.local.clone()),
@@ -400,13 +473,7 @@ impl Limiter {
                     .iter()
                     .cloned()
                     .chain(key.into_iter().flat_map(KeyLimits::checks));
-                for c in all {
-                    match c.dim {
-                        Dim::Tokens => t.tokens.push(c),
-                        Dim::Concurrent => t.slots.push(c),
-                        Dim::Requests => {}
-                    }
-                }
+                t.settles = all.filter(|c| c.dim.settles()).collect();
             }
             Decision::Refuse(_) => {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -436,6 +503,7 @@ mod tests {
             id: "x".into(),
             dim,
             limit,
+            period: None,
         }
     }
 
@@ -472,6 +540,7 @@ mod tests {
         let d = Demand {
             request_id: "r".into(),
             tokens: 10,
+            cost_nanos: 0,
             checks: vec![check(Scope::ClientKey, Dim::Concurrent, 4)],
             keys: vec![],
         };

@@ -6,7 +6,8 @@
 //! - requests per minute: a sorted set of request ids scored by admission time;
 //! - tokens per minute: a sorted set of `request id:tokens` scored by admission time, and the
 //!   window's running sum beside it (`…:sum`), so a check costs no walk over the window;
-//! - concurrency: a sorted set of request ids scored by when their lease expires.
+//! - concurrency: a sorted set of request ids scored by when their lease expires;
+//! - budgets: the period's spend in nano-USD (`…:<period start>`), expiring when it ends.
 
 use std::time::Duration;
 
@@ -18,24 +19,29 @@ use super::{Check, Decision, Demand, Dim, LEASE, Refusal, Settlement, Ticket, WI
 
 /// Checks every limit, then (only if all have room and some candidate key has too) reserves the
 /// request in all of them. Returns `{0, chosen key index or -1}`, `{1, check index, wait ms}` or
-/// `{2, key index, check index within the key, wait ms}`.
+/// `{2, key index, check index within the key, wait ms}`; a wait of [`NEVER_MS`] means waiting
+/// will not help (a budget that never resets).
 ///
 /// KEYS: per check in order — requests: the set; tokens: the set, the sum; concurrency: the
-/// set. ARGV: request id, tokens, window ms, lease ms, number of checks, (dim, limit) per check,
-/// number of keys, then per key its number of checks and (dim, limit) per check. Dims: 1
-/// requests, 2 tokens, 3 concurrency.
+/// set; budget: the counter. ARGV: request id, tokens, cost, window ms, lease ms, number of
+/// checks, (dim, limit, a, b) per check, number of keys, then per key its number of checks and
+/// (dim, limit, a, b) per check. Dims: 1 requests, 2 tokens, 3 concurrency, 4 budget (a: the
+/// ledger's spend, b: ms until the period ends, 0 = never).
 const ADMIT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id = ARGV[1]
 local tokens = tonumber(ARGV[2])
-local window = tonumber(ARGV[3])
-local lease = tonumber(ARGV[4])
-local ki, ai = 1, 5
+local cost = tonumber(ARGV[3])
+local window = tonumber(ARGV[4])
+local lease = tonumber(ARGV[5])
+local never = tonumber(ARGV[6])
+local ki, ai = 1, 7
 
 local function read_check()
-  local c = {dim = tonumber(ARGV[ai]), limit = tonumber(ARGV[ai + 1]), z = KEYS[ki]}
-  ai = ai + 2
+  local c = {dim = tonumber(ARGV[ai]), limit = tonumber(ARGV[ai + 1]),
+             a = tonumber(ARGV[ai + 2]), b = tonumber(ARGV[ai + 3]), z = KEYS[ki]}
+  ai = ai + 4
   ki = ki + 1
   if c.dim == 2 then
     c.s = KEYS[ki]
@@ -54,6 +60,17 @@ end
 
 -- 0 when the limit has room, else how long (ms) until it has.
 local function wait(c)
+  if c.dim == 4 then
+    local cur = tonumber(redis.call('GET', c.z) or '-1')
+    -- Missing (first use, or Redis lost it) or behind the ledger: start from the ledger.
+    if cur < c.a then
+      if c.b > 0 then redis.call('SET', c.z, c.a, 'PX', c.b) else redis.call('SET', c.z, c.a) end
+      cur = c.a
+    end
+    if cur + cost <= c.limit then return 0 end
+    if c.b > 0 then return c.b end
+    return never
+  end
   if c.dim == 3 then
     redis.call('ZREMRANGEBYSCORE', c.z, '-inf', now)
     if redis.call('ZCARD', c.z) < c.limit then return 0 end
@@ -94,9 +111,11 @@ local function reserve(c)
     redis.call('INCRBY', c.s, tokens)
     redis.call('PEXPIRE', c.z, window)
     redis.call('PEXPIRE', c.s, window)
-  else
+  elseif c.dim == 3 then
     redis.call('ZADD', c.z, now + lease, id)
     redis.call('PEXPIRE', c.z, lease)
+  else
+    redis.call('INCRBY', c.z, cost)
   end
 end
 
@@ -137,28 +156,41 @@ if nkeys > 0 and chosen < 0 then return {2, soonest_k, soonest_c, soonest} end
 for _, c in ipairs(checks) do reserve(c) end
 return {0, chosen}";
 
-/// Corrects token reservations to real usage and releases concurrency leases.
-/// KEYS: (set, sum) per token limit, then the concurrency sets. ARGV: request id, reserved,
-/// actual, number of token limits.
+/// Corrects token and budget reservations to real usage and releases concurrency leases.
+/// KEYS: per counter — tokens: the set, the sum; budget: the counter; concurrency: the set.
+/// ARGV: request id, reserved tokens, actual tokens, then (dim, actual − reserved) per counter.
 const SETTLE: &str = r"
-local id, reserved, actual = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local n = tonumber(ARGV[4])
-for i = 1, n do
-  local z, s = KEYS[2 * i - 1], KEYS[2 * i]
-  local old = id .. ':' .. reserved
-  local score = redis.call('ZSCORE', z, old)
-  if score and tonumber(reserved) ~= actual then
-    redis.call('ZREM', z, old)
-    redis.call('ZADD', z, score, id .. ':' .. actual)
-    if redis.call('EXISTS', s) == 1 then
-      if redis.call('INCRBY', s, actual - tonumber(reserved)) < 0 then
-        redis.call('SET', s, 0, 'KEEPTTL')
-      end
-    end
+local id, rt, at = ARGV[1], ARGV[2], ARGV[3]
+local ki = 1
+local function add(key, delta)
+  if delta ~= 0 and redis.call('EXISTS', key) == 1 and redis.call('INCRBY', key, delta) < 0 then
+    redis.call('SET', key, 0, 'KEEPTTL')
   end
 end
-for i = 2 * n + 1, #KEYS do redis.call('ZREM', KEYS[i], id) end
+for i = 4, #ARGV, 2 do
+  local dim, delta = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  if dim == 2 then
+    local z, s = KEYS[ki], KEYS[ki + 1]
+    ki = ki + 2
+    local old = id .. ':' .. rt
+    local score = redis.call('ZSCORE', z, old)
+    if score and delta ~= 0 then
+      redis.call('ZREM', z, old)
+      redis.call('ZADD', z, score, id .. ':' .. at)
+      add(s, delta)
+    end
+  elseif dim == 4 then
+    add(KEYS[ki], delta)
+    ki = ki + 1
+  else
+    redis.call('ZREM', KEYS[ki], id)
+    ki = ki + 1
+  end
+end
 return 1";
+
+/// The wait the script reports when waiting will not help.
+const NEVER_MS: u64 = 1 << 50;
 
 /// Settlements in flight at once (the connection pipelines them).
 const SETTLE_CONCURRENCY: usize = 64;
@@ -210,25 +242,41 @@ impl Shared {
         let lease = millis_of(LEASE);
         inv.arg(&d.request_id)
             .arg(d.tokens)
+            .arg(d.cost_nanos)
             .arg(window)
             .arg(lease)
+            .arg(NEVER_MS)
             .arg(d.checks.len());
+        // The proxy's clock says when a budget period ends; the script's own clock is Redis's,
+        // so it gets the remaining time rather than the instant.
+        let now = crate::clock::millis(std::time::SystemTime::now());
+        let check_args = |inv: &mut redis::ScriptInvocation<'_>, c: &Check| {
+            self.keys_of(inv, c);
+            let (a, b) = c.period.as_ref().map_or((0, 0), |p| {
+                (
+                    p.seed,
+                    p.end_ms.map_or(0, |end| end.saturating_sub(now).max(1)),
+                )
+            });
+            inv.arg(dim_code(c.dim)).arg(c.limit).arg(a).arg(b);
+        };
         for c in &d.checks {
-            self.keys_of(&mut inv, c);
-            inv.arg(dim_code(c.dim)).arg(c.limit);
+            check_args(&mut inv, c);
         }
         inv.arg(d.keys.len());
         let key_checks: Vec<Vec<Check>> = d.keys.iter().map(|k| k.checks().collect()).collect();
         for checks in &key_checks {
             inv.arg(checks.len());
             for c in checks {
-                self.keys_of(&mut inv, c);
-                inv.arg(dim_code(c.dim)).arg(c.limit);
+                check_args(&mut inv, c);
             }
         }
         let mut conn = self.conn.clone();
         let reply: Vec<i64> = inv.invoke_async(&mut conn).await?;
-        let wait = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(1).max(1));
+        let wait = |ms: i64| match u64::try_from(ms).unwrap_or(1) {
+            NEVER_MS.. => Duration::ZERO,
+            ms => Duration::from_millis(ms.max(1)),
+        };
         let refusal = |c: &Check, ms: i64| Refusal {
             scope: c.scope,
             dim: c.dim,
@@ -259,20 +307,12 @@ impl Shared {
 
     async fn settle_one(&self, s: &Settlement) -> Result<(), redis::RedisError> {
         let mut inv = self.settle.prepare_invoke();
-        let tokens: Vec<&Check> = if s.actual == s.reserved {
-            Vec::new()
-        } else {
-            s.tokens.iter().collect()
-        };
         inv.arg(&s.request_id)
-            .arg(s.reserved)
-            .arg(s.actual)
-            .arg(tokens.len());
-        for c in tokens {
+            .arg(s.reserved.tokens)
+            .arg(s.actual.tokens);
+        for c in &s.counters {
             self.keys_of(&mut inv, c);
-        }
-        for c in &s.slots {
-            self.keys_of(&mut inv, c);
+            inv.arg(dim_code(c.dim)).arg(s.delta(c));
         }
         let mut conn = self.conn.clone();
         let _: i64 = inv.invoke_async(&mut conn).await?;
@@ -300,6 +340,7 @@ fn dim_code(d: Dim) -> u8 {
         Dim::Requests => 1,
         Dim::Tokens => 2,
         Dim::Concurrent => 3,
+        Dim::Budget => 4,
     }
 }
 

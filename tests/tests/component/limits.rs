@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use llmhub_e2e::harness::redis_url;
-use llmhub_proxy::limits::{Check, Decision, Demand, Dim, KeyLimits, Limiter, Scope, Shared};
+use llmhub_proxy::limits::{
+    Amounts, Check, Decision, Demand, Dim, KeyLimits, Limiter, Period, Scope, Shared,
+};
 
 fn prefix() -> String {
     format!("llmhub-test:{}:", uuid::Uuid::new_v4().simple())
@@ -30,6 +32,7 @@ fn client(dim: Dim, limit: u64) -> Check {
         id: "ck1".into(),
         dim,
         limit,
+        period: None,
     }
 }
 
@@ -37,6 +40,7 @@ fn demand(tokens: u64, checks: Vec<Check>) -> Demand {
     Demand {
         request_id: uuid::Uuid::new_v4().simple().to_string(),
         tokens,
+        cost_nanos: 0,
         checks,
         keys: Vec::new(),
     }
@@ -132,7 +136,10 @@ async fn token_limit_holds_for_mixed_sizes_and_settles_with_real_usage() {
         fleet[1].admit(&next(), SystemTime::now()).await,
         Decision::Refuse(_)
     ));
-    t.settle_tokens(200);
+    t.settle(Amounts {
+        tokens: 200,
+        cost_nanos: 0,
+    });
     drop(t);
     // Settlement runs in the background: wait for it.
     let mut ok = false;
@@ -362,4 +369,92 @@ async fn provider_key_rpm_through_the_request_path() {
     // A minute later the window has slid past them.
     rig.advance(Duration::from_secs(61));
     assert_eq!(rig.chat("gpt").await.0, 200);
+}
+
+fn budget(limit: u64, seed: u64, start_ms: u64) -> Check {
+    Check {
+        scope: Scope::User,
+        id: "u1".into(),
+        dim: Dim::Budget,
+        limit,
+        period: Some(Period {
+            start_ms,
+            end_ms: Some(llmhub_proxy::clock::millis(SystemTime::now()) + 3_600_000),
+            seed,
+        }),
+    }
+}
+
+/// 50 concurrent requests over three proxies against a budget that covers 10 of them: each
+/// reserves its estimated cost (here an upper bound, as when a request caps its output), so no
+/// more than 10 get through and the spend never passes the budget; settling to the real (lower)
+/// cost lets later requests use what the estimates held back.
+#[tokio::test]
+async fn concurrent_requests_cannot_overrun_a_budget() {
+    let fleet = fleet(3, &redis_url(), &prefix());
+    let start = 1_000;
+    let spend = |cost: u64| Demand {
+        cost_nanos: cost,
+        ..demand(1, vec![budget(10_000, 0, start)])
+    };
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let l = fleet[i % 3].clone();
+        let d = spend(1_000);
+        tasks.push(tokio::spawn(async move {
+            match l.admit(&d, SystemTime::now()).await {
+                Decision::Admit(t) => Some(t),
+                Decision::Refuse(r) => {
+                    assert_eq!((r.scope, r.dim), (Scope::User, Dim::Budget));
+                    assert!(
+                        r.retry_after > Duration::from_secs(3500),
+                        "until the period ends"
+                    );
+                    None
+                }
+            }
+        }));
+    }
+    let mut tickets = Vec::new();
+    for t in tasks {
+        tickets.extend(t.await.unwrap());
+    }
+    assert_eq!(
+        tickets.len(),
+        10,
+        "a budget of 10 requests admitted {}",
+        tickets.len()
+    );
+    // They really cost 600 each: 4000 of the budget comes back.
+    for mut t in tickets {
+        t.settle(Amounts {
+            tokens: 1,
+            cost_nanos: 600,
+        });
+    }
+    let mut later = 0;
+    for _ in 0..100 {
+        match fleet[0].admit(&spend(1_000), SystemTime::now()).await {
+            Decision::Admit(mut t) => {
+                t.settle(Amounts {
+                    tokens: 1,
+                    cost_nanos: 1_000,
+                });
+                later += 1;
+            }
+            Decision::Refuse(_) if later >= 4 => break,
+            Decision::Refuse(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert_eq!(later, 4, "6000 spent, 4000 left, 1000 each");
+    // The ledger's own figure seeds a counter Redis does not have (a new period, or Redis
+    // restarted): 9500 already spent leaves room for nothing of 1000.
+    let fresh = Demand {
+        cost_nanos: 1_000,
+        ..demand(1, vec![budget(10_000, 9_500, start + 1)])
+    };
+    assert!(matches!(
+        fleet[1].admit(&fresh, SystemTime::now()).await,
+        Decision::Refuse(_)
+    ));
 }
