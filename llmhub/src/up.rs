@@ -142,6 +142,7 @@ pub async fn up(args: UpArgs) -> Result<(), UpError> {
         proxy_id: Some("proxy-1".into()),
         log_format: Some("text".into()),
         egress_allow: Some(loopback_networks()),
+        spool_dir: Some(dir.join("spool")),
         ..Default::default()
     };
     let text = toml::to_string(&proxy).context("writing the proxy configuration")?;

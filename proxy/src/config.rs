@@ -31,6 +31,8 @@ const ENV_KEYS: &[&str] = &[
     "redis_url",
     "redis_prefix",
     "redis_timeout_ms",
+    "spool_dir",
+    "spool_max_bytes",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +99,13 @@ pub struct RawConfig {
     /// Time budget of one limit check in Redis, in ms (default 50): past it the proxy decides on
     /// its local share instead, and counts the decision as degraded.
     pub redis_timeout_ms: Option<u64>,
+    /// Directory where routing records wait until the control plane has stored them (created
+    /// 0700). Without it they wait in memory: they survive a control-plane outage but not a
+    /// restart of this proxy.
+    pub spool_dir: Option<PathBuf>,
+    /// Most bytes of records spooled (default 256 MiB); past it new records are dropped and
+    /// counted.
+    pub spool_max_bytes: Option<u64>,
 }
 
 /// A list given as an array or as one comma-separated string (environment variables).
@@ -141,6 +150,8 @@ pub struct Config {
     pub breaker: crate::health::BreakerPolicy,
     pub egress: llmhub_providers::EgressPolicy,
     pub redis: Option<RedisConfig>,
+    pub spool_dir: Option<PathBuf>,
+    pub spool_max_bytes: u64,
 }
 
 /// Where limit counters are shared. The URL may hold a password: it is never printed.
@@ -272,7 +283,20 @@ impl RawConfig {
                 })
             }
         };
+        let spool_max_bytes = self.spool_max_bytes.unwrap_or(256 * 1024 * 1024);
+        if !(1024 * 1024..=1024 * 1024 * 1024 * 1024).contains(&spool_max_bytes) {
+            return Err(field("spool_max_bytes", "must be between 1 MiB and 1 TiB"));
+        }
+        if self
+            .spool_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return Err(field("spool_dir", "must not be empty"));
+        }
         Ok(Config {
+            spool_dir: self.spool_dir,
+            spool_max_bytes,
             redis,
             egress,
             breaker: crate::health::BreakerPolicy {
@@ -345,6 +369,10 @@ mod tests {
             (
                 Box::new(|c| c.redis_timeout_ms = Some(0)),
                 "redis_timeout_ms",
+            ),
+            (
+                Box::new(|c| c.spool_max_bytes = Some(10)),
+                "spool_max_bytes",
             ),
             (
                 Box::new(|c| c.redis_prefix = Some("a b".into())),

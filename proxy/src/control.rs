@@ -11,11 +11,12 @@ use std::time::Duration;
 use llmhub_proto::ControlPlaneClient;
 use llmhub_proto::v1 as pb;
 use tokio::sync::mpsc;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::health::{Health, KeyChange};
+use crate::spool::Spool;
 use crate::state::{Snapshot, SnapshotCell};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,11 @@ pub struct LinkStatus {
     pub snapshots_rejected: AtomicU64,
     pub deltas_applied: AtomicU64,
     pub reports_dropped: AtomicU64,
+    /// Records dropped because the spool was full or could not be written (also counted in
+    /// `reports_dropped`).
+    pub spool_dropped: AtomicU64,
+    /// Bytes of routing records spooled and not yet acknowledged.
+    pub spool_bytes: AtomicU64,
 }
 
 struct Backoff {
@@ -244,6 +250,7 @@ pub struct Reporter {
 pub struct ReportQueues {
     records: mpsc::Receiver<pb::RoutingRecord>,
     outcomes: mpsc::Receiver<pb::KeyOutcome>,
+    status: Arc<LinkStatus>,
 }
 
 impl ReportQueues {
@@ -271,9 +278,13 @@ impl Reporter {
             Reporter {
                 tx,
                 outcomes: otx,
+                status: status.clone(),
+            },
+            ReportQueues {
+                records,
+                outcomes,
                 status,
             },
-            ReportQueues { records, outcomes },
         )
     }
 
@@ -294,98 +305,157 @@ impl Reporter {
 }
 
 const MAX_BATCH: usize = 200;
-/// Unacknowledged batches held for resending. When full the proxy stops draining the record
-/// queue, which then fills and drops (and counts) new records rather than growing without bound.
+/// Unacknowledged key-outcome batches held for resending (outcomes are not spooled: they matter
+/// now or not at all). When full the proxy stops draining the outcome queue, which then drops
+/// (and counts) new ones rather than growing without bound.
 const MAX_PENDING_BATCHES: usize = 500;
 
-/// Sends routing records over the Report stream, resending unacknowledged batches after a
-/// reconnect (at-least-once; the control plane deduplicates by request id).
-pub async fn report_loop(endpoint: Endpoint, proxy_id: String, queues: ReportQueues) {
+/// Moves routing records from the in-memory queue into the spool, in batches.
+struct Pump {
+    rx: mpsc::Receiver<pb::RoutingRecord>,
+    spool: Spool,
+    proxy_id: String,
+    status: Arc<LinkStatus>,
+    /// Every `Reporter` is gone (shutdown).
+    closed: bool,
+}
+
+impl Pump {
+    /// Spools `first` and whatever else is queued, up to a batch.
+    fn take(&mut self, first: Option<pb::RoutingRecord>) {
+        let Some(first) = first else {
+            self.closed = true;
+            return;
+        };
+        let mut records = vec![first];
+        while records.len() < MAX_BATCH {
+            match self.rx.try_recv() {
+                Ok(r) => records.push(r),
+                Err(_) => break,
+            }
+        }
+        let n = records.len() as u64;
+        let batch = pb::ReportBatch {
+            seq: 0,
+            proxy_id: self.proxy_id.clone(),
+            records,
+            outcomes: vec![],
+        };
+        if let Err(e) = self.spool.append(batch) {
+            self.status.reports_dropped.fetch_add(n, Ordering::Relaxed);
+            self.status.spool_dropped.fetch_add(n, Ordering::Relaxed);
+            tracing::error!(error = %e, records = n, "routing records dropped: cannot spool them");
+        }
+        self.status
+            .spool_bytes
+            .store(self.spool.bytes(), Ordering::Relaxed);
+    }
+
+    /// Runs `f` while spooling records as they come, so an unreachable control plane never
+    /// stops the queue from draining.
+    async fn meanwhile<T>(&mut self, f: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(f);
+        loop {
+            tokio::select! {
+                out = &mut f => return out,
+                r = self.rx.recv(), if !self.closed => self.take(r),
+            }
+        }
+    }
+}
+
+/// Sends routing records over the Report stream from the spool, resending unacknowledged
+/// batches after a reconnect (at-least-once; the control plane deduplicates by request id), and
+/// key outcomes ahead of them.
+pub async fn report_loop(endpoint: Endpoint, proxy_id: String, queues: ReportQueues, spool: Spool) {
     let ReportQueues {
-        records: mut rx,
+        records: rx,
         outcomes: mut orx,
+        status,
     } = queues;
-    let mut pending: BTreeMap<u64, pb::ReportBatch> = BTreeMap::new();
-    let mut seq = 0u64;
+    let mut pump = Pump {
+        rx,
+        spool,
+        proxy_id: proxy_id.clone(),
+        status,
+        closed: false,
+    };
+    let mut outcomes: BTreeMap<u64, pb::ReportBatch> = BTreeMap::new();
     let mut backoff = Backoff::new();
-    // Set when every `Reporter` is gone (shutdown): the loop then ends once all it holds is
-    // acknowledged, so the last requests' records are not lost.
-    let (mut records_closed, mut outcomes_closed) = (false, false);
+    let mut outcomes_closed = false;
+    // Once every `Reporter` is gone (shutdown) the loop ends when all it holds is acknowledged,
+    // so the last requests' records are not lost (a disk spool keeps them for the next run).
+    let finished = |pump: &Pump, outcomes: &BTreeMap<u64, pb::ReportBatch>, oc: bool| {
+        pump.closed && oc && outcomes.is_empty() && pump.spool.unacked() == 0
+    };
     loop {
-        if records_closed && outcomes_closed && pending.is_empty() {
+        if finished(&pump, &outcomes, outcomes_closed) {
             return;
         }
-        let channel: Channel = match endpoint.connect().await {
-            Ok(c) => c,
+        let opened = pump
+            .meanwhile(async {
+                let channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
+                let (out_tx, out_rx) = mpsc::channel::<pb::ReportBatch>(16);
+                let acks = ControlPlaneClient::new(channel)
+                    .report(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner();
+                Ok::<_, String>((out_tx, acks))
+            })
+            .await;
+        let (out_tx, mut acks) = match opened {
+            Ok(o) => o,
             Err(e) => {
-                tracing::debug!(error = %error_chain(&e), "report connect failed");
-                backoff.wait().await;
-                continue;
-            }
-        };
-        let (out_tx, out_rx) = mpsc::channel::<pb::ReportBatch>(16);
-        let mut client = ControlPlaneClient::new(channel);
-        let mut acks = match client
-            .report(tokio_stream::wrappers::ReceiverStream::new(out_rx))
-            .await
-        {
-            Ok(r) => r.into_inner(),
-            Err(e) => {
-                tracing::debug!(error = %e, "report stream failed");
-                backoff.wait().await;
+                tracing::debug!(error = %e, "report stream not opened");
+                pump.meanwhile(backoff.wait()).await;
                 continue;
             }
         };
         backoff.reset();
         // Everything not yet acknowledged is sent again, oldest first.
-        let mut to_send: VecDeque<u64> = pending.keys().copied().collect();
+        pump.spool.rewind();
+        let mut to_send: VecDeque<u64> = outcomes.keys().copied().collect();
         loop {
-            if records_closed && outcomes_closed && pending.is_empty() {
+            if finished(&pump, &outcomes, outcomes_closed) {
                 return;
             }
             tokio::select! {
                 // Outcomes first: other proxies wait on them.
                 biased;
-                first = orx.recv(), if !outcomes_closed && pending.len() < MAX_PENDING_BATCHES => {
+                first = orx.recv(), if !outcomes_closed && outcomes.len() < MAX_PENDING_BATCHES => {
                     let Some(first) = first else {
                         outcomes_closed = true;
                         continue;
                     };
-                    let mut outcomes = vec![first];
+                    let mut batch = vec![first];
                     while let Ok(o) = orx.try_recv() {
-                        outcomes.push(o);
+                        batch.push(o);
                     }
-                    seq += 1;
-                    pending.insert(seq, pb::ReportBatch { seq, proxy_id: proxy_id.clone(), records: vec![], outcomes });
+                    let seq = pump.spool.next_seq();
+                    outcomes.insert(seq, pb::ReportBatch { seq, proxy_id: proxy_id.clone(), records: vec![], outcomes: batch });
                     to_send.push_front(seq);
                 }
-                permit = out_tx.reserve(), if !to_send.is_empty() => {
+                permit = out_tx.reserve(), if !to_send.is_empty() || pump.spool.has_next() => {
                     let Ok(permit) = permit else { break };
-                    if let Some(b) = to_send.pop_front().and_then(|s| pending.get(&s)) {
+                    if let Some(b) = to_send.pop_front().and_then(|s| outcomes.get(&s)) {
                         permit.send(b.clone());
-                    }
-                }
-                first = rx.recv(), if !records_closed && pending.len() < MAX_PENDING_BATCHES => {
-                    let Some(first) = first else {
-                        records_closed = true;
-                        continue;
-                    };
-                    let mut records = vec![first];
-                    while records.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(r) => records.push(r),
-                            Err(_) => break,
+                    } else {
+                        match pump.spool.next_batch() {
+                            Ok(Some(b)) => permit.send(b),
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot read the report spool; retrying");
+                                break;
+                            }
                         }
                     }
-                    seq += 1;
-                    pending.insert(seq, pb::ReportBatch { seq, proxy_id: proxy_id.clone(), records, outcomes: vec![] });
-                    to_send.push_back(seq);
                 }
+                first = pump.rx.recv(), if !pump.closed => pump.take(first),
                 ack = acks.message() => match ack {
                     Ok(Some(a)) => {
-                        pending.remove(&a.seq);
-                        if records_closed && outcomes_closed && pending.is_empty() {
-                            return;
+                        if outcomes.remove(&a.seq).is_none() && pump.spool.ack(a.seq) {
+                            pump.status.spool_bytes.store(pump.spool.bytes(), Ordering::Relaxed);
                         }
                     }
                     Ok(None) => break,
@@ -396,6 +466,6 @@ pub async fn report_loop(endpoint: Endpoint, proxy_id: String, queues: ReportQue
                 },
             }
         }
-        backoff.wait().await;
+        pump.meanwhile(backoff.wait()).await;
     }
 }

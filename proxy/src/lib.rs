@@ -26,6 +26,7 @@ pub mod limits;
 pub mod relay;
 pub mod routing;
 pub mod server;
+pub mod spool;
 pub mod state;
 pub mod upstream;
 
@@ -140,10 +141,21 @@ pub async fn run(
         config.proxy_id.clone(),
         sink.clone(),
     ));
+    let spool = match &config.spool_dir {
+        Some(dir) => spool::Spool::open(dir, config.spool_max_bytes)
+            .context("spool_dir: cannot open the routing-record spool")?,
+        None => {
+            tracing::info!(
+                "no spool_dir: routing records wait in memory while the control plane is unreachable"
+            );
+            spool::Spool::memory(config.spool_max_bytes)
+        }
+    };
     let report = tokio::spawn(control::report_loop(
         endpoint,
         config.proxy_id.clone(),
         queues,
+        spool,
     ));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

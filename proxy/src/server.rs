@@ -105,6 +105,8 @@ pub async fn internal(
                 "snapshots_rejected": status.snapshots_rejected.load(Ordering::Relaxed),
                 "deltas_applied": status.deltas_applied.load(Ordering::Relaxed),
                 "reports_dropped": status.reports_dropped.load(Ordering::Relaxed),
+                "spool_bytes": status.spool_bytes.load(Ordering::Relaxed),
+                "spool_dropped": status.spool_dropped.load(Ordering::Relaxed),
             });
             let code = if version > 0 {
                 StatusCode::OK
@@ -114,7 +116,9 @@ pub async fn internal(
             json(code, body)
         }
         "/metrics" => {
-            let mut r = Response::new(full(limit_metrics(&limiter)));
+            let mut text = limit_metrics(&limiter);
+            text.push_str(&report_metrics(&status));
+            let mut r = Response::new(full(text));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -155,5 +159,24 @@ fn limit_metrics(l: &Limiter) -> String {
         get(&c.shared_errors),
         crate::limits::Counters::settle_dropped(),
         l.live_proxies(),
+    )
+}
+
+/// The report link's counters as Prometheus text.
+fn report_metrics(s: &LinkStatus) -> String {
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    format!(
+        "# HELP llmhub_report_records_dropped_total Routing records dropped (queue or spool full, spool unwritable).\n\
+         # TYPE llmhub_report_records_dropped_total counter\n\
+         llmhub_report_records_dropped_total {}\n\
+         # HELP llmhub_report_spool_dropped_total Routing records dropped because the spool was full or unwritable.\n\
+         # TYPE llmhub_report_spool_dropped_total counter\n\
+         llmhub_report_spool_dropped_total {}\n\
+         # HELP llmhub_report_spool_bytes Routing records spooled and not yet stored by the control plane.\n\
+         # TYPE llmhub_report_spool_bytes gauge\n\
+         llmhub_report_spool_bytes {}\n",
+        get(&s.reports_dropped),
+        get(&s.spool_dropped),
+        get(&s.spool_bytes),
     )
 }

@@ -486,6 +486,12 @@ pub struct ProxyOptions {
     pub breaker_open: Option<Duration>,
     /// `egress_allow`; `None` renders [`TEST_EGRESS_ALLOW`], `Some(vec![])` the default (deny).
     pub egress_allow: Option<Vec<String>>,
+    /// `redis_url` and `redis_prefix`: limits shared with every proxy given the same pair.
+    pub redis: Option<(String, String)>,
+    /// `redis_timeout_ms`.
+    pub redis_timeout_ms: Option<u64>,
+    /// `spool_dir`: routing records survive a restart of the proxy.
+    pub spool_dir: Option<PathBuf>,
 }
 
 /// A TOML document built one `key = value` line at a time.
@@ -627,6 +633,13 @@ fn proxy_toml(
     // builds: `LLMHUB_PROXY_BIN` below).
     if std::env::var_os("LLMHUB_PROXY_BIN").is_none() {
         t.egress_allow(options.egress_allow.as_ref());
+    }
+    if let Some((url, prefix)) = &options.redis {
+        t.str("redis_url", url).str("redis_prefix", prefix);
+    }
+    t.num("redis_timeout_ms", options.redis_timeout_ms);
+    if let Some(dir) = &options.spool_dir {
+        t.path("spool_dir", dir);
     }
     t.0
 }
@@ -994,6 +1007,39 @@ impl ControlPlane {
         let _ = self.child.start_kill();
     }
 
+    /// SIGKILL, and waits for the process to be gone.
+    pub async fn kill_now(&mut self) -> anyhow::Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
+    }
+
+    /// Starts the control plane again on the same database, secrets and addresses (after
+    /// [`ControlPlane::kill_now`]), so connected proxies find it where it was.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let admin = self
+            .admin_url
+            .split("://")
+            .nth(1)
+            .context("admin url")?
+            .to_owned();
+        let config = std::fs::read_to_string(self.dir.path().join("control.toml"))?
+            .replace(
+                "admin_listen = \"127.0.0.1:0\"",
+                &format!("admin_listen = \"{admin}\""),
+            )
+            .replace(
+                "grpc_listen = \"127.0.0.1:0\"",
+                &format!("grpc_listen = \"{}\"", self.grpc_addr),
+            );
+        let path = self.dir.path().join("control-restart.toml");
+        std::fs::write(&path, config)?;
+        let (child, _, _) = Self::serve(&path, "control-restart", &self.logs).await?;
+        self.child = child;
+        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(())
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub async fn terminate(
         &mut self,
@@ -1038,6 +1084,24 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// SIGKILL (`kill -9`), and waits for the process to be gone.
+    pub async fn kill_now(&mut self) -> anyhow::Result<()> {
+        self._child.start_kill()?;
+        self._child.wait().await?;
+        Ok(())
+    }
+
+    /// The proxy's `/metrics` text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(self
+            .http
+            .get(format!("{}/metrics", self.internal_url))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+
     /// The proxy process's id (benchmarks read its CPU time).
     pub fn pid(&self) -> Option<u32> {
         self._child.id()

@@ -27,6 +27,7 @@ macro_rules! on_both_backends {
 mod accounts;
 mod architecture;
 mod dialects;
+mod ledger;
 mod mtls;
 mod routing;
 mod sdk;
