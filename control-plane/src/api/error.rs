@@ -76,6 +76,10 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => ApiError::NotFound,
             StoreError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
+            e @ StoreError::InUse { .. } => ApiError::Conflict(e.to_string()),
+            StoreError::Revoked => {
+                ApiError::Conflict("revoked: a revoked key can no longer change".into())
+            }
             StoreError::Db(e) => ApiError::Internal(format!("database: {e}")),
             StoreError::Io(e) => ApiError::Internal(format!("database file: {e}")),
         }
