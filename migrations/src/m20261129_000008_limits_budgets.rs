@@ -26,7 +26,7 @@ enum Users {
 
 /// The columns both tables share.
 #[derive(DeriveIden)]
-enum Limit {
+enum LimitColumn {
     RpmLimit,
     TpmLimit,
     MaxConcurrent,
@@ -38,25 +38,31 @@ enum Limit {
 
 fn limit_columns() -> Vec<ColumnDef> {
     vec![
-        ColumnDef::new(Limit::RpmLimit).integer().null().to_owned(),
-        ColumnDef::new(Limit::TpmLimit).integer().null().to_owned(),
-        ColumnDef::new(Limit::MaxConcurrent)
+        ColumnDef::new(LimitColumn::RpmLimit)
             .integer()
             .null()
             .to_owned(),
-        ColumnDef::new(Limit::BudgetNanos)
+        ColumnDef::new(LimitColumn::TpmLimit)
+            .integer()
+            .null()
+            .to_owned(),
+        ColumnDef::new(LimitColumn::MaxConcurrent)
+            .integer()
+            .null()
+            .to_owned(),
+        ColumnDef::new(LimitColumn::BudgetNanos)
             .big_integer()
             .null()
             .to_owned(),
-        ColumnDef::new(Limit::BudgetPeriod)
+        ColumnDef::new(LimitColumn::BudgetPeriod)
             .string_len(16)
             .null()
             .to_owned(),
-        ColumnDef::new(Limit::BudgetAnchor)
+        ColumnDef::new(LimitColumn::BudgetAnchor)
             .timestamp_with_time_zone()
             .null()
             .to_owned(),
-        ColumnDef::new(Limit::BudgetExpiresAt)
+        ColumnDef::new(LimitColumn::BudgetExpiresAt)
             .timestamp_with_time_zone()
             .null()
             .to_owned(),

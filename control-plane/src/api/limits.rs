@@ -130,7 +130,7 @@ pub(super) fn usd_to_nanos(text: &str) -> Result<u64, &'static str> {
             .ok()
             .and_then(|s| 10u128.checked_pow(s))
         {
-            Some(div) if value % div == 0 => value / div,
+            Some(div) if value.is_multiple_of(div) => value / div,
             _ if value == 0 => 0,
             _ => return Err(TOO_FINE),
         }

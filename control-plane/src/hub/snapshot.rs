@@ -423,7 +423,8 @@ mod tests {
             expires_at: None,
             spent_nanos: 0,
         };
-        let changes: Vec<Box<dyn Fn(&mut Snapshot)>> = vec![
+        type Change = Box<dyn Fn(&mut Snapshot)>;
+        let changes: Vec<Change> = vec![
             Box::new(|s| s.client_keys[0].limits.rpm = Some(60)),
             Box::new(|s| s.client_keys[0].limits.tpm = Some(60)),
             Box::new(|s| s.client_keys[0].limits.max_concurrent = Some(2)),
