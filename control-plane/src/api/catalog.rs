@@ -1,14 +1,16 @@
 //! Providers, provider keys, client keys, routes, routing records and the fleet view.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
 use llmhub_providers::{Kind, presets};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::limits::{BudgetInput, LimitFields, LimitsView};
-use super::{AdminUser, ApiError, ApiJson, AppState, AuthUser, List, present, valid_name};
+use super::{
+    AdminUser, ApiError, ApiJson, ApiQuery, AppState, AuthUser, List, present, valid_name,
+};
 use crate::auth::Role;
 use crate::hub::{ConnectedProxy, RoutingStrategy, RpcCounters};
 use crate::store::entities::{client_keys, providers, routing_records};
@@ -303,7 +305,7 @@ pub(super) async fn delete_provider(
     State(s): State<AppState>,
     AdminUser(admin): AdminUser,
     Path(id): Path<String>,
-    Query(q): Query<DeleteProviderQuery>,
+    ApiQuery(q): ApiQuery<DeleteProviderQuery>,
 ) -> Result<http::StatusCode, ApiError> {
     match s
         .store
@@ -400,7 +402,7 @@ pub(super) struct ClientKeyQuery {
 pub(super) async fn list_client_keys(
     State(s): State<AppState>,
     user: AuthUser,
-    Query(q): Query<ClientKeyQuery>,
+    ApiQuery(q): ApiQuery<ClientKeyQuery>,
 ) -> Result<Json<List<ClientKeyView>>, ApiError> {
     let whose = match q.user_id {
         Some(other) if other != user.id => {
@@ -947,7 +949,7 @@ impl From<routing_records::Model> for RoutingRecordView {
 pub(super) async fn list_routing_records(
     State(s): State<AppState>,
     user: AuthUser,
-    Query(q): Query<RecordQuery>,
+    ApiQuery(q): ApiQuery<RecordQuery>,
 ) -> Result<Json<List<RoutingRecordView>>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let only = (user.role != Role::Admin).then_some(user.id.as_str());

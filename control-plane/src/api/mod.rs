@@ -29,7 +29,7 @@ use http::{HeaderValue, Method, header};
 use serde::Serialize;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-pub use error::{ApiError, ApiJson};
+pub use error::{ApiError, ApiJson, ApiQuery};
 
 use crate::auth::{PasswordHasherPool, Role, TokenIssuer};
 use crate::config::Registration;

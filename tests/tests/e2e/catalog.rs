@@ -825,6 +825,21 @@ async fn bad_inputs_are_refused_with_400(backend: Backend) -> anyhow::Result<()>
             "{body}: {v}"
         );
     }
+    // Query strings are checked too, answered in the API's error format.
+    for (method, path) in [
+        (
+            "DELETE",
+            format!("/api/v1/providers/{pid}?delete_keys=maybe"),
+        ),
+        ("GET", "/api/v1/client-keys?owner=someone".to_owned()),
+    ] {
+        let (s, v) = cp.api(method, &path, None).await?;
+        assert_eq!(
+            (s, v["error"]["code"].clone()),
+            (400, json!("invalid_request")),
+            "{method} {path}: {v}"
+        );
+    }
     // Nothing refused was changed or audited.
     let (_, routes) = cp.api("GET", "/api/v1/routes", None).await?;
     assert_eq!(routes["data"][0]["targets"][0]["upstream_model"], "mock-ok");
