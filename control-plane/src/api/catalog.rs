@@ -356,7 +356,7 @@ pub(super) struct ClientKeyView {
     #[serde(flatten)]
     limits: LimitsView,
     rotated_at: Option<DateTime<Utc>>,
-    /// Until when the secret replaced by the last rotation still works (absent once it does
+    /// Until when the secret replaced by the last rotation still works (`null` once it does
     /// not).
     previous_valid_until: Option<DateTime<Utc>>,
 }
