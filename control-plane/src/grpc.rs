@@ -16,8 +16,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::TlsFiles;
 use crate::hub::{
-    Attempt, Delta, FailureClass, HubEvent, KeyHealth, KeyOutcome, Outcome, Report, Route,
-    RoutingRecord, Snapshot, SnapshotHub, Subscription,
+    Attempt, Budget, Delta, FailureClass, HubEvent, KeyHealth, KeyOutcome, Limits, Outcome, Report,
+    Route, RoutingRecord, Snapshot, SnapshotHub, Subscription,
 };
 use crate::store::KeyState;
 
@@ -64,6 +64,36 @@ fn route(r: &Route) -> pb::Route {
                 priority: t.priority,
             })
             .collect(),
+    }
+}
+
+fn budget(b: &Budget) -> pb::Budget {
+    pb::Budget {
+        limit_nanos: b.limit_nanos,
+        period: pb::BudgetPeriod::from(b.period) as i32,
+        period_start: Some(ts(b.period_start)),
+        expires_at: b.expires_at.map(ts),
+        spent_nanos: b.spent_nanos,
+    }
+}
+
+/// Limits on the wire: 0 is "no limit".
+fn limit(v: Option<u32>) -> u32 {
+    v.unwrap_or(0)
+}
+
+fn user_limits(u: &crate::hub::UserLimits) -> pb::UserLimits {
+    let Limits {
+        rpm,
+        tpm,
+        max_concurrent,
+    } = u.limits;
+    pb::UserLimits {
+        user_id: u.user_id.clone(),
+        rpm_limit: limit(rpm),
+        tpm_limit: limit(tpm),
+        max_concurrent: limit(max_concurrent),
+        budget: u.budget.as_ref().map(budget),
     }
 }
 
@@ -118,11 +148,17 @@ fn snapshot(s: &Snapshot) -> pb::Snapshot {
                 enabled: c.enabled,
                 expires_at: c.expires_at.map(ts),
                 use_shared_pool: c.use_shared_pool,
-                ..Default::default()
+                rpm_limit: limit(c.limits.rpm),
+                tpm_limit: limit(c.limits.tpm),
+                max_concurrent: limit(c.limits.max_concurrent),
+                budget: c.budget.as_ref().map(budget),
+                previous_key_hash: c.previous_key_hash.clone().unwrap_or_default(),
+                previous_valid_until: c.previous_valid_until.map(ts),
             })
             .collect(),
         routes: s.routes.iter().map(route).collect(),
         client_key_hash_secret: s.client_key_hash_secret.bytes().to_vec(),
+        users: s.users.iter().map(user_limits).collect(),
         ..Default::default()
     }
 }
@@ -491,6 +527,86 @@ mod tests {
                 status: pb::KeyStatus::Active as i32,
                 ..Default::default()
             }
+        );
+    }
+
+    #[test]
+    fn client_keys_and_users_carry_limits_budgets_and_the_previous_hash() {
+        use crate::hub::{BudgetPeriod, ClientKey, UserLimits};
+        let start = DateTime::from_timestamp(1_740_787_200, 0).unwrap();
+        let until = DateTime::from_timestamp(1_740_800_000, 0).unwrap();
+        let b = Budget {
+            limit_nanos: 25_500_000_000,
+            period: BudgetPeriod::Monthly,
+            period_start: start,
+            expires_at: Some(until),
+            spent_nanos: 0,
+        };
+        let snap = Snapshot {
+            version: 3,
+            generated_at: start,
+            providers: vec![],
+            provider_keys: vec![],
+            client_keys: vec![ClientKey {
+                id: "c1".into(),
+                user_id: "u1".into(),
+                key_hash: vec![1; 32],
+                prefix: "lh-abc".into(),
+                allowed_models: vec![],
+                enabled: true,
+                expires_at: None,
+                use_shared_pool: true,
+                limits: Limits {
+                    rpm: Some(60),
+                    tpm: None,
+                    max_concurrent: Some(4),
+                },
+                budget: Some(b),
+                previous_key_hash: Some(vec![2; 32]),
+                previous_valid_until: Some(until),
+            }],
+            routes: vec![],
+            client_key_hash_secret: std::sync::Arc::new(crate::vault::HashSecret::from_bytes(
+                &[9; 32],
+            )),
+            users: vec![UserLimits {
+                user_id: "u1".into(),
+                limits: Limits {
+                    rpm: None,
+                    tpm: Some(1000),
+                    max_concurrent: None,
+                },
+                budget: None,
+            }],
+        };
+        let m = snapshot(&snap);
+        let c = &m.client_keys[0];
+        assert_eq!(
+            (c.rpm_limit, c.tpm_limit, c.max_concurrent),
+            (60, 0, 4),
+            "0 is no limit on the wire"
+        );
+        assert_eq!(
+            c.budget,
+            Some(pb::Budget {
+                limit_nanos: 25_500_000_000,
+                period: pb::BudgetPeriod::Monthly as i32,
+                period_start: Some(ts(start)),
+                expires_at: Some(ts(until)),
+                spent_nanos: 0,
+            })
+        );
+        assert_eq!(c.previous_key_hash, vec![2; 32]);
+        assert_eq!(c.previous_valid_until, Some(ts(until)));
+        assert_eq!(
+            m.users,
+            vec![pb::UserLimits {
+                user_id: "u1".into(),
+                rpm_limit: 0,
+                tpm_limit: 1000,
+                max_concurrent: 0,
+                budget: None,
+            }]
         );
     }
 }

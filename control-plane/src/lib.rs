@@ -202,7 +202,9 @@ impl App {
             stop_rx.clone(),
         ));
         // Other replicas may change the store; a periodic rebuild picks that up (and publishes
-        // only when something changed).
+        // only when something changed). A rebuild also runs right at each budget period
+        // boundary (a UTC midnight), so proxies get the new period's start at once rather than
+        // up to one tick late.
         let hub = self.state.hub.clone();
         let (vault, store) = (self.state.vault.clone(), self.state.store.clone());
         let refresh_stop = wait(stop_rx.clone());
@@ -211,6 +213,8 @@ impl App {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tokio::pin!(refresh_stop);
             loop {
+                let now = chrono::Utc::now();
+                let to_rollover = (hub::next_rollover(now) - now).to_std().unwrap_or_default();
                 tokio::select! {
                     _ = tick.tick() => {
                         if let Err(e) = vault.sync(&store).await {
@@ -218,6 +222,13 @@ impl App {
                         }
                         if let Err(e) = hub.rebuild().await {
                             tracing::warn!(error = %e, "periodic snapshot rebuild failed");
+                        }
+                    }
+                    // Woken early by a clock step, the rebuild finds the same period and
+                    // publishes nothing; the loop then waits for the rest.
+                    () = tokio::time::sleep(to_rollover) => {
+                        if let Err(e) = hub.rebuild().await {
+                            tracing::warn!(error = %e, "budget period rollover rebuild failed");
                         }
                     }
                     () = &mut refresh_stop => break,

@@ -11,10 +11,12 @@ use chrono::{DateTime, Duration, Utc};
 use llmhub_control::store::sessions::RefreshOutcome;
 use llmhub_control::store::vault_rows::SealedRow;
 use llmhub_control::store::{
-    Actor, AuditEvent, AuditFilter, AuditKey, KeyChange, KeyState, NewClientKey, NewProvider,
-    NewProviderKey, NewRouteTarget, NewRoutingRecord, NewUser, Store, StoreError, UserChange,
-    UserStatus,
+    Actor, AuditEvent, AuditFilter, AuditKey, BudgetSetting, ClientKeyChange, KeyChange, KeyState,
+    Limits, LimitsChange, NewClientKey, NewProvider, NewProviderKey, NewRouteTarget,
+    NewRoutingRecord, NewUser, ProviderChange, Rotation, RouteChange, Store, StoreError,
+    UserChange, UserStatus,
 };
+use llmhub_providers::BudgetPeriod;
 use sea_orm::{ConnectionTrait, DbBackend};
 
 // ---- backends ----
@@ -135,6 +137,10 @@ suite! {
     provider_keys_crud => provider_keys_crud_sqlite, provider_keys_crud_postgres;
     client_keys_owned => client_keys_owned_sqlite, client_keys_owned_postgres;
     routes_crud => routes_crud_sqlite, routes_crud_postgres;
+    routes_update_and_delete => routes_update_and_delete_sqlite, routes_update_and_delete_postgres;
+    providers_update_and_delete => providers_update_and_delete_sqlite, providers_update_and_delete_postgres;
+    client_keys_edit_and_rotate => client_keys_edit_and_rotate_sqlite, client_keys_edit_and_rotate_postgres;
+    user_limits => user_limits_sqlite, user_limits_postgres;
     routing_records_idempotent => routing_records_idempotent_sqlite, routing_records_idempotent_postgres;
     key_health => key_health_sqlite, key_health_postgres;
     settings_and_vault_rows => settings_and_vault_rows_sqlite, settings_and_vault_rows_postgres;
@@ -233,6 +239,7 @@ fn new_client_key(user_id: &str, name: &str) -> NewClientKey {
         allowed_models: vec!["gpt-x".into()],
         use_shared_pool: true,
         expires_at: None,
+        limits: LimitsChange::default(),
     }
 }
 
@@ -589,15 +596,29 @@ async fn providers_crud(db: &TestDb) {
     assert_eq!(names, ["alpha", "zeta"]);
 
     let off = s
-        .set_provider_enabled(&zeta, false, ev("provider_disabled", "provider"))
+        .update_provider(
+            &zeta,
+            ProviderChange {
+                enabled: Some(false),
+                ..Default::default()
+            },
+            ev("provider_disabled", "provider"),
+        )
         .await
         .unwrap();
     assert!(!off.enabled);
     assert!(!s.provider(&zeta).await.unwrap().enabled);
     assert_eq!(audit_rows(s, "provider_disabled").await[0].target_id, zeta);
     is_not_found(
-        s.set_provider_enabled("no-such-id", true, ev("provider_enabled", "provider"))
-            .await,
+        s.update_provider(
+            "no-such-id",
+            ProviderChange {
+                enabled: Some(true),
+                ..Default::default()
+            },
+            ev("provider_enabled", "provider"),
+        )
+        .await,
     );
     assert!(s.verify_audit().await.unwrap().ok);
 }
@@ -938,6 +959,616 @@ async fn routes_crud(db: &TestDb) {
         .collect();
     assert_eq!(models, [("up-b", 1, 0), ("up-a", 2, 1)]);
     assert_eq!(routes[0].targets.len(), 1);
+    assert!(s.verify_audit().await.unwrap().ok);
+}
+
+async fn routes_update_and_delete(db: &TestDb) {
+    let s = &db.store;
+    let p1 = provider(s, "p1").await;
+    let p2 = provider(s, "p2").await;
+    let target = |p: &str, model: &str, priority| NewRouteTarget {
+        provider_id: p.into(),
+        upstream_model: model.into(),
+        weight: 1,
+        priority,
+    };
+    s.create_route(
+        "gpt-x",
+        "weighted",
+        &["gx".into()],
+        vec![target(&p1, "up-a", 0)],
+        ev("route_created", "route"),
+    )
+    .await
+    .unwrap();
+    s.create_route(
+        "other",
+        "weighted",
+        &[],
+        vec![target(&p1, "up-o", 0)],
+        ev("route_created", "route"),
+    )
+    .await
+    .unwrap();
+
+    // Only what is given changes; targets are replaced as a whole.
+    let r = s
+        .update_route(
+            "gpt-x",
+            RouteChange {
+                targets: Some(vec![target(&p2, "up-b", 1), target(&p1, "up-c", 0)]),
+                ..Default::default()
+            },
+            ev("route_updated", "route"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.route.strategy, "weighted");
+    assert_eq!(llmhub_control::store::parse_list(&r.route.aliases), ["gx"]);
+    let targets: Vec<(&str, &str)> = r
+        .targets
+        .iter()
+        .map(|t| (t.provider_id.as_str(), t.upstream_model.as_str()))
+        .collect();
+    assert_eq!(targets, [(p1.as_str(), "up-c"), (p2.as_str(), "up-b")]);
+    let r = s
+        .update_route(
+            "gpt-x",
+            RouteChange {
+                strategy: Some("latency".into()),
+                aliases: Some(vec![]),
+                ..Default::default()
+            },
+            ev("route_updated", "route"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.route.strategy, "latency");
+    assert_eq!(r.targets.len(), 2, "targets untouched");
+    let stored = s.routes().await.unwrap();
+    let gx = stored
+        .iter()
+        .find(|r| r.route.public_model == "gpt-x")
+        .unwrap();
+    assert_eq!(
+        (gx.route.strategy.as_str(), gx.route.aliases.as_str()),
+        ("latency", "[]")
+    );
+    assert_eq!(gx.targets.len(), 2);
+    let rows = audit_rows(s, "route_updated").await;
+    assert_eq!(rows.len(), 2);
+    let detail: serde_json::Value = serde_json::from_str(&rows[1].detail).unwrap();
+    assert_eq!(detail["targets"]["from"][0]["upstream_model"], "up-a");
+    assert_eq!(detail["targets"]["to"][1]["upstream_model"], "up-b");
+
+    // A target naming a missing provider leaves the route as it was.
+    let before = audit_count(s).await;
+    assert!(
+        s.update_route(
+            "gpt-x",
+            RouteChange {
+                targets: Some(vec![target("no-such-provider", "up", 0)]),
+                ..Default::default()
+            },
+            ev("route_updated", "route"),
+        )
+        .await
+        .is_err()
+    );
+    assert_eq!(audit_count(s).await, before);
+    let gx = s
+        .routes()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.route.public_model == "gpt-x")
+        .unwrap();
+    assert_eq!(gx.targets.len(), 2);
+
+    // Unknown names (aliases are not route names) are not found, and not audited.
+    is_not_found(
+        s.update_route("gx", RouteChange::default(), ev("route_updated", "route"))
+            .await,
+    );
+    is_not_found(s.delete_route("nope", ev("route_deleted", "route")).await);
+    assert_eq!(audit_count(s).await, before);
+
+    // Deleting takes the targets along and leaves the other routes alone.
+    s.delete_route("gpt-x", ev("route_deleted", "route"))
+        .await
+        .unwrap();
+    let left: Vec<String> = s
+        .routes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.route.public_model)
+        .collect();
+    assert_eq!(left, ["other"]);
+    let rows = audit_rows(s, "route_deleted").await;
+    let detail: serde_json::Value = serde_json::from_str(&rows[0].detail).unwrap();
+    assert_eq!(detail["public_model"], "gpt-x");
+    assert_eq!(detail["targets"].as_array().unwrap().len(), 2);
+    // The name is free again.
+    s.create_route(
+        "gpt-x",
+        "weighted",
+        &[],
+        vec![target(&p2, "up-z", 0)],
+        ev("route_created", "route"),
+    )
+    .await
+    .unwrap();
+    assert!(s.verify_audit().await.unwrap().ok);
+}
+
+async fn providers_update_and_delete(db: &TestDb) {
+    let s = &db.store;
+    let alice = user(s, "alice").await;
+    let p = provider(s, "p1").await;
+    provider(s, "p2").await;
+    let p = s
+        .update_provider(
+            &p,
+            ProviderChange {
+                name: Some("renamed".into()),
+                base_url: Some("https://other.example.com/v1".into()),
+                request_timeout_ms: Some(5_000),
+                ..Default::default()
+            },
+            ev("provider_updated", "provider"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (p.name.as_str(), p.base_url.as_str(), p.request_timeout_ms),
+        ("renamed", "https://other.example.com/v1", 5_000)
+    );
+    assert!(p.enabled, "untouched");
+    assert_eq!(s.provider(&p.id).await.unwrap(), p);
+    let detail: serde_json::Value =
+        serde_json::from_str(&audit_rows(s, "provider_updated").await[0].detail).unwrap();
+    assert_eq!(detail["base_url"]["from"], "https://api.example.com/v1");
+    assert_eq!(detail["base_url"]["to"], "https://other.example.com/v1");
+    // Names stay unique.
+    is_conflict(
+        s.update_provider(
+            &p.id,
+            ProviderChange {
+                name: Some("p2".into()),
+                ..Default::default()
+            },
+            ev("provider_updated", "provider"),
+        )
+        .await,
+        "provider",
+    );
+
+    // A provider a route targets is not deleted; the error names the routes.
+    let shared = key(s, &p.id, None, "fp_shared").await;
+    let own = key(s, &p.id, Some(&alice), "fp_alice").await;
+    s.apply_cooldown(
+        &shared,
+        "",
+        Utc::now() + Duration::minutes(5),
+        "rate_limited",
+        "proxy-a",
+        None,
+    )
+    .await
+    .unwrap();
+    for name in ["b-route", "a-route"] {
+        s.create_route(
+            name,
+            "weighted",
+            &[],
+            vec![NewRouteTarget {
+                provider_id: p.id.clone(),
+                upstream_model: "m".into(),
+                weight: 1,
+                priority: 0,
+            }],
+            ev("route_created", "route"),
+        )
+        .await
+        .unwrap();
+    }
+    let before = audit_count(s).await;
+    match s
+        .delete_provider(&p.id, true, ev("provider_deleted", "provider"))
+        .await
+    {
+        Err(StoreError::InUse { what, names }) => {
+            assert_eq!(
+                (what, names),
+                ("routes", vec!["a-route".into(), "b-route".into()])
+            );
+        }
+        other => panic!("expected in use, got {other:?}"),
+    }
+    for name in ["a-route", "b-route"] {
+        s.delete_route(name, ev("route_deleted", "route"))
+            .await
+            .unwrap();
+    }
+    // Keys: refused unless asked to delete them too.
+    let before_keys = audit_count(s).await;
+    assert_eq!(before_keys, before + 2);
+    match s
+        .delete_provider(&p.id, false, ev("provider_deleted", "provider"))
+        .await
+    {
+        Err(StoreError::InUse { what, names }) => {
+            assert_eq!(what, "provider keys");
+            assert_eq!(names.len(), 2);
+        }
+        other => panic!("expected in use, got {other:?}"),
+    }
+    assert_eq!(audit_count(s).await, before_keys);
+    assert_eq!(s.provider_keys_of(&p.id).await.unwrap().len(), 2);
+
+    let deleted = s
+        .delete_provider(&p.id, true, ev("provider_deleted", "provider"))
+        .await
+        .unwrap();
+    let mut ids = deleted.keys.clone();
+    ids.sort();
+    let mut want = vec![shared.clone(), own.clone()];
+    want.sort();
+    assert_eq!(ids, want);
+    is_not_found(s.provider(&p.id).await);
+    is_not_found(s.provider_key(&shared).await);
+    is_not_found(s.provider_key(&own).await);
+    assert!(s.live_cooldowns().await.unwrap().is_empty());
+    // One audit row per key, then the provider's.
+    let key_rows = audit_rows(s, "provider_key_deleted").await;
+    assert_eq!(key_rows.len(), 2);
+    assert!(
+        key_rows
+            .iter()
+            .all(|r| r.detail.contains("provider_deleted"))
+    );
+    let prow = &audit_rows(s, "provider_deleted").await[0];
+    assert_eq!(prow.target_id, p.id);
+    assert!(
+        prow.detail.contains("\"keys_deleted\":2"),
+        "{}",
+        prow.detail
+    );
+    is_not_found(
+        s.delete_provider(&p.id, true, ev("provider_deleted", "provider"))
+            .await,
+    );
+    assert!(s.verify_audit().await.unwrap().ok);
+}
+
+fn budget(usd: u64, period: BudgetPeriod) -> BudgetSetting {
+    BudgetSetting {
+        limit_nanos: usd * 1_000_000_000,
+        period,
+        expires_at: None,
+    }
+}
+
+async fn client_keys_edit_and_rotate(db: &TestDb) {
+    let s = &db.store;
+    let alice = user(s, "alice").await;
+    let bob = user(s, "bob").await;
+    let mut nk = new_client_key(&alice, "laptop");
+    nk.limits = LimitsChange {
+        rpm: Some(Some(60)),
+        budget: Some(Some(budget(5, BudgetPeriod::Monthly))),
+        ..Default::default()
+    };
+    let k = s
+        .insert_client_key(nk, ev("client_key_created", "client_key"))
+        .await
+        .unwrap();
+    assert_eq!(
+        k.limits(),
+        Limits {
+            rpm: Some(60),
+            tpm: None,
+            max_concurrent: None
+        }
+    );
+    let b = k.budget().unwrap();
+    assert_eq!(
+        (b.limit_nanos, b.period),
+        (5_000_000_000, BudgetPeriod::Monthly)
+    );
+    let anchor = b.anchor;
+    assert!(k.previous_key_hash.is_none() && k.rotated_at.is_none());
+
+    // Edit: absent fields stay, null clears, values set; read back from the store.
+    let expires = Utc::now() + Duration::days(3);
+    let e = s
+        .update_client_key(
+            &k.id,
+            &alice,
+            ClientKeyChange {
+                name: Some("desk".into()),
+                allowed_models: Some(vec!["m1".into(), "m2".into()]),
+                expires_at: Some(Some(expires)),
+                limits: LimitsChange {
+                    rpm: Some(None),
+                    tpm: Some(Some(10_000)),
+                    max_concurrent: Some(Some(2)),
+                    budget: Some(Some(budget(8, BudgetPeriod::Monthly))),
+                },
+            },
+            ev("client_key_updated", "client_key"),
+        )
+        .await
+        .unwrap();
+    let stored = s.client_key(&k.id).await.unwrap();
+    assert_eq!(stored, e);
+    assert_eq!(e.name, "desk");
+    assert_eq!(
+        llmhub_control::store::parse_list(&e.allowed_models),
+        ["m1", "m2"]
+    );
+    assert_eq!(e.expires_at.map(micros), Some(micros(expires)));
+    assert_eq!(
+        e.limits(),
+        Limits {
+            rpm: None,
+            tpm: Some(10_000),
+            max_concurrent: Some(2)
+        }
+    );
+    let b = e.budget().unwrap();
+    assert_eq!(b.limit_nanos, 8_000_000_000);
+    assert_eq!(
+        micros(b.anchor),
+        micros(anchor),
+        "same period: the anchor stays"
+    );
+    assert_eq!(e.key_hash, k.key_hash, "an edit never touches the secret");
+    let detail: serde_json::Value =
+        serde_json::from_str(&audit_rows(s, "client_key_updated").await[0].detail).unwrap();
+    assert_eq!(detail["limits"]["from"]["rpm_limit"], 60);
+    assert!(detail["limits"]["to"]["rpm_limit"].is_null());
+    assert_eq!(
+        detail["limits"]["to"]["budget"]["limit_nanos"],
+        8_000_000_000u64
+    );
+    let e = s
+        .update_client_key(
+            &k.id,
+            &alice,
+            ClientKeyChange {
+                expires_at: Some(None),
+                limits: LimitsChange {
+                    budget: Some(None),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            ev("client_key_updated", "client_key"),
+        )
+        .await
+        .unwrap();
+    assert!(e.expires_at.is_none() && e.budget().is_none());
+    assert_eq!(e.limits().tpm, Some(10_000), "untouched");
+    assert_eq!(e.name, "desk");
+
+    // Another user's key is not found; nothing is audited.
+    let before = audit_count(s).await;
+    is_not_found(
+        s.update_client_key(
+            &k.id,
+            &bob,
+            ClientKeyChange {
+                name: Some("mine".into()),
+                ..Default::default()
+            },
+            ev("client_key_updated", "client_key"),
+        )
+        .await,
+    );
+    is_not_found(
+        s.rotate_client_key(
+            &k.id,
+            &bob,
+            Rotation {
+                key_hash: b"bob-hash".to_vec(),
+                prefix: "lh-bob".into(),
+                grace: Duration::seconds(60),
+            },
+            ev("client_key_rotated", "client_key"),
+        )
+        .await,
+    );
+    assert_eq!(audit_count(s).await, before);
+
+    // Rotation with a grace keeps the old hash until then; without one it drops it.
+    let r = s
+        .rotate_client_key(
+            &k.id,
+            &alice,
+            Rotation {
+                key_hash: b"hash-two".to_vec(),
+                prefix: "lh-two".into(),
+                grace: Duration::seconds(120),
+            },
+            ev("client_key_rotated", "client_key"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.key_hash.as_slice(), r.prefix.as_str()),
+        (&b"hash-two"[..], "lh-two")
+    );
+    assert_eq!(r.previous_key_hash.as_deref(), Some(k.key_hash.as_slice()));
+    let until = r.previous_valid_until.unwrap();
+    assert!(
+        until > Utc::now() + Duration::seconds(100) && until <= Utc::now() + Duration::seconds(120)
+    );
+    assert!(r.rotated_at.is_some());
+    assert_eq!(s.client_key(&k.id).await.unwrap(), r);
+    let detail: serde_json::Value =
+        serde_json::from_str(&audit_rows(s, "client_key_rotated").await[0].detail).unwrap();
+    assert_eq!(detail["prefix"]["from"], "lh-abcdef");
+    assert_eq!(detail["prefix"]["to"], "lh-two");
+    assert_eq!(detail["grace_seconds"], 120);
+    // Neither hash is in the audit row.
+    let row = &audit_rows(s, "client_key_rotated").await[0].detail;
+    assert!(!row.contains("hash-two") && !row.contains("hash-"), "{row}");
+    // A second rotation: the first secret ends now (one previous secret at most).
+    let r2 = s
+        .rotate_client_key(
+            &k.id,
+            &alice,
+            Rotation {
+                key_hash: b"hash-three".to_vec(),
+                prefix: "lh-three".into(),
+                grace: Duration::zero(),
+            },
+            ev("client_key_rotated", "client_key"),
+        )
+        .await
+        .unwrap();
+    assert!(r2.previous_key_hash.is_none() && r2.previous_valid_until.is_none());
+    // A new hash that another key has is a conflict, and changes nothing.
+    let other = s
+        .insert_client_key(
+            new_client_key(&alice, "other"),
+            ev("client_key_created", "client_key"),
+        )
+        .await
+        .unwrap();
+    is_conflict(
+        s.rotate_client_key(
+            &k.id,
+            &alice,
+            Rotation {
+                key_hash: other.key_hash.clone(),
+                prefix: "lh-dup".into(),
+                grace: Duration::seconds(5),
+            },
+            ev("client_key_rotated", "client_key"),
+        )
+        .await,
+        "client key",
+    );
+    assert_eq!(s.client_key(&k.id).await.unwrap(), r2);
+
+    // A revoked key can be neither edited nor rotated.
+    s.revoke_client_key(&alice, &k.id, ev("client_key_revoked", "client_key"))
+        .await
+        .unwrap();
+    let before = audit_count(s).await;
+    assert!(matches!(
+        s.update_client_key(
+            &k.id,
+            &alice,
+            ClientKeyChange {
+                name: Some("again".into()),
+                ..Default::default()
+            },
+            ev("client_key_updated", "client_key"),
+        )
+        .await,
+        Err(StoreError::Revoked)
+    ));
+    assert!(matches!(
+        s.rotate_client_key(
+            &k.id,
+            &alice,
+            Rotation {
+                key_hash: b"hash-four".to_vec(),
+                prefix: "lh-four".into(),
+                grace: Duration::zero(),
+            },
+            ev("client_key_rotated", "client_key"),
+        )
+        .await,
+        Err(StoreError::Revoked)
+    ));
+    assert_eq!(audit_count(s).await, before);
+    is_not_found(s.client_key("no-such-key").await);
+    assert!(s.verify_audit().await.unwrap().ok);
+}
+
+async fn user_limits(db: &TestDb) {
+    let s = &db.store;
+    let alice = user(s, "alice").await;
+    let fresh = s.user_by_id(&alice).await.unwrap().unwrap();
+    assert!(fresh.limits().is_empty() && fresh.budget().is_none());
+    let version = fresh.token_version;
+    let u = s
+        .set_user_limits(
+            &alice,
+            LimitsChange {
+                rpm: Some(Some(100)),
+                max_concurrent: Some(Some(5)),
+                budget: Some(Some(BudgetSetting {
+                    expires_at: Some(Utc::now() + Duration::days(30)),
+                    ..budget(25, BudgetPeriod::None)
+                })),
+                ..Default::default()
+            },
+            ev("user_limits_changed", "user"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.user_by_id(&alice).await.unwrap().unwrap(), u);
+    assert_eq!(
+        u.limits(),
+        Limits {
+            rpm: Some(100),
+            tpm: None,
+            max_concurrent: Some(5)
+        }
+    );
+    let b = u.budget().unwrap();
+    assert_eq!(
+        (b.limit_nanos, b.period),
+        (25_000_000_000, BudgetPeriod::None)
+    );
+    assert!(b.expires_at.is_some());
+    assert_eq!(
+        u.token_version, version,
+        "limits end no session: they are not about who the user is"
+    );
+    // Switching the period starts a new anchor; clearing leaves other fields.
+    let later = s
+        .set_user_limits(
+            &alice,
+            LimitsChange {
+                rpm: Some(None),
+                budget: Some(Some(budget(3, BudgetPeriod::Daily))),
+                ..Default::default()
+            },
+            ev("user_limits_changed", "user"),
+        )
+        .await
+        .unwrap();
+    assert!(later.budget().unwrap().anchor >= b.anchor);
+    assert_eq!(later.budget().unwrap().period, BudgetPeriod::Daily);
+    assert_eq!(
+        later.limits(),
+        Limits {
+            rpm: None,
+            tpm: None,
+            max_concurrent: Some(5)
+        }
+    );
+    let rows = audit_rows(s, "user_limits_changed").await;
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].target_id, alice);
+    is_not_found(
+        s.set_user_limits(
+            "no-such-user",
+            LimitsChange {
+                rpm: Some(Some(1)),
+                ..Default::default()
+            },
+            ev("user_limits_changed", "user"),
+        )
+        .await,
+    );
     assert!(s.verify_audit().await.unwrap().ok);
 }
 

@@ -9,7 +9,7 @@ pub mod v1 {
 
     use std::fmt;
 
-    use llmhub_providers::{FailureClass as Class, Kind, Strategy};
+    use llmhub_providers::{BudgetPeriod as Period, FailureClass as Class, Kind, Strategy};
 
     /// Redacts the provider secret: snapshots pass through tracing and panic messages in both
     /// processes, and the generated Debug would print the key bytes.
@@ -106,6 +106,31 @@ pub mod v1 {
         }
     }
 
+    impl From<Period> for BudgetPeriod {
+        fn from(p: Period) -> Self {
+            match p {
+                Period::None => BudgetPeriod::None,
+                Period::Daily => BudgetPeriod::Daily,
+                Period::Weekly => BudgetPeriod::Weekly,
+                Period::Monthly => BudgetPeriod::Monthly,
+            }
+        }
+    }
+
+    impl Budget {
+        /// The budget's period; `None` when unspecified or unknown to this build (a budget
+        /// nobody can count is refused, not guessed).
+        pub fn budget_period(&self) -> Option<Period> {
+            match BudgetPeriod::try_from(self.period) {
+                Ok(BudgetPeriod::None) => Some(Period::None),
+                Ok(BudgetPeriod::Daily) => Some(Period::Daily),
+                Ok(BudgetPeriod::Weekly) => Some(Period::Weekly),
+                Ok(BudgetPeriod::Monthly) => Some(Period::Monthly),
+                Ok(BudgetPeriod::Unspecified) | Err(_) => None,
+            }
+        }
+    }
+
     /// An outcome's class on the wire: `None` is success.
     impl From<Option<Class>> for FailureClass {
         fn from(c: Option<Class>) -> Self {
@@ -188,6 +213,24 @@ mod tests {
         assert!(!printed.contains("canary"), "{printed}");
         assert!(!printed.contains("hash-secret"), "{printed}");
         assert!(!printed.contains("115, 107"), "byte form leaked: {printed}");
+    }
+
+    #[test]
+    fn budget_periods_convert_both_ways() {
+        for p in llmhub_providers::BudgetPeriod::ALL {
+            let b = Budget {
+                period: BudgetPeriod::from(p) as i32,
+                ..Default::default()
+            };
+            assert_eq!(b.budget_period(), Some(p));
+        }
+        for unknown in [BudgetPeriod::Unspecified as i32, 42] {
+            let b = Budget {
+                period: unknown,
+                ..Default::default()
+            };
+            assert_eq!(b.budget_period(), None);
+        }
     }
 
     #[test]

@@ -5,11 +5,12 @@
 //! calls out to the control plane.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
-use llmhub_providers::{Kind, Op, Serving, Strategy};
+use llmhub_providers::{BudgetPeriod, Kind, Op, Serving, Strategy};
 
 use arc_swap::ArcSwapOption;
 
@@ -37,6 +38,14 @@ pub enum SnapshotError {
     KeySecret(String),
     #[error("route {0}: unknown routing strategy")]
     Strategy(String),
+    #[error("client key {0}: previous key hash must be 32 bytes and come with its end time")]
+    PreviousKeyHash(String),
+    #[error("client key {0}: a key hash is listed twice")]
+    DuplicateKeyHash(String),
+    #[error("{0}: invalid budget ({1})")]
+    Budget(String, &'static str),
+    #[error("user limits: user {0:?} is listed twice or has no id")]
+    UserLimits(String),
 }
 
 #[derive(Debug)]
@@ -89,6 +98,102 @@ pub struct ClientKey {
     pub allowed_models: Vec<String>,
     pub expires_at: Option<SystemTime>,
     pub use_shared_pool: bool,
+    /// The owner's limits on this key (the user's own limits, in [`Snapshot::user_limits`],
+    /// apply as well).
+    pub limits: Limits,
+    pub budget: Option<Budget>,
+}
+
+/// Fleet-wide limits; `None` is no limit (0 on the wire).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub rpm: Option<NonZeroU32>,
+    pub tpm: Option<NonZeroU32>,
+    pub max_concurrent: Option<NonZeroU32>,
+}
+
+impl Limits {
+    fn from_wire(rpm: u32, tpm: u32, max_concurrent: u32) -> Self {
+        Limits {
+            rpm: NonZeroU32::new(rpm),
+            tpm: NonZeroU32::new(tpm),
+            max_concurrent: NonZeroU32::new(max_concurrent),
+        }
+    }
+}
+
+/// A spending cap in nano-US-dollars per period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub limit_nanos: u64,
+    pub period: BudgetPeriod,
+    /// Start of the period current when the control plane built the snapshot.
+    pub period_start: SystemTime,
+    /// After it the budget no longer applies.
+    pub expires_at: Option<SystemTime>,
+    /// What the control plane's ledger knew was spent in the period starting at
+    /// `period_start` (for a later period: nothing yet).
+    pub spent_nanos: u64,
+}
+
+impl Budget {
+    /// Whether the budget still applies at `now`.
+    pub fn applies_at(&self, now: SystemTime) -> bool {
+        self.expires_at.is_none_or(|t| now < t)
+    }
+
+    /// Start of the period that contains `now` by this proxy's clock. It is `period_start`
+    /// until the next boundary, and moves on at the boundary itself, before the control plane's
+    /// next snapshot (published at the boundary) arrives.
+    pub fn period_start_at(&self, now: SystemTime) -> SystemTime {
+        let (Some(now_utc), Some(anchor)) = (to_utc(now), to_utc(self.period_start)) else {
+            return self.period_start;
+        };
+        let start = SystemTime::from(self.period.start_at(now_utc, anchor));
+        // Never before the published start (a clock behind the control plane's).
+        start.max(self.period_start)
+    }
+
+    fn from_wire(b: &pb::Budget, owner: impl Fn() -> String) -> Result<Budget, SnapshotError> {
+        let bad = |why| SnapshotError::Budget(owner(), why);
+        let period = b.budget_period().ok_or_else(|| bad("unknown period"))?;
+        if b.limit_nanos == 0 {
+            return Err(bad("zero limit"));
+        }
+        let period_start = b
+            .period_start
+            .as_ref()
+            .and_then(to_system_time)
+            .ok_or_else(|| bad("no period start"))?;
+        Ok(Budget {
+            limit_nanos: b.limit_nanos,
+            period,
+            period_start,
+            expires_at: b.expires_at.as_ref().and_then(to_system_time),
+            spent_nanos: b.spent_nanos,
+        })
+    }
+}
+
+fn to_utc(t: SystemTime) -> Option<chrono::DateTime<chrono::Utc>> {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+    chrono::DateTime::from_timestamp(i64::try_from(d.as_secs()).ok()?, d.subsec_nanos())
+}
+
+/// A user's limits and budget, across all of the user's client keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserLimits {
+    pub limits: Limits,
+    pub budget: Option<Budget>,
+}
+
+/// What a presented key's hash finds: the key, and for the hash a rotation replaced, when that
+/// hash stops working.
+#[derive(Debug)]
+struct Presented {
+    key: Arc<ClientKey>,
+    /// `Some` for a replaced secret during its grace period.
+    valid_until: Option<SystemTime>,
 }
 
 impl Provider {
@@ -126,7 +231,10 @@ pub struct Route {
 pub struct Snapshot {
     pub version: u64,
     hash_secret: Zeroizing<Vec<u8>>,
-    client_keys: HashMap<[u8; 32], ClientKey>,
+    /// By keyed hash: every key's current hash, and during a rotation's grace its replaced hash.
+    client_keys: HashMap<[u8; 32], Presented>,
+    /// Limits and budgets of users that have any, by user id.
+    users: HashMap<String, UserLimits>,
     /// By public name and alias (aliases share the route).
     pub routes: HashMap<String, Arc<Route>>,
     pub providers: HashMap<String, Provider>,
@@ -255,20 +363,64 @@ impl Snapshot {
                 .as_slice()
                 .try_into()
                 .map_err(|_| SnapshotError::ClientKeyHash(c.id.clone()))?;
+            // A replaced secret: its hash and when it stops working come together or not at all.
+            let previous = match (c.previous_key_hash.is_empty(), &c.previous_valid_until) {
+                (true, _) => None,
+                (false, Some(until)) => Some((
+                    <[u8; 32]>::try_from(c.previous_key_hash.as_slice())
+                        .map_err(|_| SnapshotError::PreviousKeyHash(c.id.clone()))?,
+                    to_system_time(until)
+                        .ok_or_else(|| SnapshotError::PreviousKeyHash(c.id.clone()))?,
+                )),
+                (false, None) => return Err(SnapshotError::PreviousKeyHash(c.id)),
+            };
+            let budget = c
+                .budget
+                .as_ref()
+                .map(|b| Budget::from_wire(b, || format!("client key {}", c.id)))
+                .transpose()?;
             if !c.enabled {
                 continue;
             }
-            client_keys.insert(
-                hash,
-                ClientKey {
-                    expires_at: c.expires_at.as_ref().and_then(to_system_time),
-                    id: c.id,
-                    user_id: c.user_id,
-                    prefix: c.prefix,
-                    allowed_models: c.allowed_models,
-                    use_shared_pool: c.use_shared_pool,
-                },
-            );
+            let key = Arc::new(ClientKey {
+                expires_at: c.expires_at.as_ref().and_then(to_system_time),
+                limits: Limits::from_wire(c.rpm_limit, c.tpm_limit, c.max_concurrent),
+                budget,
+                id: c.id,
+                user_id: c.user_id,
+                prefix: c.prefix,
+                allowed_models: c.allowed_models,
+                use_shared_pool: c.use_shared_pool,
+            });
+            let entries =
+                std::iter::once((hash, None)).chain(previous.map(|(h, until)| (h, Some(until))));
+            for (h, valid_until) in entries {
+                let entry = Presented {
+                    key: key.clone(),
+                    valid_until,
+                };
+                // Two keys answering to one hash would make authentication ambiguous.
+                if client_keys.insert(h, entry).is_some() {
+                    return Err(SnapshotError::DuplicateKeyHash(key.id.clone()));
+                }
+            }
+        }
+
+        let mut users = HashMap::new();
+        for u in msg.users.drain(..) {
+            let budget = u
+                .budget
+                .as_ref()
+                .map(|b| Budget::from_wire(b, || format!("user {}", u.user_id)))
+                .transpose()?;
+            let limits = UserLimits {
+                limits: Limits::from_wire(u.rpm_limit, u.tpm_limit, u.max_concurrent),
+                budget,
+            };
+            if u.user_id.is_empty() || users.contains_key(&u.user_id) {
+                return Err(SnapshotError::UserLimits(u.user_id));
+            }
+            users.insert(u.user_id, limits);
         }
 
         let mut routes = HashMap::new();
@@ -307,6 +459,7 @@ impl Snapshot {
             version: msg.version,
             hash_secret,
             client_keys,
+            users,
             routes,
             providers,
             keys_by_provider,
@@ -315,17 +468,27 @@ impl Snapshot {
     }
 
     /// Looks up a presented client key by its keyed hash: the same work for every input, and the
-    /// key itself is never stored or compared.
+    /// key itself is never stored or compared. A secret replaced by a rotation authenticates as
+    /// its key until its grace ends by this proxy's clock (`now`), then never again.
     pub fn authenticate(&self, presented: &str, now: SystemTime) -> Option<&ClientKey> {
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.hash_secret)
             .expect("HMAC accepts keys of any length");
         mac.update(presented.as_bytes());
         let digest: [u8; 32] = mac.finalize().into_bytes().into();
-        let key = self.client_keys.get(&digest)?;
+        let found = self.client_keys.get(&digest)?;
+        if found.valid_until.is_some_and(|t| t <= now) {
+            return None;
+        }
+        let key = &*found.key;
         if key.expires_at.is_some_and(|t| t <= now) {
             return None;
         }
         Some(key)
+    }
+
+    /// The limits and budget of `user_id` (none when the user has none).
+    pub fn user_limits(&self, user_id: &str) -> Option<&UserLimits> {
+        self.users.get(user_id)
     }
 
     /// Public models the client key may call, sorted.
@@ -522,6 +685,244 @@ pub(crate) mod tests {
         let before = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(999);
         assert!(s.authenticate("lh-good", before).is_some());
         assert!(s.authenticate("lh-good", SystemTime::now()).is_none());
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs)
+    }
+
+    fn wire_ts(secs: u64) -> Option<prost_types::Timestamp> {
+        Some(prost_types::Timestamp {
+            seconds: i64::try_from(secs).unwrap(),
+            nanos: 0,
+        })
+    }
+
+    /// 2025-03-01T00:00:00Z, a Saturday and a month start.
+    const MAR_1: u64 = 1_740_787_200;
+    const DAY: u64 = 86_400;
+
+    fn budget(period: pb::BudgetPeriod) -> pb::Budget {
+        pb::Budget {
+            limit_nanos: 25_500_000_000,
+            period: period as i32,
+            period_start: wire_ts(MAR_1),
+            expires_at: wire_ts(MAR_1 + 10 * DAY),
+            spent_nanos: 7,
+        }
+    }
+
+    #[test]
+    fn parses_limits_budgets_and_user_limits() {
+        let mut m = sample();
+        m.client_keys[0].rpm_limit = 60;
+        m.client_keys[0].max_concurrent = 3;
+        m.client_keys[0].budget = Some(budget(pb::BudgetPeriod::Monthly));
+        m.users = vec![
+            pb::UserLimits {
+                user_id: "u1".into(),
+                tpm_limit: 1000,
+                budget: Some(budget(pb::BudgetPeriod::None)),
+                ..Default::default()
+            },
+            pb::UserLimits {
+                user_id: "u2".into(),
+                rpm_limit: 5,
+                ..Default::default()
+            },
+        ];
+        let s = Snapshot::from_proto(m).unwrap();
+        let c = s.authenticate("lh-good", at(MAR_1)).unwrap();
+        assert_eq!(
+            c.limits,
+            Limits {
+                rpm: NonZeroU32::new(60),
+                tpm: None,
+                max_concurrent: NonZeroU32::new(3),
+            },
+            "0 on the wire is no limit"
+        );
+        assert_eq!(
+            c.budget,
+            Some(Budget {
+                limit_nanos: 25_500_000_000,
+                period: BudgetPeriod::Monthly,
+                period_start: at(MAR_1),
+                expires_at: Some(at(MAR_1 + 10 * DAY)),
+                spent_nanos: 7,
+            })
+        );
+        let u1 = s.user_limits("u1").unwrap();
+        assert_eq!(u1.limits.tpm, NonZeroU32::new(1000));
+        assert_eq!(u1.budget.unwrap().period, BudgetPeriod::None);
+        assert_eq!(s.user_limits("u2").unwrap().limits.rpm, NonZeroU32::new(5));
+        assert_eq!(s.user_limits("u3"), None);
+        // No limits at all parse as none.
+        let s = Snapshot::from_proto(sample()).unwrap();
+        let c = s.authenticate("lh-good", at(MAR_1)).unwrap();
+        assert_eq!((c.limits, c.budget), (Limits::default(), None));
+    }
+
+    #[test]
+    fn rejects_invalid_budgets_and_user_limits() {
+        let with_key_budget = |b: pb::Budget| {
+            let mut m = sample();
+            m.client_keys[0].budget = Some(b);
+            Snapshot::from_proto(m).map(|_| ())
+        };
+        let mut b = budget(pb::BudgetPeriod::Daily);
+        b.period = pb::BudgetPeriod::Unspecified as i32;
+        assert_eq!(
+            with_key_budget(b),
+            Err(SnapshotError::Budget(
+                "client key c1".into(),
+                "unknown period"
+            ))
+        );
+        let mut b = budget(pb::BudgetPeriod::Daily);
+        b.period = 42;
+        assert!(with_key_budget(b).is_err(), "a period from a newer build");
+        let mut b = budget(pb::BudgetPeriod::Daily);
+        b.limit_nanos = 0;
+        assert_eq!(
+            with_key_budget(b),
+            Err(SnapshotError::Budget("client key c1".into(), "zero limit"))
+        );
+        let mut b = budget(pb::BudgetPeriod::Daily);
+        b.period_start = None;
+        assert_eq!(
+            with_key_budget(b),
+            Err(SnapshotError::Budget(
+                "client key c1".into(),
+                "no period start"
+            ))
+        );
+        let mut m = sample();
+        m.users = vec![pb::UserLimits {
+            user_id: "u9".into(),
+            budget: Some(pb::Budget::default()),
+            ..Default::default()
+        }];
+        assert!(matches!(
+            Snapshot::from_proto(m),
+            Err(SnapshotError::Budget(who, _)) if who == "user u9"
+        ));
+        let mut m = sample();
+        let u = pb::UserLimits {
+            user_id: "u1".into(),
+            rpm_limit: 1,
+            ..Default::default()
+        };
+        m.users = vec![u.clone(), u];
+        assert_eq!(
+            Snapshot::from_proto(m).unwrap_err(),
+            SnapshotError::UserLimits("u1".into())
+        );
+        let mut m = sample();
+        m.users = vec![pb::UserLimits::default()];
+        assert!(matches!(
+            Snapshot::from_proto(m),
+            Err(SnapshotError::UserLimits(_))
+        ));
+    }
+
+    #[test]
+    fn budget_periods_roll_over_by_the_proxy_clock() {
+        let weekly = Budget {
+            limit_nanos: 1,
+            period: BudgetPeriod::Weekly,
+            // Monday 2025-03-03.
+            period_start: at(MAR_1 + 2 * DAY),
+            expires_at: Some(at(MAR_1 + 30 * DAY)),
+            spent_nanos: 0,
+        };
+        // Within the week; at the next Monday's midnight the next week, snapshot or not.
+        assert_eq!(
+            weekly.period_start_at(at(MAR_1 + 8 * DAY)),
+            at(MAR_1 + 2 * DAY)
+        );
+        assert_eq!(
+            weekly.period_start_at(at(MAR_1 + 9 * DAY - 1)),
+            at(MAR_1 + 2 * DAY)
+        );
+        assert_eq!(
+            weekly.period_start_at(at(MAR_1 + 9 * DAY)),
+            at(MAR_1 + 9 * DAY)
+        );
+        // A clock behind the control plane's never goes back before the published start.
+        assert_eq!(weekly.period_start_at(at(MAR_1)), at(MAR_1 + 2 * DAY));
+        let lifetime = Budget {
+            period: BudgetPeriod::None,
+            ..weekly
+        };
+        assert_eq!(
+            lifetime.period_start_at(at(MAR_1 + 400 * DAY)),
+            at(MAR_1 + 2 * DAY)
+        );
+        assert!(weekly.applies_at(at(MAR_1 + 30 * DAY - 1)));
+        assert!(!weekly.applies_at(at(MAR_1 + 30 * DAY)));
+    }
+
+    #[test]
+    fn a_rotated_out_secret_works_until_its_grace_ends() {
+        let secret = vec![9u8; 32];
+        let mut m = sample();
+        m.client_keys[0].key_hash = hash(&secret, "lh-new");
+        m.client_keys[0].prefix = "lh-new".into();
+        m.client_keys[0].previous_key_hash = hash(&secret, "lh-good");
+        m.client_keys[0].previous_valid_until = wire_ts(MAR_1);
+        let s = Snapshot::from_proto(m).unwrap();
+        for now in [at(MAR_1 - 60), at(MAR_1 - 1)] {
+            assert_eq!(s.authenticate("lh-good", now).unwrap().id, "c1");
+            assert_eq!(s.authenticate("lh-new", now).unwrap().id, "c1");
+        }
+        for now in [at(MAR_1), at(MAR_1 + 1)] {
+            assert!(s.authenticate("lh-good", now).is_none(), "after the grace");
+            assert_eq!(s.authenticate("lh-new", now).unwrap().id, "c1");
+        }
+        // The key's own expiry ends both secrets.
+        let mut m = sample();
+        m.client_keys[0].key_hash = hash(&secret, "lh-new");
+        m.client_keys[0].previous_key_hash = hash(&secret, "lh-good");
+        m.client_keys[0].previous_valid_until = wire_ts(MAR_1);
+        m.client_keys[0].expires_at = wire_ts(MAR_1 - 100);
+        let s = Snapshot::from_proto(m).unwrap();
+        assert!(s.authenticate("lh-good", at(MAR_1 - 50)).is_none());
+        assert!(s.authenticate("lh-new", at(MAR_1 - 50)).is_none());
+    }
+
+    #[test]
+    fn rejects_malformed_previous_hashes() {
+        let mut m = sample();
+        m.client_keys[0].previous_key_hash = vec![1; 31];
+        m.client_keys[0].previous_valid_until = wire_ts(MAR_1);
+        assert_eq!(
+            Snapshot::from_proto(m).unwrap_err(),
+            SnapshotError::PreviousKeyHash("c1".into())
+        );
+        let mut m = sample();
+        m.client_keys[0].previous_key_hash = vec![1; 32];
+        assert_eq!(
+            Snapshot::from_proto(m).unwrap_err(),
+            SnapshotError::PreviousKeyHash("c1".into()),
+            "a replaced hash without an end would work forever"
+        );
+        // An end time without a hash is nothing to accept.
+        let mut m = sample();
+        m.client_keys[0].previous_valid_until = wire_ts(MAR_1);
+        assert!(Snapshot::from_proto(m).is_ok());
+        // A replaced hash that is another key's current hash is ambiguous.
+        let mut m = sample();
+        let mut other = m.client_keys[0].clone();
+        other.id = "c2".into();
+        other.key_hash = vec![3; 32];
+        other.previous_key_hash = m.client_keys[0].key_hash.clone();
+        other.previous_valid_until = wire_ts(MAR_1);
+        m.client_keys.push(other);
+        assert_eq!(
+            Snapshot::from_proto(m).unwrap_err(),
+            SnapshotError::DuplicateKeyHash("c2".into())
+        );
     }
 
     #[test]

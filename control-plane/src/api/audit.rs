@@ -1,12 +1,12 @@
 //! The audit log's read API and its integrity check; hashing statistics.
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{AdminUser, ApiError, AppState};
+use super::{AdminUser, ApiError, ApiQuery, AppState};
 use crate::store::entities::audit_log;
 use crate::store::{AuditFilter, VerifyReport};
 
@@ -69,7 +69,7 @@ pub(super) struct AuditQuery {
 pub(super) async fn list(
     State(s): State<AppState>,
     _a: AdminUser,
-    Query(q): Query<AuditQuery>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let rows = s

@@ -41,6 +41,17 @@ pub enum ApiError {
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
 
+/// `Query` with rejections in the API's own error shape.
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(r: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::BadRequest(r.body_text())
+    }
+}
+
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(r: axum::extract::rejection::JsonRejection) -> Self {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -76,6 +87,10 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => ApiError::NotFound,
             StoreError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
+            e @ StoreError::InUse { .. } => ApiError::Conflict(e.to_string()),
+            StoreError::Revoked => {
+                ApiError::Conflict("revoked: a revoked key can no longer change".into())
+            }
             StoreError::Db(e) => ApiError::Internal(format!("database: {e}")),
             StoreError::Io(e) => ApiError::Internal(format!("database file: {e}")),
         }

@@ -13,7 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{AdminUser, ApiError, ApiJson, AppState, AuthUser, List, valid_name};
+use super::{AdminUser, ApiError, ApiJson, AppState, AuthUser, List, present, valid_name};
 use crate::auth::Role;
 use crate::keyring::provider_key_aad;
 use crate::store::entities::{key_cooldowns, key_events, provider_keys, providers};
@@ -518,11 +518,6 @@ pub(super) struct UpdateKey {
     rpm_limit: Option<Option<u32>>,
     #[serde(default, deserialize_with = "present")]
     tpm_limit: Option<Option<u32>>,
-}
-
-/// Tells "absent" (`None`, via `default`) from "null" (`Some(None)`).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
-    Option::<u32>::deserialize(d).map(Some)
 }
 
 pub(super) async fn update(

@@ -9,6 +9,7 @@ mod audit;
 mod catalog;
 mod error;
 mod keys;
+mod limits;
 pub mod serve;
 mod session;
 mod users;
@@ -28,7 +29,7 @@ use http::{HeaderValue, Method, header};
 use serde::Serialize;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-pub use error::{ApiError, ApiJson};
+pub use error::{ApiError, ApiJson, ApiQuery};
 
 use crate::auth::{PasswordHasherPool, Role, TokenIssuer};
 use crate::config::Registration;
@@ -138,6 +139,10 @@ fn endpoints() -> Vec<(Endpoint, MethodRouter<AppState>)> {
             patch(catalog::update_provider),
         ),
         (
+            ep("DELETE", "/api/v1/providers/{id}", Admin),
+            delete(catalog::delete_provider),
+        ),
+        (
             ep("GET", "/api/v1/providers/{id}/keys", User),
             get(keys::list),
         ),
@@ -203,13 +208,29 @@ fn endpoints() -> Vec<(Endpoint, MethodRouter<AppState>)> {
             post(catalog::create_client_key),
         ),
         (
+            ep("PATCH", "/api/v1/client-keys/{id}", User),
+            patch(catalog::update_client_key),
+        ),
+        (
             ep("DELETE", "/api/v1/client-keys/{id}", User),
             delete(catalog::revoke_client_key),
+        ),
+        (
+            ep("POST", "/api/v1/client-keys/{id}/rotate", User),
+            post(catalog::rotate_client_key),
         ),
         (ep("GET", "/api/v1/routes", User), get(catalog::list_routes)),
         (
             ep("POST", "/api/v1/routes", Admin),
             post(catalog::create_route),
+        ),
+        (
+            ep("PATCH", "/api/v1/routes/{model}", Admin),
+            patch(catalog::update_route),
+        ),
+        (
+            ep("DELETE", "/api/v1/routes/{model}", Admin),
+            delete(catalog::delete_route),
         ),
         (
             ep("GET", "/api/v1/routing-records", User),
@@ -225,6 +246,10 @@ fn endpoints() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         (
             ep("DELETE", "/api/v1/users/{id}", Admin),
             delete(users::remove),
+        ),
+        (
+            ep("PATCH", "/api/v1/users/{id}/limits", Admin),
+            patch(users::set_limits),
         ),
         (
             ep("GET", "/api/v1/users/{id}/lockouts", Admin),
@@ -615,6 +640,16 @@ impl<T> List<T> {
             data: items.into_iter().map(Into::into).collect(),
         }
     }
+}
+
+/// Tells an absent field (`None`, with `#[serde(default)]`) from an explicit `null`
+/// (`Some(None)`) in a PATCH body: absent leaves a value alone, `null` removes it.
+pub(crate) fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 /// Checks a name made of letters, digits and `-_.:/`.

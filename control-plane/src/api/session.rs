@@ -296,6 +296,9 @@ pub(super) struct MeView {
     role: String,
     status: String,
     session_id: String,
+    /// The limits and budget an admin set on the account (they cap all of its client keys).
+    #[serde(flatten)]
+    limits: super::limits::LimitsView,
 }
 
 pub(super) async fn me(
@@ -308,6 +311,7 @@ pub(super) async fn me(
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(Json(MeView {
+        limits: super::limits::LimitsView::of(u.limits(), u.budget()),
         id: u.id,
         username: u.username,
         email: u.email,

@@ -1,5 +1,5 @@
-//! Admin user management: list, create, change role or status (approve, disable), delete, and
-//! login lockouts.
+//! Admin user management: list, create, change role or status (approve, disable), limits and
+//! budget, delete, and login lockouts.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -7,8 +7,9 @@ use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
+use super::limits::{BudgetInput, LimitFields, LimitsView};
 use super::session::validate_new_account;
-use super::{AdminUser, ApiError, ApiJson, AppState, List};
+use super::{AdminUser, ApiError, ApiJson, AppState, List, present};
 use crate::auth::Role;
 use crate::store::entities::users;
 use crate::store::{AuditEvent, NewUser, UserChange, UserStatus};
@@ -22,6 +23,9 @@ pub(super) struct UserView {
     role: String,
     status: String,
     shared_pool_access: bool,
+    /// Limits and budget across all of the user's client keys (admins set them).
+    #[serde(flatten)]
+    limits: LimitsView,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -29,6 +33,7 @@ pub(super) struct UserView {
 impl From<users::Model> for UserView {
     fn from(u: users::Model) -> Self {
         UserView {
+            limits: LimitsView::of(u.limits(), u.budget()),
             id: u.id,
             username: u.username,
             email: u.email,
@@ -173,6 +178,53 @@ pub(super) async fn update(
         )
         .await?;
     // A disabled user's client keys leave the proxies' snapshot.
+    s.hub.rebuild().await?;
+    Ok(Json(updated.into()))
+}
+
+/// A change of a user's limits and budget: absent fields stay, `null` removes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UserLimits {
+    #[serde(default, deserialize_with = "present")]
+    rpm_limit: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "present")]
+    tpm_limit: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "present")]
+    max_concurrent: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "present")]
+    budget: Option<Option<BudgetInput>>,
+}
+
+/// Sets the limits and budget that cap all of a user's client keys together. Admins only: a
+/// user restricts their own keys (`PATCH /api/v1/client-keys/{id}`) but cannot lift what an
+/// admin set here. Sessions stay: this changes what the keys may do, not who the user is.
+pub(super) async fn set_limits(
+    State(s): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UserLimits>,
+) -> Result<Json<UserView>, ApiError> {
+    let change = LimitFields {
+        rpm_limit: body.rpm_limit,
+        tpm_limit: body.tpm_limit,
+        max_concurrent: body.max_concurrent,
+        budget: body.budget,
+    }
+    .check(Utc::now())?;
+    if change.is_empty() {
+        return Err(ApiError::BadRequest(
+            "nothing to change: give rpm_limit, tpm_limit, max_concurrent or budget".into(),
+        ));
+    }
+    let updated = s
+        .store
+        .set_user_limits(
+            &id,
+            change,
+            AuditEvent::new(&admin.actor(), "user_limits_changed", "user"),
+        )
+        .await?;
     s.hub.rebuild().await?;
     Ok(Json(updated.into()))
 }

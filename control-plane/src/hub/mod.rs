@@ -26,8 +26,8 @@ use crate::vault::HashSecret;
 
 pub use report::{Attempt, FailureClass, KeyOutcome, Outcome, Report, RoutingRecord};
 pub use snapshot::{
-    ClientKey, Delta, KeyHealth, KeyStateChange, Provider, ProviderKey, Route, RouteTarget,
-    RoutingStrategy, Snapshot,
+    Budget, BudgetPeriod, ClientKey, Delta, KeyHealth, KeyStateChange, Limits, Provider,
+    ProviderKey, Route, RouteTarget, RoutingStrategy, Snapshot, UserLimits, next_rollover,
 };
 
 #[derive(Debug, Clone, Serialize)]
@@ -208,16 +208,30 @@ impl SnapshotHub {
         let keys = self.store.provider_keys().await?;
         let client_keys = self.store.client_keys().await?;
         // Client keys of disabled, pending or deleted users never reach the proxies.
-        let active_users: HashMap<String, bool> = self
+        let active: Vec<_> = self
             .store
             .users()
             .await?
             .into_iter()
             .filter(|u| u.is_active())
-            .map(|u| (u.id, u.shared_pool_access))
+            .collect();
+        let active_users: HashMap<String, bool> = active
+            .iter()
+            .map(|u| (u.id.clone(), u.shared_pool_access))
             .collect();
         let routes = self.store.routes().await?;
         let now = Utc::now();
+        let users = active
+            .into_iter()
+            .filter_map(|u| {
+                let (limits, budget) = (u.limits(), u.budget());
+                (!limits.is_empty() || budget.is_some()).then(|| UserLimits {
+                    user_id: u.id,
+                    limits,
+                    budget: budget.map(|b| Budget::at(b, now)),
+                })
+            })
+            .collect();
 
         // The version stays unset until the content digest is taken.
         let mut snap = Snapshot {
@@ -228,6 +242,7 @@ impl SnapshotHub {
             client_keys: Vec::new(),
             routes: Vec::new(),
             client_key_hash_secret: self.hash_secret.clone(),
+            users,
         };
         snap.providers = providers
             .into_iter()
@@ -289,17 +304,29 @@ impl SnapshotHub {
             .filter(|c| {
                 c.enabled && c.revoked_at.is_none() && active_users.contains_key(&c.user_id)
             })
-            .map(|c| ClientKey {
-                id: c.id,
-                key_hash: c.key_hash,
-                prefix: c.prefix,
-                allowed_models: parse_list(&c.allowed_models),
-                enabled: c.enabled,
-                expires_at: c.expires_at,
-                // The shared pool needs both the key's and the user's permission.
-                use_shared_pool: c.use_shared_pool
-                    && active_users.get(&c.user_id).copied().unwrap_or(false),
-                user_id: c.user_id,
+            .map(|c| {
+                // The replaced secret travels only while its grace lasts.
+                let previous_valid_until = c.previous_valid_until.filter(|t| *t > now);
+                let previous_key_hash = c
+                    .previous_key_hash
+                    .clone()
+                    .filter(|_| previous_valid_until.is_some());
+                ClientKey {
+                    limits: c.limits(),
+                    budget: c.budget().map(|b| Budget::at(b, now)),
+                    previous_valid_until: previous_key_hash.as_ref().and(previous_valid_until),
+                    previous_key_hash,
+                    id: c.id,
+                    key_hash: c.key_hash,
+                    prefix: c.prefix,
+                    allowed_models: parse_list(&c.allowed_models),
+                    enabled: c.enabled,
+                    expires_at: c.expires_at,
+                    // The shared pool needs both the key's and the user's permission.
+                    use_shared_pool: c.use_shared_pool
+                        && active_users.get(&c.user_id).copied().unwrap_or(false),
+                    user_id: c.user_id,
+                }
             })
             .collect();
         snap.routes = routes

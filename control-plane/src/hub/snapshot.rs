@@ -11,6 +11,9 @@ use crate::keyring::Plaintext;
 use crate::store::KeyState;
 use crate::vault::HashSecret;
 
+pub use crate::store::Limits;
+pub use llmhub_providers::BudgetPeriod;
+
 /// A built snapshot. Provider secrets are [`Plaintext`] (wiped when the last holder drops the
 /// snapshot); `Debug` prints no secret.
 pub struct Snapshot {
@@ -23,6 +26,8 @@ pub struct Snapshot {
     pub routes: Vec<Route>,
     /// Proxies hash presented client keys with it.
     pub client_key_hash_secret: Arc<HashSecret>,
+    /// Limits and budgets of active users that have any, by user id.
+    pub users: Vec<UserLimits>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -33,6 +38,7 @@ impl std::fmt::Debug for Snapshot {
             .field("provider_keys", &self.provider_keys)
             .field("client_keys", &self.client_keys.len())
             .field("routes", &self.routes)
+            .field("users", &self.users.len())
             .finish_non_exhaustive()
     }
 }
@@ -80,6 +86,54 @@ pub struct ClientKey {
     pub expires_at: Option<DateTime<Utc>>,
     /// Both the key's and its user's permission.
     pub use_shared_pool: bool,
+    pub limits: Limits,
+    pub budget: Option<Budget>,
+    /// During a rotation's grace: the replaced key's hash and when it stops working. Only
+    /// published while the grace lasts; proxies check the time themselves.
+    pub previous_key_hash: Option<Vec<u8>>,
+    pub previous_valid_until: Option<DateTime<Utc>>,
+}
+
+/// A user's limits and budget, across all of the user's client keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserLimits {
+    pub user_id: String,
+    pub limits: Limits,
+    pub budget: Option<Budget>,
+}
+
+/// A budget as proxies receive it: with the start of the period current when the snapshot was
+/// built (a snapshot is published again when a period rolls over, see [`next_rollover`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub limit_nanos: u64,
+    pub period: BudgetPeriod,
+    pub period_start: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Spend in the current period as the ledger knows it.
+    pub spent_nanos: u64,
+}
+
+impl Budget {
+    /// The stored budget as of `now`.
+    pub fn at(b: crate::store::Budget, now: DateTime<Utc>) -> Self {
+        Budget {
+            limit_nanos: b.limit_nanos,
+            period: b.period,
+            period_start: b.period.start_at(now, b.anchor),
+            expires_at: b.expires_at,
+            // Zero until the usage ledger (routing records with cost) sums the period's spend.
+            spent_nanos: 0,
+        }
+    }
+}
+
+/// When the next budget period starts for any budget: every period (day, ISO week, month) starts
+/// at a UTC midnight, and a `none` budget never rolls over.
+pub fn next_rollover(now: DateTime<Utc>) -> DateTime<Utc> {
+    BudgetPeriod::Daily
+        .next_start(now)
+        .unwrap_or(now + chrono::Duration::days(1))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,6 +247,24 @@ impl Feed {
             self.str(s);
         }
     }
+    fn opt_u32(&mut self, v: Option<u32>) {
+        self.u64(v.map_or(u64::MAX, u64::from));
+    }
+    fn limits(&mut self, l: &Limits) {
+        self.opt_u32(l.rpm);
+        self.opt_u32(l.tpm);
+        self.opt_u32(l.max_concurrent);
+    }
+    fn budget(&mut self, b: Option<&Budget>) {
+        self.flag(b.is_some());
+        if let Some(b) = b {
+            self.u64(b.limit_nanos);
+            self.str(b.period.as_str());
+            self.time(Some(b.period_start));
+            self.time(b.expires_at);
+            self.u64(b.spent_nanos);
+        }
+    }
     fn health(&mut self, h: &KeyHealth) {
         self.str(h.state.as_str());
         self.time(h.until);
@@ -245,6 +317,17 @@ impl Snapshot {
             f.flag(c.enabled);
             f.time(c.expires_at);
             f.flag(c.use_shared_pool);
+            f.limits(&c.limits);
+            f.budget(c.budget.as_ref());
+            f.flag(c.previous_key_hash.is_some());
+            f.bytes(c.previous_key_hash.as_deref().unwrap_or_default());
+            f.time(c.previous_valid_until);
+        }
+        f.u64(self.users.len() as u64);
+        for u in &self.users {
+            f.str(&u.user_id);
+            f.limits(&u.limits);
+            f.budget(u.budget.as_ref());
         }
         f.u64(self.routes.len() as u64);
         for r in &self.routes {
@@ -296,6 +379,10 @@ mod tests {
                 enabled: true,
                 expires_at: None,
                 use_shared_pool: true,
+                limits: Limits::default(),
+                budget: None,
+                previous_key_hash: None,
+                previous_valid_until: None,
             }],
             routes: vec![Route {
                 public_model: "m".into(),
@@ -304,6 +391,7 @@ mod tests {
                 targets: vec![],
             }],
             client_key_hash_secret: Arc::new(HashSecret::from_bytes(b"secret")),
+            users: vec![],
         }
     }
 
@@ -322,5 +410,73 @@ mod tests {
         let mut d = snapshot();
         d.client_key_hash_secret = Arc::new(HashSecret::from_bytes(b"other"));
         assert_ne!(a.content_digest(), d.content_digest());
+    }
+
+    #[test]
+    fn digest_sees_limits_budgets_rotation_and_users() {
+        let a = snapshot();
+        let t0: DateTime<Utc> = "2025-03-05T00:00:00Z".parse().unwrap();
+        let budget = Budget {
+            limit_nanos: 5,
+            period: BudgetPeriod::Daily,
+            period_start: t0,
+            expires_at: None,
+            spent_nanos: 0,
+        };
+        type Change = Box<dyn Fn(&mut Snapshot)>;
+        let changes: Vec<Change> = vec![
+            Box::new(|s| s.client_keys[0].limits.rpm = Some(60)),
+            Box::new(|s| s.client_keys[0].limits.tpm = Some(60)),
+            Box::new(|s| s.client_keys[0].limits.max_concurrent = Some(2)),
+            Box::new(move |s| s.client_keys[0].budget = Some(budget)),
+            Box::new(|s| s.client_keys[0].previous_key_hash = Some(vec![4; 32])),
+            Box::new(move |s| s.client_keys[0].previous_valid_until = Some(t0)),
+            Box::new(move |s| {
+                s.users.push(UserLimits {
+                    user_id: "u1".into(),
+                    limits: Limits::default(),
+                    budget: None,
+                })
+            }),
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut b = snapshot();
+            change(&mut b);
+            assert_ne!(a.content_digest(), b.content_digest(), "change #{i}");
+        }
+        // A rolled-over period is new content: the hub publishes it.
+        let mut b = snapshot();
+        b.client_keys[0].budget = Some(budget);
+        let mut c = snapshot();
+        c.client_keys[0].budget = Some(Budget {
+            period_start: t0 + chrono::Duration::days(1),
+            ..budget
+        });
+        assert_ne!(b.content_digest(), c.content_digest());
+    }
+
+    #[test]
+    fn budgets_carry_the_current_period_and_roll_over_at_utc_midnight() {
+        let now: DateTime<Utc> = "2025-03-05T17:00:00Z".parse().unwrap();
+        let anchor: DateTime<Utc> = "2025-01-10T08:00:00Z".parse().unwrap();
+        let stored = |period| crate::store::Budget {
+            limit_nanos: 7,
+            period,
+            anchor,
+            expires_at: None,
+        };
+        assert_eq!(
+            Budget::at(stored(BudgetPeriod::Monthly), now).period_start,
+            "2025-03-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert_eq!(
+            Budget::at(stored(BudgetPeriod::None), now).period_start,
+            anchor
+        );
+        assert_eq!(Budget::at(stored(BudgetPeriod::Daily), now).spent_nanos, 0);
+        assert_eq!(
+            next_rollover(now),
+            "2025-03-06T00:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
     }
 }

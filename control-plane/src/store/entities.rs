@@ -29,6 +29,16 @@ pub mod users {
         pub token_version: i32,
         /// Whether this user's requests may use the admin-managed shared key pool.
         pub shared_pool_access: bool,
+        /// Limits across all of the user's client keys, set by admins only (NULL = no limit).
+        pub rpm_limit: Option<i32>,
+        pub tpm_limit: Option<i32>,
+        pub max_concurrent: Option<i32>,
+        /// Budget in nano-US-dollars (NULL = no budget) and the columns that complete it; see
+        /// `store::limits`.
+        pub budget_nanos: Option<i64>,
+        pub budget_period: Option<String>,
+        pub budget_anchor: Option<DateTimeUtc>,
+        pub budget_expires_at: Option<DateTimeUtc>,
     }
     no_relations!();
 }
@@ -188,6 +198,20 @@ pub mod client_keys {
         pub expires_at: Option<DateTimeUtc>,
         pub created_at: DateTimeUtc,
         pub revoked_at: Option<DateTimeUtc>,
+        /// The owner's self-imposed limits on this key (NULL = no limit).
+        pub rpm_limit: Option<i32>,
+        pub tpm_limit: Option<i32>,
+        pub max_concurrent: Option<i32>,
+        /// Budget in nano-US-dollars (NULL = no budget) and the columns that complete it; see
+        /// `store::limits`.
+        pub budget_nanos: Option<i64>,
+        pub budget_period: Option<String>,
+        pub budget_anchor: Option<DateTimeUtc>,
+        pub budget_expires_at: Option<DateTimeUtc>,
+        /// After a rotation: the replaced key's hash, still accepted until `previous_valid_until`.
+        pub previous_key_hash: Option<Vec<u8>>,
+        pub previous_valid_until: Option<DateTimeUtc>,
+        pub rotated_at: Option<DateTimeUtc>,
     }
     no_relations!();
 }

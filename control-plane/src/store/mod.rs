@@ -3,13 +3,15 @@
 //! `Store` is one connection pool; its queries live in one file per resource, each an
 //! `impl Store` block: `users`, `sessions`, `providers`, `provider_keys`, `client_keys`,
 //! `routes`, `routing_records`, `health` (key cooldowns and history), `settings`, `vault_rows`
-//! (master-key rotation) and `audit`. Every mutation an admin makes commits its audit row in the
+//! (master-key rotation) and `audit`; `limits` holds the limit and budget columns client keys and
+//! users share. Every mutation an admin makes commits its audit row in the
 //! same transaction through [`Store::commit_audited`].
 
 pub mod audit;
 pub mod client_keys;
 pub mod entities;
 pub mod health;
+pub mod limits;
 pub mod provider_keys;
 pub mod providers;
 pub mod routes;
@@ -20,10 +22,11 @@ pub mod users;
 pub mod vault_rows;
 
 pub use audit::{Actor, AuditEvent, AuditFilter, AuditKey, VerifyReport};
-pub use client_keys::NewClientKey;
+pub use client_keys::{ClientKeyChange, NewClientKey, Rotation};
+pub use limits::{Budget, BudgetSetting, Limits, LimitsChange};
 pub use provider_keys::{KeyChange, KeyState, NewProviderKey};
-pub use providers::NewProvider;
-pub use routes::{NewRouteTarget, RouteWithTargets};
+pub use providers::{NewProvider, ProviderChange, ProviderDeleted};
+pub use routes::{NewRouteTarget, RouteChange, RouteWithTargets};
 pub use routing_records::NewRoutingRecord;
 pub use users::{NewUser, UserChange, UserStatus};
 
@@ -39,6 +42,15 @@ pub enum StoreError {
     Conflict(&'static str),
     #[error("not found")]
     NotFound,
+    /// Other rows still depend on the row: `what` names them (`routes`), `names` lists them.
+    #[error("still used by {what}: {}", names.join(", "))]
+    InUse {
+        what: &'static str,
+        names: Vec<String>,
+    },
+    /// The row was revoked and can no longer change.
+    #[error("revoked")]
+    Revoked,
     #[error("database error: {0}")]
     Db(DbErr),
     #[error("database file: {0}")]

@@ -7,6 +7,7 @@ use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder}
 use serde::{Deserialize, Serialize};
 
 use super::entities::users;
+use super::limits::{Columns, LimitsChange};
 use super::{AuditEvent, Result, Store, StoreError, new_id, sessions};
 
 /// Where an account stands. Stored as its `as_str` form in `users.status`.
@@ -83,7 +84,7 @@ impl Store {
 
     pub async fn create_user(&self, new: NewUser, audit: AuditEvent) -> Result<users::Model> {
         let now = Utc::now();
-        let m = users::ActiveModel {
+        let mut m = users::ActiveModel {
             id: Set(new_id()),
             username: Set(new.username),
             email: Set(new.email),
@@ -94,7 +95,9 @@ impl Store {
             updated_at: Set(now),
             token_version: Set(0),
             shared_pool_access: Set(true),
+            ..Default::default()
         };
+        m.set_limit_columns(Columns::none());
         let txn = self.begin().await?;
         let user = users::Entity::insert(m)
             .exec_with_returning(&txn)
@@ -172,6 +175,37 @@ impl Store {
             "role": {"from": user.role, "to": updated.role},
             "status": {"from": user.status, "to": updated.status},
             "shared_pool_access": {"from": user.shared_pool_access, "to": updated.shared_pool_access},
+        }));
+        self.commit_audited(txn, ev).await?;
+        Ok(updated)
+    }
+
+    /// Sets a user's limits and budget (admins only, checked by the API). Unlike other user
+    /// changes this ends no session: it changes what the user's client keys may do, not who the
+    /// user is.
+    pub async fn set_user_limits(
+        &self,
+        id: &str,
+        change: LimitsChange,
+        audit: AuditEvent,
+    ) -> Result<users::Model> {
+        let txn = self.begin().await?;
+        let user = users::Entity::find_by_id(id.to_owned())
+            .one(&txn)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let mut limits = user.limit_columns();
+        let before = limits.audit_value();
+        let changed = limits.apply(&change, Utc::now());
+        let after = limits.audit_value();
+        let mut m: users::ActiveModel = user.into();
+        m.set_limit_columns(limits);
+        m.updated_at = Set(Utc::now());
+        let updated = users::Entity::update(m).exec(&txn).await?;
+        let ev = audit.target(id).detail(serde_json::json!({
+            "username": updated.username,
+            "changed": changed,
+            "limits": {"from": before, "to": after},
         }));
         self.commit_audited(txn, ev).await?;
         Ok(updated)

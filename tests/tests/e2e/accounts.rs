@@ -226,7 +226,8 @@ async fn every_route_enforces_its_access(backend: Backend) -> anyhow::Result<()>
             .as_str()
             .unwrap()
             .replace("{id}", "00000000-0000-0000-0000-000000000000")
-            .replace("{key_id}", "00000000-0000-0000-0000-000000000001");
+            .replace("{key_id}", "00000000-0000-0000-0000-000000000001")
+            .replace("{model}", "no-such-model");
         match r["access"].as_str().unwrap() {
             "public" => continue,
             "user" => {

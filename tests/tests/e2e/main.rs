@@ -26,6 +26,7 @@ macro_rules! on_both_backends {
 
 mod accounts;
 mod architecture;
+mod catalog;
 mod dialects;
 mod ledger;
 mod mtls;
