@@ -16,11 +16,12 @@ use llmhub_providers::Op;
 use serde_json::{Map, Value};
 
 use crate::app::App;
+use crate::clock::millis;
 use crate::error::ProxyError;
 use crate::exchange::Exchange;
-use crate::limits::{Check, Decision, Demand, KeyLimits};
+use crate::limits::{Check, Decision, Demand, Dim, KeyLimits, Period, Scope};
 use crate::routing::{Candidate, Plan};
-use crate::state::{ClientKey, ProviderKey, Route, Snapshot};
+use crate::state::{Budget, ClientKey, Limits, ProviderKey, Route, Snapshot};
 
 /// Completion tokens reserved for a request that does not cap its output. The reservation is
 /// settled with the real usage afterwards; this only bounds how far ahead of it admission runs.
@@ -158,6 +159,7 @@ fn key_limits(k: &ProviderKey) -> KeyLimits {
 /// is held by the exchange until it finishes.
 pub async fn reserve(
     app: &App,
+    snap: &Snapshot,
     admitted: &Admitted<'_>,
     plan: &Plan<'_>,
     ex: &mut Exchange,
@@ -166,7 +168,7 @@ pub async fn reserve(
         request_id: ex.request_id.to_str().unwrap_or_default().to_owned(),
         tokens: admitted.estimated_tokens,
         cost_nanos: 0,
-        checks: client_checks(admitted.client),
+        checks: client_checks(snap, admitted.client, app.clock.now()),
         keys: plan.candidates.iter().map(|c| key_limits(&c.key)).collect(),
     };
     match app.limiter.admit(&demand, app.clock.now()).await {
@@ -219,9 +221,63 @@ pub async fn reserve_key(
     }
 }
 
-/// The limits of the client key and its user.
-fn client_checks(_client: &ClientKey) -> Vec<Check> {
-    Vec::new()
+/// The limits and budgets of the client key and of its user.
+pub fn client_checks(snap: &Snapshot, client: &ClientKey, now: SystemTime) -> Vec<Check> {
+    let mut out = Vec::new();
+    push_limits(&mut out, Scope::ClientKey, &client.id, &client.limits);
+    push_budget(
+        &mut out,
+        Scope::ClientKey,
+        &client.id,
+        client.budget.as_ref(),
+        now,
+    );
+    if let Some(u) = snap.user_limits(&client.user_id) {
+        push_limits(&mut out, Scope::User, &client.user_id, &u.limits);
+        push_budget(
+            &mut out,
+            Scope::User,
+            &client.user_id,
+            u.budget.as_ref(),
+            now,
+        );
+    }
+    out
+}
+
+fn push_limits(out: &mut Vec<Check>, scope: Scope, id: &str, l: &Limits) {
+    for (dim, limit) in [
+        (Dim::Requests, l.rpm),
+        (Dim::Tokens, l.tpm),
+        (Dim::Concurrent, l.max_concurrent),
+    ] {
+        if let Some(limit) = limit {
+            out.push(Check {
+                scope,
+                id: id.to_owned(),
+                dim,
+                limit: u64::from(limit.get()),
+                period: None,
+            });
+        }
+    }
+}
+
+fn push_budget(out: &mut Vec<Check>, scope: Scope, id: &str, b: Option<&Budget>, now: SystemTime) {
+    let Some(b) = b.filter(|b| b.applies_at(now)) else {
+        return;
+    };
+    out.push(Check {
+        scope,
+        id: id.to_owned(),
+        dim: Dim::Budget,
+        limit: b.limit_nanos,
+        period: Some(Period {
+            start_ms: millis(b.period_start_at(now)),
+            end_ms: b.period_end_at(now).map(millis),
+            seed: b.spent_at(now),
+        }),
+    });
 }
 
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ProxyError> {

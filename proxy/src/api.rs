@@ -77,7 +77,7 @@ async fn forward(
     let mut plan = routing::plan(&snap, &route, admitted.client, &app.health, now);
     let skipped = std::mem::take(&mut plan.skipped);
     ex.start_record(record(&admitted, ex, skipped, now));
-    let first = admission::reserve(app, &admitted, &plan, ex).await?;
+    let first = admission::reserve(app, &snap, &admitted, &plan, ex).await?;
     let mut tally = Tally {
         earliest: plan.earliest,
         ..Tally::default()

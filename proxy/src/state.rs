@@ -154,6 +154,28 @@ impl Budget {
         start.max(self.period_start)
     }
 
+    /// When the period containing `now` ends (or the budget expires, if sooner); `None` for a
+    /// budget that neither starts over nor expires.
+    pub fn period_end_at(&self, now: SystemTime) -> Option<SystemTime> {
+        let next = to_utc(now)
+            .and_then(|n| self.period.next_start(n))
+            .map(SystemTime::from);
+        match (next, self.expires_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// What the ledger knew was spent in the period containing `now`: the published figure for
+    /// the published period, nothing for a later one.
+    pub fn spent_at(&self, now: SystemTime) -> u64 {
+        if self.period_start_at(now) == self.period_start {
+            self.spent_nanos
+        } else {
+            0
+        }
+    }
+
     fn from_wire(b: &pb::Budget, owner: impl Fn() -> String) -> Result<Budget, SnapshotError> {
         let bad = |why| SnapshotError::Budget(owner(), why);
         let period = b.budget_period().ok_or_else(|| bad("unknown period"))?;

@@ -29,6 +29,7 @@ mod architecture;
 mod catalog;
 mod dialects;
 mod ledger;
+mod limits;
 mod mtls;
 mod routing;
 mod sdk;
