@@ -10,12 +10,13 @@ use http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use http::{HeaderMap, HeaderValue, Request};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use llmhub_providers::Op;
+use llmhub_providers::{Op, Serving, Translation};
 use serde_json::{Map, Value};
 
 use crate::error::ProxyError;
 use crate::exchange::Exchange;
 use crate::state::{ClientKey, Route, Snapshot};
+use crate::usage::Prices;
 
 /// An admitted request.
 pub struct Admitted<'s> {
@@ -31,6 +32,21 @@ pub struct Admitted<'s> {
     /// The body as received, forwarded unchanged when no field must change.
     pub raw: Bytes,
     pub payload: Map<String, Value>,
+    /// The snapshot's prices, for the cost of the answer.
+    pub prices: &'s Prices,
+}
+
+impl Admitted<'_> {
+    /// Whether the proxy asks the provider for a stream's usage that the client did not ask
+    /// for: an OpenAI-family chat or completions stream passed through reports usage only when
+    /// asked (`stream_options.include_usage`). The usage-only chunk this adds is removed from
+    /// what the client receives. Translated streams set it in their own request translation.
+    pub fn injects_usage(&self, serving: Serving) -> bool {
+        self.stream
+            && !self.include_usage
+            && serving.translation == Translation::None
+            && matches!(serving.wire, Op::ChatCompletions | Op::Completions)
+    }
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -108,6 +124,7 @@ pub async fn admit<'s>(
         anthropic_version,
         raw,
         payload,
+        prices: &snap.prices,
     })
 }
 
