@@ -123,6 +123,16 @@ fn snapshot(s: &Snapshot) -> pb::Snapshot {
             .collect(),
         routes: s.routes.iter().map(route).collect(),
         client_key_hash_secret: s.client_key_hash_secret.bytes().to_vec(),
+        prices: s
+            .prices
+            .iter()
+            .map(|p| pb::ModelPrice {
+                model: p.model.clone(),
+                input_nanos_per_token: p.price.input_nanos_per_token,
+                output_nanos_per_token: p.price.output_nanos_per_token,
+                cached_input_nanos_per_token: p.price.cached_input_nanos_per_token,
+            })
+            .collect(),
         ..Default::default()
     }
 }
@@ -207,6 +217,12 @@ fn routing_record(r: &pb::RoutingRecord) -> RoutingRecord {
         latency_ms: r.latency_ms,
         stream: r.stream,
         skipped: r.skipped.clone(),
+        prompt_tokens: r.prompt_tokens,
+        completion_tokens: r.completion_tokens,
+        cached_tokens: r.cached_tokens,
+        partial: r.partial,
+        cost_nanos: r.cost_nanos,
+        client_key_id: r.client_key_id.clone(),
     }
 }
 

@@ -2,14 +2,15 @@
 //!
 //! `Store` is one connection pool; its queries live in one file per resource, each an
 //! `impl Store` block: `users`, `sessions`, `providers`, `provider_keys`, `client_keys`,
-//! `routes`, `routing_records`, `health` (key cooldowns and history), `settings`, `vault_rows`
-//! (master-key rotation) and `audit`. Every mutation an admin makes commits its audit row in the
+//! `routes`, `routing_records`, `prices` (the admin's model prices), `health` (key cooldowns
+//! and history), `settings`, `vault_rows` (master-key rotation) and `audit`. Every mutation an admin makes commits its audit row in the
 //! same transaction through [`Store::commit_audited`].
 
 pub mod audit;
 pub mod client_keys;
 pub mod entities;
 pub mod health;
+pub mod prices;
 pub mod provider_keys;
 pub mod providers;
 pub mod routes;
@@ -21,6 +22,7 @@ pub mod vault_rows;
 
 pub use audit::{Actor, AuditEvent, AuditFilter, AuditKey, VerifyReport};
 pub use client_keys::NewClientKey;
+pub use prices::NewModelPrice;
 pub use provider_keys::{KeyChange, KeyState, NewProviderKey};
 pub use providers::NewProvider;
 pub use routes::{NewRouteTarget, RouteWithTargets};

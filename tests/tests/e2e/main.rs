@@ -32,4 +32,5 @@ mod routing;
 mod sdk;
 mod skeleton;
 mod up;
+mod usage;
 mod vault;
