@@ -72,7 +72,14 @@ pub fn stream(
         }
     };
     let body = match through {
-        Through::Pass { shape, strip } => Rewrite::Meter(Meter::new(shape, sse, strip)),
+        // Metered as what the provider actually sent: a JSON answer to a stream request is
+        // read as JSON (and has no usage chunk to strip).
+        Through::Pass { shape, strip } => {
+            let upstream_sse = content_type
+                .to_str()
+                .is_ok_and(|c| c.starts_with("text/event-stream"));
+            Rewrite::Meter(Meter::new(shape, upstream_sse, strip))
+        }
         Through::Translate(t) => Rewrite::Translate(t),
     };
     let relay = Relay {
