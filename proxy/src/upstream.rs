@@ -79,8 +79,8 @@ impl WireBody {
                     .insert("model".into(), Value::String(upstream_model.to_owned()));
                 let asked = inject.then(|| ask_for_usage(&mut admitted.payload));
                 let body = serde_json::to_vec(&admitted.payload);
-                // The client's own `stream_options` stay as they were for other candidates
-                // (a translated attempt reads the client's choice from them).
+                // The payload stays the client's request: other candidates' wire bodies are built
+                // from it, and a translated one must not carry the proxy's ask.
                 match asked {
                     Some(Some(previous)) => {
                         admitted.payload.insert("stream_options".into(), previous);

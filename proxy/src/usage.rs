@@ -20,6 +20,7 @@
 //! event split across two chunks, which any event parser must reassemble.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use bytes::{Buf, Bytes, BytesMut};
 use llmhub_providers::{Kind, Op, Serving, Translation};
@@ -95,6 +96,7 @@ impl Observed {
 /// The usage dialect of what a provider sends back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
+    // The order indexes `NEEDLES`.
     /// Chat completions, completions, embeddings (OpenAI and compatible, Azure).
     OpenAi,
     /// OpenAI's Responses API.
@@ -516,10 +518,11 @@ fn boundary(buf: &[u8]) -> Option<(usize, usize)> {
 /// Reads one SSE event: counts its answer text and takes its usage, if it carries any.
 /// Returns whether it is a usage-only chunk (`choices: []` with a usage object).
 fn event(text: &[u8], shape: Shape, observed: &mut Observed) -> bool {
-    for key in shape.text_keys() {
+    let needles = needles(shape);
+    for key in &needles.text {
         observed.text_bytes += string_values_len(text, key);
     }
-    if !has_object_value(text, shape.quoted_key()) {
+    if !has_object_value(text, &needles.usage) {
         return false;
     }
     let Some(v) = data(text) else {
@@ -560,25 +563,56 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// The position right after `"key"` and its colon, at each place `key` appears as a key.
-fn after_key<'a>(text: &'a [u8], quoted: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
-    memmem::find_iter(text, quoted).filter_map(move |at| {
-        let i = skip_ws(text, at + quoted.len());
+/// A shape's searchers, built once: building a substring searcher costs more than running it
+/// over one event.
+struct Needles {
+    usage: memmem::Finder<'static>,
+    text: Vec<memmem::Finder<'static>>,
+}
+
+static NEEDLES: LazyLock<[Needles; 4]> = LazyLock::new(|| {
+    [
+        Shape::OpenAi,
+        Shape::Responses,
+        Shape::Anthropic,
+        Shape::Gemini,
+    ]
+    .map(|shape| Needles {
+        usage: memmem::Finder::new(shape.quoted_key()).into_owned(),
+        text: shape
+            .text_keys()
+            .iter()
+            .map(|k| memmem::Finder::new(k).into_owned())
+            .collect(),
+    })
+});
+
+fn needles(shape: Shape) -> &'static Needles {
+    &NEEDLES[shape as usize]
+}
+
+/// The position right after a quoted key and its colon, at each place the key appears.
+fn after_key<'a>(
+    text: &'a [u8],
+    quoted: &'a memmem::Finder<'static>,
+) -> impl Iterator<Item = usize> + 'a {
+    let len = quoted.needle().len();
+    quoted.find_iter(text).filter_map(move |at| {
+        let i = skip_ws(text, at + len);
         (text.get(i) == Some(&b':')).then(|| skip_ws(text, i + 1))
     })
 }
 
-/// Whether `quoted_key` appears with an object value (`"usage":null` chunks are not worth
-/// parsing).
-fn has_object_value(text: &[u8], quoted_key: &[u8]) -> bool {
-    after_key(text, quoted_key).any(|i| text.get(i) == Some(&b'{'))
+/// Whether the key appears with an object value (`"usage":null` chunks are not worth parsing).
+fn has_object_value(text: &[u8], quoted: &memmem::Finder<'static>) -> bool {
+    after_key(text, quoted).any(|i| text.get(i) == Some(&b'{'))
 }
 
-/// Bytes of the string values of `quoted_key` in `text` (escapes counted as written: an
-/// estimate's input, not an exact length).
-fn string_values_len(text: &[u8], quoted_key: &[u8]) -> u64 {
+/// Bytes of the key's string values in `text` (escapes counted as written: an estimate's
+/// input, not an exact length).
+fn string_values_len(text: &[u8], quoted: &memmem::Finder<'static>) -> u64 {
     let mut total = 0;
-    for i in after_key(text, quoted_key) {
+    for i in after_key(text, quoted) {
         if text.get(i) != Some(&b'"') {
             continue;
         }
@@ -643,7 +677,29 @@ impl JsonScan {
             return None;
         }
         let mut start = self.capture.is_some().then_some(0);
-        for (i, &b) in chunk.iter().enumerate() {
+        // Most bytes are inside strings or inside nested values, where only a few bytes
+        // matter: those stretches are skipped with vectorised searches, each found position
+        // kept until it is passed, so every byte is searched once.
+        let mut next_quote = Next::default();
+        let mut next_structure = Next::default();
+        let mut next_bracket = Next::default();
+        let mut i = 0;
+        while i < chunk.len() {
+            if self.in_string && !self.escaped && !self.reading_key {
+                match next_quote.at(i, |from| memchr::memchr2(b'"', b'\\', &chunk[from..])) {
+                    Some(k) => i = k,
+                    None => break,
+                }
+            } else if !self.in_string && self.depth >= 2 {
+                let a =
+                    next_structure.at(i, |from| memchr::memchr3(b'"', b'{', b'}', &chunk[from..]));
+                let b = next_bracket.at(i, |from| memchr::memchr2(b'[', b']', &chunk[from..]));
+                match (a, b) {
+                    (None, None) => break,
+                    (a, b) => i = a.unwrap_or(usize::MAX).min(b.unwrap_or(usize::MAX)),
+                }
+            }
+            let b = chunk[i];
             if self.in_string {
                 if self.escaped {
                     self.escaped = false;
@@ -659,6 +715,7 @@ impl JsonScan {
                     self.key_matches &= self.key.get(self.key_len) == Some(&b);
                     self.key_len += 1;
                 }
+                i += 1;
                 continue;
             }
             match b {
@@ -695,6 +752,7 @@ impl JsonScan {
                 }
                 _ => {}
             }
+            i += 1;
         }
         if let (Some(cap), Some(s)) = (self.capture.as_mut(), start) {
             cap.extend_from_slice(&chunk[s..]);
@@ -704,6 +762,27 @@ impl JsonScan {
             }
         }
         None
+    }
+}
+
+/// The next position of a searched set of bytes at or after some point, remembered until the
+/// scan passes it.
+#[derive(Default)]
+struct Next {
+    /// (searched from, found at): `None` found means none after `from`.
+    known: Option<(usize, Option<usize>)>,
+}
+
+impl Next {
+    fn at(&mut self, from: usize, search: impl FnOnce(usize) -> Option<usize>) -> Option<usize> {
+        match self.known {
+            Some((searched, found)) if searched <= from && found.is_none_or(|f| f >= from) => found,
+            _ => {
+                let found = search(from).map(|k| from + k);
+                self.known = Some((from, found));
+                found
+            }
+        }
     }
 }
 
