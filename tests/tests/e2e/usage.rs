@@ -406,6 +406,19 @@ async fn prices_api_overrides_reach_the_next_request(backend: Backend) -> anyhow
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["cached_input_nanos_per_token"], 7, "defaults to input");
     assert!(v["default"].is_null());
+    // A kind-qualified name (its `/` written `%2F`) prices the Anthropic provider's model.
+    let (s, v) = cp
+        .api(
+            "PUT",
+            "/api/v1/prices/anthropic%2Fclaude-sonnet-4-20250514",
+            Some(
+                json!({"input_nanos_per_token": 11, "output_nanos_per_token": 13,
+                "cached_input_nanos_per_token": 1}),
+            ),
+        )
+        .await?;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["model"], "anthropic/claude-sonnet-4-20250514");
     env.converge().await;
     let (after, _) = env.send("/v1/chat/completions", chat.clone()).await;
     let (local, _) = env
@@ -414,9 +427,21 @@ async fn prices_api_overrides_reach_the_next_request(backend: Backend) -> anyhow
             json!({"model": "local", "messages": hi()}),
         )
         .await;
-    let records = env
-        .records(&[before.clone(), after.clone(), local.clone()])
+    let (claude, _) = env
+        .send(
+            "/v1/chat/completions",
+            json!({"model": "claude", "messages": hi()}),
+        )
         .await;
+    let records = env
+        .records(&[before.clone(), after.clone(), local.clone(), claude.clone()])
+        .await;
+    let qualified = json!({"input_nanos_per_token": 11, "output_nanos_per_token": 13,
+        "cached_input_nanos_per_token": 1});
+    assert_eq!(
+        records[&claude]["cost_nanos"],
+        cost(ANTHROPIC_USAGE, &qualified)
+    );
     let list_price = json!({"input_nanos_per_token": 2500, "output_nanos_per_token": 10000,
         "cached_input_nanos_per_token": 1250});
     assert_eq!(
@@ -440,6 +465,14 @@ async fn prices_api_overrides_reach_the_next_request(backend: Backend) -> anyhow
     assert_eq!(s, 204);
     let (s, _) = cp.api("DELETE", "/api/v1/prices/mock-ok", None).await?;
     assert_eq!(s, 404, "nothing left to delete");
+    let (s, _) = cp
+        .api(
+            "DELETE",
+            "/api/v1/prices/anthropic%2Fclaude-sonnet-4-20250514",
+            None,
+        )
+        .await?;
+    assert_eq!(s, 204);
     let prices = env.prices().await;
     assert_eq!(
         (
@@ -456,7 +489,7 @@ async fn prices_api_overrides_reach_the_next_request(backend: Backend) -> anyhow
         records[&reverted]["cost_nanos"],
         cost(CHAT_USAGE, &list_price)
     );
-    for (action, n) in [("price_set", 2), ("price_deleted", 2)] {
+    for (action, n) in [("price_set", 3), ("price_deleted", 3)] {
         let (_, v) = cp
             .api("GET", &format!("/api/v1/audit?action={action}"), None)
             .await?;
