@@ -159,6 +159,16 @@ fn snapshot(s: &Snapshot) -> pb::Snapshot {
         routes: s.routes.iter().map(route).collect(),
         client_key_hash_secret: s.client_key_hash_secret.bytes().to_vec(),
         users: s.users.iter().map(user_limits).collect(),
+        prices: s
+            .prices
+            .iter()
+            .map(|p| pb::ModelPrice {
+                model: p.model.clone(),
+                input_nanos_per_token: p.price.input_nanos_per_token,
+                output_nanos_per_token: p.price.output_nanos_per_token,
+                cached_input_nanos_per_token: p.price.cached_input_nanos_per_token,
+            })
+            .collect(),
         ..Default::default()
     }
 }
@@ -252,6 +262,12 @@ fn routing_record(r: &pb::RoutingRecord) -> RoutingRecord {
         latency_ms: r.latency_ms,
         stream: r.stream,
         skipped: r.skipped.clone(),
+        prompt_tokens: r.prompt_tokens,
+        completion_tokens: r.completion_tokens,
+        cached_tokens: r.cached_tokens,
+        partial: r.partial,
+        cost_nanos: r.cost_nanos,
+        client_key_id: r.client_key_id.clone(),
     }
 }
 
@@ -545,6 +561,7 @@ mod tests {
         let snap = Snapshot {
             version: 3,
             generated_at: start,
+            prices: vec![],
             providers: vec![],
             provider_keys: vec![],
             client_keys: vec![ClientKey {

@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod hub;
 pub mod keyring;
 pub mod limits;
+pub mod prices;
 pub mod store;
 pub mod vault;
 

@@ -12,7 +12,7 @@ use llmhub_control::store::sessions::RefreshOutcome;
 use llmhub_control::store::vault_rows::SealedRow;
 use llmhub_control::store::{
     Actor, AuditEvent, AuditFilter, AuditKey, BudgetSetting, ClientKeyChange, KeyChange, KeyState,
-    Limits, LimitsChange, NewClientKey, NewProvider, NewProviderKey, NewRouteTarget,
+    Limits, LimitsChange, NewClientKey, NewModelPrice, NewProvider, NewProviderKey, NewRouteTarget,
     NewRoutingRecord, NewUser, ProviderChange, Rotation, RouteChange, Store, StoreError,
     UserChange, UserStatus,
 };
@@ -142,6 +142,7 @@ suite! {
     client_keys_edit_and_rotate => client_keys_edit_and_rotate_sqlite, client_keys_edit_and_rotate_postgres;
     user_limits => user_limits_sqlite, user_limits_postgres;
     routing_records_idempotent => routing_records_idempotent_sqlite, routing_records_idempotent_postgres;
+    model_prices_crud => model_prices_crud_sqlite, model_prices_crud_postgres;
     key_health => key_health_sqlite, key_health_postgres;
     settings_and_vault_rows => settings_and_vault_rows_sqlite, settings_and_vault_rows_postgres;
     audit_chain => audit_chain_sqlite, audit_chain_postgres;
@@ -1586,6 +1587,12 @@ async fn routing_records_idempotent(db: &TestDb) {
         latency_ms: 12,
         stream: secs % 2 == 0,
         detail: serde_json::json!({"attempts": [{"class": "ok"}], "skipped": []}),
+        prompt_tokens: 1200,
+        completion_tokens: 80,
+        cached_tokens: 1024,
+        partial: secs == 1,
+        cost_nanos: (secs != 2).then_some(3_000_000_000),
+        client_key_id: "ck-1".into(),
     };
     s.insert_routing_records(vec![]).await.unwrap();
     s.insert_routing_records(vec![record("r1", "u1", 0, 200), record("r2", "u2", 1, 429)])
@@ -1608,6 +1615,32 @@ async fn routing_records_idempotent(db: &TestDb) {
     assert_eq!(all[1].proxy_id, "proxy-1");
     let detail: serde_json::Value = serde_json::from_str(&all[0].detail).unwrap();
     assert_eq!(detail["attempts"][0]["class"], "ok");
+    // Usage, cost (unknown for r3) and the client key round-trip.
+    let usage = |r: &llmhub_control::store::entities::routing_records::Model| {
+        (
+            r.prompt_tokens,
+            r.completion_tokens,
+            r.cached_tokens,
+            r.partial,
+            r.cost_nanos,
+            r.client_key_id.clone(),
+        )
+    };
+    assert_eq!(
+        usage(&all[1]),
+        (1200, 80, 1024, true, Some(3_000_000_000), "ck-1".into())
+    );
+    assert_eq!(usage(&all[0]), (1200, 80, 1024, false, None, "ck-1".into()));
+    // Counts beyond the column's range are stored as its largest value, not wrapped.
+    let mut huge = record("r-huge", "u9", -1, 200);
+    huge.prompt_tokens = u64::MAX;
+    huge.cost_nanos = Some(u64::MAX);
+    s.insert_routing_records(vec![huge]).await.unwrap();
+    let stored = s.routing_records(Some("u9"), 1).await.unwrap();
+    assert_eq!(
+        (stored[0].prompt_tokens, stored[0].cost_nanos),
+        (i64::MAX, Some(i64::MAX))
+    );
 
     // Pagination by limit, and one user's records only.
     let ids: Vec<String> = s
@@ -1636,6 +1669,73 @@ async fn routing_records_idempotent(db: &TestDb) {
     assert_eq!(newest.request_id.len(), 64);
     assert_eq!(newest.user_id.len(), 36);
     assert_eq!(newest.public_model.len(), 128);
+}
+
+async fn model_prices_crud(db: &TestDb) {
+    let s = &db.store;
+    assert!(s.model_prices().await.unwrap().is_empty());
+    let price = |model: &str, input: u64| NewModelPrice {
+        model: model.into(),
+        input_nanos_per_token: input,
+        output_nanos_per_token: input * 4,
+        cached_input_nanos_per_token: input / 2,
+        updated_by: "admin-id".into(),
+    };
+    let before = audit_count(s).await;
+    let row = s
+        .set_model_price(price("gpt-4o", 2000), ev("price_set", "model_price"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.input_nanos_per_token,
+            row.output_nanos_per_token,
+            row.cached_input_nanos_per_token
+        ),
+        (2000, 8000, 1000)
+    );
+    s.set_model_price(price("local/llama-3", 7), ev("price_set", "model_price"))
+        .await
+        .unwrap();
+    // Setting again replaces: one row per model.
+    s.set_model_price(price("gpt-4o", 2500), ev("price_set", "model_price"))
+        .await
+        .unwrap();
+    let rows = s.model_prices().await.unwrap();
+    let models: Vec<&str> = rows.iter().map(|r| r.model.as_str()).collect();
+    assert_eq!(models, ["gpt-4o", "local/llama-3"]);
+    assert_eq!(rows[0].input_nanos_per_token, 2500);
+    assert_eq!(rows[0].updated_by, "admin-id");
+    // The largest price fits (BIGINT).
+    s.set_model_price(price("dear", 1 << 40), ev("price_set", "model_price"))
+        .await
+        .unwrap();
+    let dear = s.model_prices().await.unwrap();
+    assert_eq!(dear[0].output_nanos_per_token, 1 << 42);
+
+    // Each change is audited in its transaction, with the prices (never anything secret).
+    let audited = audit_rows(s, "price_set").await;
+    assert_eq!(audited.len(), 4);
+    assert_eq!(audit_count(s).await, before + 4);
+    assert!(audited.iter().any(|a| a.target_id == "local/llama-3"));
+
+    s.delete_model_price("gpt-4o", ev("price_deleted", "model_price"))
+        .await
+        .unwrap();
+    is_not_found(
+        s.delete_model_price("gpt-4o", ev("price_deleted", "model_price"))
+            .await,
+    );
+    assert_eq!(audit_rows(s, "price_deleted").await.len(), 1);
+    let models: Vec<String> = s
+        .model_prices()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.model)
+        .collect();
+    assert_eq!(models, ["dear", "local/llama-3"]);
+    assert!(s.verify_audit().await.unwrap().ok);
 }
 
 async fn key_health(db: &TestDb) {

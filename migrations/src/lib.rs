@@ -12,6 +12,7 @@ mod m20261129_000003_vault;
 mod m20261129_000004_health;
 mod m20261129_000005_provider_settings;
 mod m20261129_000006_penalty_client_key;
+mod m20261129_000007_usage;
 mod m20261129_000008_limits_budgets;
 
 pub struct Migrator;
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000004_health::Migration),
             Box::new(m20261129_000005_provider_settings::Migration),
             Box::new(m20261129_000006_penalty_client_key::Migration),
+            Box::new(m20261129_000007_usage::Migration),
             Box::new(m20261129_000008_limits_budgets::Migration),
         ]
     }

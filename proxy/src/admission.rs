@@ -12,7 +12,7 @@ use http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use http::{HeaderMap, HeaderValue, Request};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use llmhub_providers::Op;
+use llmhub_providers::{Op, Serving, Translation};
 use serde_json::{Map, Value};
 
 use crate::app::App;
@@ -22,6 +22,7 @@ use crate::exchange::Exchange;
 use crate::limits::{Check, Decision, Demand, Dim, KeyLimits, Period, Scope};
 use crate::routing::{Candidate, Plan};
 use crate::state::{Budget, ClientKey, Limits, ProviderKey, Route, Snapshot};
+use crate::usage::Prices;
 
 /// Completion tokens reserved for a request that does not cap its output. The reservation is
 /// settled with the real usage afterwards; this only bounds how far ahead of it admission runs.
@@ -42,7 +43,22 @@ pub struct Admitted<'s> {
     pub raw: Bytes,
     pub payload: Map<String, Value>,
     /// Tokens reserved against token limits until the real usage is known.
-    pub estimated_tokens: u64,
+    pub estimate: Estimate,
+    /// The snapshot's prices, for the cost of the answer.
+    pub prices: &'s Prices,
+}
+
+impl Admitted<'_> {
+    /// Whether the proxy asks the provider for a stream's usage that the client did not ask
+    /// for: an OpenAI-family chat or completions stream passed through reports usage only when
+    /// asked (`stream_options.include_usage`). The usage-only chunk this adds is removed from
+    /// what the client receives. Translated streams set it in their own request translation.
+    pub fn injects_usage(&self, serving: Serving) -> bool {
+        self.stream
+            && !self.include_usage
+            && serving.translation == Translation::None
+            && matches!(serving.wire, Op::ChatCompletions | Op::Completions)
+    }
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -110,9 +126,9 @@ pub async fn admit<'s>(
         .and_then(|o| o.get("include_usage"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let estimated_tokens = estimate_tokens(op, &payload, raw.len());
+    let estimate = estimate_tokens(op, &payload, raw.len());
     Ok(Admitted {
-        estimated_tokens,
+        estimate,
         op,
         client,
         route,
@@ -122,16 +138,20 @@ pub async fn admit<'s>(
         anthropic_version,
         raw,
         payload,
+        prices: &snap.prices,
     })
 }
 
 /// A request's tokens before the provider counts them: the prompt at about four bytes a token
 /// (the body's JSON syntax makes this an overestimate, which is the safe side) plus the most the
 /// request lets the model generate.
-pub fn estimate_tokens(op: Op, payload: &Map<String, Value>, body_len: usize) -> u64 {
+pub fn estimate_tokens(op: Op, payload: &Map<String, Value>, body_len: usize) -> Estimate {
     let prompt = (body_len as u64).div_ceil(4);
     if op == Op::Embeddings {
-        return prompt;
+        return Estimate {
+            prompt,
+            completion: 0,
+        };
     }
     let cap = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
         .iter()
@@ -142,7 +162,44 @@ pub fn estimate_tokens(op: Op, payload: &Map<String, Value>, body_len: usize) ->
                 .and_then(|g| g.get("maxOutputTokens"))
                 .and_then(Value::as_u64)
         });
-    prompt + cap.unwrap_or(DEFAULT_COMPLETION_ESTIMATE)
+    Estimate {
+        prompt,
+        completion: cap.unwrap_or(DEFAULT_COMPLETION_ESTIMATE),
+    }
+}
+
+/// A request's tokens as estimated before it is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Estimate {
+    pub prompt: u64,
+    /// The most it lets the model generate (or the default guess).
+    pub completion: u64,
+}
+
+impl Estimate {
+    pub fn total(self) -> u64 {
+        self.prompt + self.completion
+    }
+
+    /// The most the request can cost on any of the planned candidates: each price component at
+    /// its highest among them, so a budget reservation is an upper bound whichever key serves.
+    /// Unpriced candidates count nothing (their cost is unknown, and recorded as such).
+    fn cost(self, admitted: &Admitted<'_>, plan: &Plan<'_>) -> u64 {
+        let (mut input, mut output) = (0u64, 0u64);
+        for c in &plan.candidates {
+            if let Some(p) = admitted.prices.lookup(
+                &admitted.model,
+                c.provider.kind,
+                &c.target.upstream_model,
+            ) {
+                input = input.max(p.input);
+                output = output.max(p.output);
+            }
+        }
+        self.prompt
+            .saturating_mul(input)
+            .saturating_add(self.completion.saturating_mul(output))
+    }
 }
 
 fn key_limits(k: &ProviderKey) -> KeyLimits {
@@ -164,11 +221,18 @@ pub async fn reserve(
     plan: &Plan<'_>,
     ex: &mut Exchange,
 ) -> Result<usize, ProxyError> {
+    let checks = client_checks(snap, admitted.client, app.clock.now());
+    // Pricing the estimate costs a lookup per candidate: only when a budget needs it.
+    let cost_nanos = if checks.iter().any(|c| c.dim == Dim::Budget) {
+        admitted.estimate.cost(admitted, plan)
+    } else {
+        0
+    };
     let demand = Demand {
         request_id: ex.request_id.to_str().unwrap_or_default().to_owned(),
-        tokens: admitted.estimated_tokens,
-        cost_nanos: 0,
-        checks: client_checks(snap, admitted.client, app.clock.now()),
+        tokens: admitted.estimate.total(),
+        cost_nanos,
+        checks,
         keys: plan.candidates.iter().map(|c| key_limits(&c.key)).collect(),
     };
     match app.limiter.admit(&demand, app.clock.now()).await {
@@ -201,7 +265,7 @@ pub async fn reserve_key(
     }
     let demand = Demand {
         request_id: ex.request_id.to_str().unwrap_or_default().to_owned(),
-        tokens: admitted.estimated_tokens,
+        tokens: admitted.estimate.total(),
         cost_nanos: 0,
         checks: Vec::new(),
         keys: vec![limits],

@@ -158,6 +158,7 @@ fn record(
         started_at: Some(timestamp(now)),
         user_id: admitted.client.user_id.clone(),
         client_key_prefix: admitted.client.prefix.clone(),
+        client_key_id: admitted.client.id.clone(),
         public_model: admitted.model.clone(),
         stream: admitted.stream,
         skipped,

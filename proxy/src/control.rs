@@ -268,6 +268,11 @@ impl ReportQueues {
     pub fn try_outcome(&mut self) -> Option<pb::KeyOutcome> {
         self.outcomes.try_recv().ok()
     }
+
+    /// A routing record already queued, if any (component tests).
+    pub fn try_record(&mut self) -> Option<pb::RoutingRecord> {
+        self.records.try_recv().ok()
+    }
 }
 
 impl Reporter {

@@ -1,7 +1,8 @@
 //! One request's context, carried through the phases: its id, the client's dialect, the facts
 //! the access log wants, and the routing record. Finishing emits the access-log event and sends
 //! the record, exactly once: when the response is complete, when a relayed body ends, or (on
-//! drop) when the client went away first.
+//! drop) when the client went away first. The record carries the answer's usage and its cost at
+//! the price of the model that served it.
 
 use std::time::{Instant, SystemTime};
 
@@ -11,6 +12,7 @@ use llmhub_providers::Dialect;
 
 use crate::control::Reporter;
 use crate::limits::{Amounts, Ticket};
+use crate::usage::{Price, Usage};
 
 /// Facts gathered along the way for the access log.
 #[derive(Default, Debug)]
@@ -29,12 +31,15 @@ struct Trail {
     started: Instant,
     log: LogFields,
     record: Option<pb::RoutingRecord>,
+    price: Option<Price>,
     reporter: Reporter,
     tickets: Vec<Ticket>,
 }
 
 impl Trail {
-    fn emit(mut self, status: u16) {
+    /// `partial`: the client went away before the answer ended; `usage` covers what was
+    /// delivered.
+    fn emit(mut self, status: u16, usage: Usage, partial: bool) {
         let latency = self.started.elapsed();
         tracing::info!(
             request_id = self.request_id.to_str().unwrap_or_default(),
@@ -47,17 +52,20 @@ impl Trail {
             provider = self.log.provider.as_deref().unwrap_or(""),
             key = self.log.key_fingerprint.as_deref().unwrap_or(""),
             attempts = self.log.attempts,
+            prompt_tokens = usage.prompt,
+            completion_tokens = usage.completion,
             "request"
         );
+        // No price known for the model: the cost is 0 (the control plane stores it as unknown
+        // when there were tokens to pay for).
+        let cost_nanos = self.price.map_or(0, |p| p.cost(&usage));
         // The limits learn what the request really used: the provider's usage when it reported
-        // some, nothing for a request that failed without any, else the estimate stands.
-        let used = self
-            .record
-            .as_ref()
-            .map_or(Amounts::default(), |r| Amounts {
-                tokens: r.prompt_tokens + r.completion_tokens,
-                cost_nanos: r.cost_nanos,
-            });
+        // some (or what a cut stream delivered), nothing for a request that failed without any,
+        // else the estimate stands.
+        let used = Amounts {
+            tokens: usage.prompt + usage.completion,
+            cost_nanos,
+        };
         for t in &mut self.tickets {
             if used.tokens > 0 {
                 t.settle(used);
@@ -69,6 +77,11 @@ impl Trail {
         if let Some(mut r) = self.record {
             r.status = u32::from(status);
             r.latency_ms = u32::try_from(latency.as_millis()).unwrap_or(u32::MAX);
+            r.prompt_tokens = usage.prompt;
+            r.completion_tokens = usage.completion;
+            r.cached_tokens = usage.cached;
+            r.partial = partial;
+            r.cost_nanos = cost_nanos;
             self.reporter.record(r);
         }
     }
@@ -84,6 +97,10 @@ pub struct Exchange {
     method: Method,
     path: String,
     record: Option<pb::RoutingRecord>,
+    /// The price of the model that served the answer, once an attempt succeeded.
+    price: Option<Price>,
+    /// Usage of an answer the exchange finishes itself (a translated JSON answer).
+    usage: Usage,
     reporter: Reporter,
     open: bool,
     /// Limit reservations, settled when the exchange finishes (so a stream holds its
@@ -102,6 +119,8 @@ impl Exchange {
             method,
             path,
             record: None,
+            price: None,
+            usage: Usage::default(),
             reporter,
             open: true,
             tickets: Vec::new(),
@@ -135,10 +154,25 @@ impl Exchange {
         }
     }
 
+    /// The price the answer's cost is computed at.
+    pub fn set_price(&mut self, price: Option<Price>) {
+        self.price = price;
+    }
+
+    /// The usage of an answer that is complete before the response goes out.
+    pub fn set_usage(&mut self, usage: Usage) {
+        self.usage = usage;
+    }
+
     /// Finishes now with the response's status (a no-op once finished or handed off).
     pub fn finish(&mut self, status: u16) {
+        self.finish_with(status, false);
+    }
+
+    fn finish_with(&mut self, status: u16, partial: bool) {
+        let usage = self.usage;
         if let Some(t) = self.take_trail() {
-            t.emit(status);
+            t.emit(status, usage, partial);
         }
     }
 
@@ -158,6 +192,7 @@ impl Exchange {
             started: self.started,
             log: std::mem::take(&mut self.log),
             record: self.record.take(),
+            price: self.price,
             reporter: self.reporter.clone(),
             tickets: std::mem::take(&mut self.tickets),
         })
@@ -167,7 +202,7 @@ impl Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         // 499: the client closed the connection before an answer was ready.
-        self.finish(499);
+        self.finish_with(499, true);
     }
 }
 
@@ -175,17 +210,20 @@ impl Drop for Exchange {
 pub struct Finish(Option<Trail>);
 
 impl Finish {
-    pub fn done(&mut self, status: u16) {
+    /// Finishes with the body's status and the usage it carried (`partial`: the client went
+    /// away first). Only the first call counts.
+    pub fn done(&mut self, status: u16, usage: Usage, partial: bool) {
         if let Some(t) = self.0.take() {
-            t.emit(status);
+            t.emit(status, usage, partial);
         }
     }
 }
 
 impl Drop for Finish {
     fn drop(&mut self) {
-        // 499: the client closed the connection before the body was complete.
-        self.done(499);
+        // 499: the client closed the connection before the body was complete. The relay
+        // normally finishes first with the usage it saw; this is the backstop.
+        self.done(499, Usage::default(), true);
     }
 }
 

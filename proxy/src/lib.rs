@@ -5,6 +5,7 @@
 //! - `api` — the public API and the request's phases: `admission` → `routing` → `upstream`
 //!   → `relay`, over one per-request `exchange`;
 //! - `dialects` — translation between client and provider dialects;
+//! - `usage` — token usage from the provider's reports, and cost from the snapshot's prices;
 //! - `state` — the validated snapshot; `health` — this proxy's key and provider health;
 //! - `control` — the link to the control plane (Watch, Report);
 //! - `server` — listeners; `app` — shared state; `error`, `body`, `clock`, `config`, `cli`.
@@ -29,6 +30,7 @@ pub mod server;
 pub mod spool;
 pub mod state;
 pub mod upstream;
+pub mod usage;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Responding: the provider's answer on its way to the client. Successful bodies are relayed
-//! chunk by chunk (translated event by event when the provider speaks another dialect); nothing
-//! is buffered whole except a translated non-streaming answer and the small error bodies that
-//! are inspected before being passed on.
+//! chunk by chunk (translated event by event when the provider speaks another dialect) and
+//! metered on the way (`usage`); nothing is buffered whole except a translated non-streaming
+//! answer and the small error bodies that are inspected before being passed on.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -22,29 +22,41 @@ use crate::dialects::{StreamTranslate, Translator};
 use crate::error::ProxyError;
 use crate::exchange::{Exchange, Finish};
 use crate::health::InFlight;
+use crate::usage::{Meter, Observed, Shape};
 
 /// Largest upstream error body read for inspection.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
-/// Relays an upstream success as it arrives, translated when `translator` is given. Finishing
-/// passes to the body: it ends when the last chunk is out (or the client leaves).
+/// How a relayed body reaches the client.
+pub enum Through {
+    /// Passed through in the provider's dialect, metered as `shape`; `strip` removes the
+    /// usage-only chunk the proxy asked for on the client's behalf.
+    Pass { shape: Shape, strip: bool },
+    /// Rewritten event by event into the client's dialect (the translator meters it).
+    Translate(Box<dyn StreamTranslate>),
+}
+
+/// Relays an upstream success as it arrives. Finishing passes to the body: it ends when the
+/// last chunk is out (or the client leaves). `prompt_bytes` (the client's request body) sizes
+/// the prompt estimate of a stream cut before the provider reported its usage.
 pub fn stream(
     resp: reqwest::Response,
     sse: bool,
     ex: &mut Exchange,
     inflight: InFlight,
-    translator: Option<Box<dyn StreamTranslate>>,
+    through: Through,
+    prompt_bytes: usize,
 ) -> Response<Body> {
     let status = resp.status();
     let upstream_type = resp.headers().get(CONTENT_TYPE).cloned();
-    let (status, content_type, sse) = match &translator {
+    let (status, content_type, sse) = match &through {
         // A translated stream is SSE in the client's dialect whatever the provider sent.
-        Some(_) => (
+        Through::Translate(_) => (
             StatusCode::OK,
             HeaderValue::from_static("text/event-stream"),
             true,
         ),
-        None => {
+        Through::Pass { .. } => {
             let content_type = upstream_type.unwrap_or_else(|| {
                 HeaderValue::from_static(if sse {
                     "text/event-stream"
@@ -59,6 +71,17 @@ pub fn stream(
             (status, content_type, sse)
         }
     };
+    let body = match through {
+        // Metered as what the provider actually sent: a JSON answer to a stream request is
+        // read as JSON (and has no usage chunk to strip).
+        Through::Pass { shape, strip } => {
+            let upstream_sse = content_type
+                .to_str()
+                .is_ok_and(|c| c.starts_with("text/event-stream"));
+            Rewrite::Meter(Meter::new(shape, upstream_sse, strip))
+        }
+        Through::Translate(t) => Rewrite::Translate(t),
+    };
     let relay = Relay {
         inner: Box::pin(resp.bytes_stream()),
         sse,
@@ -67,7 +90,8 @@ pub fn stream(
         status: status.as_u16(),
         _inflight: inflight,
         dialect: ex.dialect,
-        translator,
+        body,
+        prompt_bytes,
     };
     let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(relay)));
     *r.status_mut() = status;
@@ -79,12 +103,15 @@ pub fn stream(
     r
 }
 
-/// Answers from a provider's whole JSON success, translated into the client's dialect.
+/// Answers from a provider's whole JSON success, translated into the client's dialect; the
+/// provider's usage (in its `shape`) goes on the exchange's record.
 pub async fn translated(
     resp: reqwest::Response,
     inflight: InFlight,
     translator: &dyn Translator,
     public_model: &str,
+    shape: Shape,
+    ex: &mut Exchange,
 ) -> Result<Response<Body>, ProxyError> {
     let body = resp
         .bytes()
@@ -94,6 +121,11 @@ pub async fn translated(
     let v: Value = serde_json::from_slice(&body).map_err(|_| {
         ProxyError::UpstreamUnavailable("provider answered with invalid JSON".into())
     })?;
+    let observed = Observed {
+        reading: crate::usage::reading(shape, &v).unwrap_or_default(),
+        text_bytes: 0,
+    };
+    ex.set_usage(observed.settle(0, false));
     let answer = translator.response(&v, public_model, unix_now());
     Ok(json(StatusCode::OK, answer.to_string()))
 }
@@ -202,8 +234,16 @@ struct Relay {
     /// The key counts as in flight until the body is fully relayed.
     _inflight: InFlight,
     dialect: Dialect,
-    /// Rewrites the provider's events into the client's dialect on the way through.
-    translator: Option<Box<dyn StreamTranslate>>,
+    body: Rewrite,
+    prompt_bytes: usize,
+}
+
+/// What happens to the provider's bytes on the way through.
+enum Rewrite {
+    /// Passed on, read for usage.
+    Meter(Meter),
+    /// Rewritten into the client's dialect.
+    Translate(Box<dyn StreamTranslate>),
 }
 
 /// Error event that ends an interrupted stream, in the OpenAI dialect.
@@ -222,15 +262,18 @@ impl Stream for Relay {
             return match self.inner.as_mut().poll_next(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => {
-                    let Some(t) = self.translator.as_mut() else {
-                        return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                    let out = match &mut self.body {
+                        Rewrite::Meter(m) => m.relay(chunk),
+                        Rewrite::Translate(t) => {
+                            let out = t.feed(&chunk);
+                            (!out.is_empty()).then(|| Bytes::from(out))
+                        }
                     };
-                    let out = t.feed(&chunk);
-                    if out.is_empty() {
+                    match out {
                         // Nothing complete yet (or an event with no counterpart): read on.
-                        continue;
+                        None => continue,
+                        Some(out) => Poll::Ready(Some(Ok(Frame::data(out)))),
                     }
-                    Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))))
                 }
                 Poll::Ready(Some(Err(e))) => {
                     tracing::warn!(error = %e.without_url(), "upstream body interrupted");
@@ -243,24 +286,38 @@ impl Stream for Relay {
 }
 
 impl Relay {
+    fn observed(&self) -> Observed {
+        match &self.body {
+            Rewrite::Meter(m) => m.observed(),
+            Rewrite::Translate(t) => t.observed(),
+        }
+    }
+
     /// The upstream body ended. A translated stream that ends without its final event was cut
     /// short; one that finished may still owe the client its closing events.
     fn ended(&mut self) -> Option<Result<Frame<Bytes>, BoxError>> {
-        let tail = match self.translator.as_mut().map(|t| t.end()) {
-            Some(None) => return self.interrupted(),
-            Some(Some(tail)) => tail,
-            None => String::new(),
+        let tail = match &mut self.body {
+            Rewrite::Translate(t) => match t.end() {
+                None => return self.interrupted(),
+                Some(tail) => Bytes::from(tail),
+            },
+            Rewrite::Meter(m) => m.finish().unwrap_or_default(),
         };
         self.done = true;
-        let status = self.status;
-        self.finish.done(status);
-        (!tail.is_empty()).then(|| Ok(Frame::data(Bytes::from(tail))))
+        let (status, usage) = (
+            self.status,
+            self.observed().settle(self.prompt_bytes, false),
+        );
+        self.finish.done(status, usage, false);
+        (!tail.is_empty()).then_some(Ok(Frame::data(tail)))
     }
 
     /// Ends the body after an upstream failure: an error event for streams, an error otherwise.
+    /// The usage covers what was relayed before the break.
     fn interrupted(&mut self) -> Option<Result<Frame<Bytes>, BoxError>> {
         self.done = true;
-        self.finish.done(502);
+        let usage = self.observed().settle(self.prompt_bytes, true);
+        self.finish.done(502, usage, false);
         if self.sse {
             let event = match self.dialect {
                 Dialect::OpenAi => SSE_INTERRUPTED,
@@ -269,6 +326,16 @@ impl Relay {
             Some(Ok(Frame::data(Bytes::from_static(event))))
         } else {
             Some(Err("upstream body interrupted".into()))
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if !self.done {
+            // The client went away mid-body: record what was delivered, marked partial.
+            let usage = self.observed().settle(self.prompt_bytes, true);
+            self.finish.done(499, usage, true);
         }
     }
 }

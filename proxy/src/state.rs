@@ -20,6 +20,8 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::usage::{Price, Prices};
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SnapshotError {
     #[error("snapshot version must be positive")]
@@ -261,6 +263,8 @@ pub struct Snapshot {
     pub routes: HashMap<String, Arc<Route>>,
     pub providers: HashMap<String, Provider>,
     pub keys_by_provider: HashMap<String, Vec<Arc<ProviderKey>>>,
+    /// Prices per model, for each request's cost.
+    pub prices: Prices,
     /// Round-robin cursor; relaxed ordering is enough, it only spreads load.
     cursor: AtomicUsize,
 }
@@ -271,6 +275,7 @@ impl std::fmt::Debug for Snapshot {
             .field("version", &self.version)
             .field("routes", &self.routes.len())
             .field("providers", &self.providers.len())
+            .field("prices", &self.prices.len())
             .finish_non_exhaustive()
     }
 }
@@ -477,6 +482,21 @@ impl Snapshot {
             }
         }
 
+        let mut prices = Prices::default();
+        for p in &msg.prices {
+            if p.model.is_empty() {
+                continue;
+            }
+            prices.insert(
+                &p.model,
+                Price {
+                    input: p.input_nanos_per_token,
+                    output: p.output_nanos_per_token,
+                    cached_input: p.cached_input_nanos_per_token,
+                },
+            );
+        }
+
         Ok(Snapshot {
             version: msg.version,
             hash_secret,
@@ -485,6 +505,7 @@ impl Snapshot {
             routes,
             providers,
             keys_by_provider,
+            prices,
             cursor: AtomicUsize::new(0),
         })
     }
@@ -945,6 +966,27 @@ pub(crate) mod tests {
             Snapshot::from_proto(m).unwrap_err(),
             SnapshotError::DuplicateKeyHash("c2".into())
         );
+    }
+
+    #[test]
+    fn prices_come_with_the_snapshot() {
+        let mut m = sample();
+        m.prices = vec![pb::ModelPrice {
+            model: "up-x".into(),
+            input_nanos_per_token: 2500,
+            output_nanos_per_token: 10_000,
+            cached_input_nanos_per_token: 1250,
+        }];
+        let s = Snapshot::from_proto(m).unwrap();
+        assert_eq!(
+            s.prices.lookup("gpt-x", Some(Kind::OpenAi), "up-x"),
+            Some(Price {
+                input: 2500,
+                output: 10_000,
+                cached_input: 1250
+            })
+        );
+        assert_eq!(s.prices.lookup("gpt-x", None, "other"), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use llmhub_proto::v1 as pb;
 use llmhub_providers::classify::exhausted_for;
 use llmhub_providers::{Endpoint, FailureClass, Serving, Translation, Verdict};
 use secrecy::ExposeSecret;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::admission::Admitted;
 use crate::app::App;
@@ -22,8 +22,9 @@ use crate::dialects::{self, Translator};
 use crate::error::ProxyError;
 use crate::exchange::{Exchange, timestamp};
 use crate::health::{InFlight, Probe};
-use crate::relay;
+use crate::relay::{self, Through};
 use crate::routing::Candidate;
+use crate::usage::Shape;
 
 /// What one candidate came to.
 pub enum Step {
@@ -60,24 +61,36 @@ impl WireBody {
         &mut self,
         admitted: &mut Admitted<'_>,
         upstream_model: &str,
-        translation: Translation,
+        serving: Serving,
     ) -> Result<Bytes, ProxyError> {
+        let translation = serving.translation;
         if let Some((m, t, b)) = &self.last
             && m == upstream_model
             && *t == translation
         {
             return Ok(b.clone());
         }
+        let inject = admitted.injects_usage(serving);
         let bytes = match dialects::translator(translation) {
-            None if upstream_model == admitted.model => admitted.raw.clone(),
+            None if upstream_model == admitted.model && !inject => admitted.raw.clone(),
             None => {
                 admitted
                     .payload
                     .insert("model".into(), Value::String(upstream_model.to_owned()));
-                Bytes::from(
-                    serde_json::to_vec(&admitted.payload)
-                        .map_err(|e| ProxyError::BadRequest(e.to_string()))?,
-                )
+                let asked = inject.then(|| ask_for_usage(&mut admitted.payload));
+                let body = serde_json::to_vec(&admitted.payload);
+                // The payload stays the client's request: other candidates' wire bodies are built
+                // from it, and a translated one must not carry the proxy's ask.
+                match asked {
+                    Some(Some(previous)) => {
+                        admitted.payload.insert("stream_options".into(), previous);
+                    }
+                    Some(None) => {
+                        admitted.payload.remove("stream_options");
+                    }
+                    None => {}
+                }
+                Bytes::from(body.map_err(|e| ProxyError::BadRequest(e.to_string()))?)
             }
             Some(t) => {
                 admitted
@@ -94,6 +107,17 @@ impl WireBody {
         self.last = Some((upstream_model.to_owned(), translation, bytes.clone()));
         Ok(bytes)
     }
+}
+
+/// Sets `stream_options.include_usage` (keeping the client's other stream options); returns
+/// the client's own `stream_options`, if it sent any.
+fn ask_for_usage(payload: &mut Map<String, Value>) -> Option<Value> {
+    let mut options = match payload.get("stream_options") {
+        Some(Value::Object(o)) => o.clone(),
+        _ => Map::new(),
+    };
+    options.insert("include_usage".into(), Value::Bool(true));
+    payload.insert("stream_options".into(), Value::Object(options))
 }
 
 /// A candidate made ready to send.
@@ -221,7 +245,7 @@ async fn prepare(
     ex.log.provider = Some(provider.name.clone());
     ex.log.key_fingerprint = Some(key.fingerprint.clone());
     let body = wire
-        .get(admitted, &target.upstream_model, serving.translation)
+        .get(admitted, &target.upstream_model, serving)
         .map_err(|e| Step::Done(Err(e)))?;
     let endpoint = Endpoint {
         base_url: &provider.base_url,
@@ -299,10 +323,16 @@ async fn succeeded(
         app.reporter.outcome(o);
     }
     drop(answer.probe);
-    let translator = dialects::translator(answer.serving.translation);
-    match translator {
+    ex.set_price(admitted.prices.lookup(
+        &admitted.model,
+        cand.provider.kind,
+        &cand.target.upstream_model,
+    ));
+    let shape = Shape::of(answer.serving);
+    let prompt_bytes = admitted.raw.len();
+    match dialects::translator(answer.serving.translation) {
         Some(t) if !admitted.stream => {
-            relay::translated(answer.resp, answer.inflight, t, &admitted.model).await
+            relay::translated(answer.resp, answer.inflight, t, &admitted.model, shape, ex).await
         }
         Some(t) => {
             let st = t.stream(&admitted.model, relay::unix_now(), admitted.include_usage);
@@ -311,16 +341,21 @@ async fn succeeded(
                 true,
                 ex,
                 answer.inflight,
-                Some(st),
+                Through::Translate(st),
+                prompt_bytes,
             ))
         }
-        None => Ok(relay::stream(
-            answer.resp,
-            admitted.stream,
-            ex,
-            answer.inflight,
-            None,
-        )),
+        None => {
+            let strip = admitted.injects_usage(answer.serving);
+            Ok(relay::stream(
+                answer.resp,
+                admitted.stream,
+                ex,
+                answer.inflight,
+                Through::Pass { shape, strip },
+                prompt_bytes,
+            ))
+        }
     }
 }
 

@@ -14,6 +14,13 @@
 //! | `mock-403-flagged`, `mock-402-max-tokens`, `mock-429-too-large` | refusals of one request (moderation, credit for this many tokens, larger than the whole TPM budget) |
 //! | `mock-stream-cut`   | SSE: two chunks, then the connection is cut without `[DONE]`     |
 //! | `mock-stream-gated` | SSE: one chunk, then waits for [`MockProvider::release`]         |
+//! | `claude-stream-gated` | Anthropic SSE: `message_start` and one text delta, then waits for [`MockProvider::release`] |
+//!
+//! Every answer reports usage as its API does, with cached prompt tokens ([`CHAT_USAGE`] and
+//! the other constants). Chat and completions streams carry usage only when the request asks
+//! for it (`stream_options.include_usage`), as OpenAI's do: then every chunk has `"usage":null`
+//! and a last chunk with `choices: []` carries the usage. The Responses API streams too, with
+//! its usage in `response.completed`.
 //!
 //! Some behaviours follow the provider key instead (the bearer token contains the marker), so a
 //! pool can hold good and bad keys side by side:
@@ -32,7 +39,6 @@
 //! `GET …/models` (the control plane's key test). Every request is recorded (method, path,
 //! headers, body).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,6 +51,58 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
+
+/// Token usage as the mock reports it; `prompt` includes `cached`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MockUsage {
+    pub prompt: u64,
+    pub completion: u64,
+    pub cached: u64,
+}
+
+/// Chat completions (JSON and streams).
+pub const CHAT_USAGE: MockUsage = MockUsage {
+    prompt: 5,
+    completion: 3,
+    cached: 2,
+};
+/// Legacy completions.
+pub const COMPLETIONS_USAGE: MockUsage = MockUsage {
+    prompt: 2,
+    completion: 3,
+    cached: 0,
+};
+/// Embeddings.
+pub const EMBEDDINGS_USAGE: MockUsage = MockUsage {
+    prompt: 2,
+    completion: 0,
+    cached: 0,
+};
+/// The Responses API.
+pub const RESPONSES_USAGE: MockUsage = MockUsage {
+    prompt: 6,
+    completion: 3,
+    cached: 4,
+};
+/// Anthropic's Messages API: `input_tokens` 5 plus 4 tokens read from and 1 written to the
+/// cache (both count as prompt tokens).
+pub const ANTHROPIC_USAGE: MockUsage = MockUsage {
+    prompt: 10,
+    completion: 3,
+    cached: 4,
+};
+/// Gemini (`promptTokenCount` includes the cached tokens).
+pub const GEMINI_USAGE: MockUsage = MockUsage {
+    prompt: 4,
+    completion: 3,
+    cached: 2,
+};
+
+fn openai_usage(u: MockUsage) -> Value {
+    json!({"prompt_tokens": u.prompt, "completion_tokens": u.completion,
+        "total_tokens": u.prompt + u.completion,
+        "prompt_tokens_details": {"cached_tokens": u.cached}})
+}
 
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -151,17 +209,33 @@ fn completion(model: &str) -> Value {
         "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello from mock"},
                      "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+        "usage": openai_usage(CHAT_USAGE)
     })
 }
 
-fn chunk(model: &str, content: &str, finish: Option<&str>) -> Bytes {
-    let v = json!({
+/// A chat chunk; with `usage` (the request asked for it) it says `"usage":null` as OpenAI's do.
+fn chunk(model: &str, content: &str, finish: Option<&str>, usage: bool) -> Bytes {
+    let mut v = json!({
         "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
         "model": model,
         "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]
     });
+    if usage {
+        v["usage"] = Value::Null;
+    }
     Bytes::from(format!("data: {v}\n\n"))
+}
+
+/// The last chunk of a stream whose request asked for usage: no choices, the usage.
+fn usage_chunk(model: &str, object: &str, usage: MockUsage) -> Bytes {
+    let v = json!({"id": "chatcmpl-mock", "object": object, "created": 1_700_000_000,
+        "model": model, "choices": [], "usage": openai_usage(usage)});
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+/// Whether a request asks for usage in its stream.
+fn asks_usage(body: &Value) -> bool {
+    body["stream_options"]["include_usage"].as_bool() == Some(true)
 }
 
 fn error(status: StatusCode, message: &str, ty: &str, code: &str) -> Response {
@@ -246,33 +320,22 @@ async fn handle(
         return gemini(path.ends_with(":streamGenerateContent"), &headers);
     }
     if path.ends_with("/messages") {
-        return anthropic_messages(&parsed, &headers);
+        return anthropic_messages(inner, &parsed, &headers);
     }
     if path.ends_with("/responses") {
-        return axum::Json(json!({
-            "id": "resp_mock", "object": "response", "status": "completed", "model": parsed["model"],
-            "output": [{"type": "message", "id": "msg_mock", "role": "assistant",
-                "content": [{"type": "output_text", "text": "hello from mock", "annotations": []}]}],
-            "usage": {"input_tokens": 2, "output_tokens": 3, "total_tokens": 5}
-        }))
-        .into_response();
+        return responses(&parsed);
     }
     if path.ends_with("/embeddings") {
+        let u = EMBEDDINGS_USAGE;
         return axum::Json(json!({
             "object": "list",
             "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
-            "model": parsed["model"], "usage": {"prompt_tokens": 2, "total_tokens": 2}
+            "model": parsed["model"], "usage": {"prompt_tokens": u.prompt, "total_tokens": u.prompt}
         }))
         .into_response();
     }
     if path.ends_with("/completions") && !path.ends_with("/chat/completions") {
-        return axum::Json(json!({
-            "id": "cmpl-mock", "object": "text_completion", "created": 1_700_000_000,
-            "model": parsed["model"],
-            "choices": [{"text": "hello from mock", "index": 0, "logprobs": null, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
-        }))
-        .into_response();
+        return completions(&parsed);
     }
     if !path.ends_with("/chat/completions") {
         return error(
@@ -478,9 +541,10 @@ async fn handle(
         }
         "mock-stream-cut" => {
             let m = model.clone();
+            let u = asks_usage(&parsed);
             let items = vec![
-                Ok(chunk(&m, "Hel", None)),
-                Ok(chunk(&m, "lo", None)),
+                Ok(chunk(&m, "Hel", None, u)),
+                Ok(chunk(&m, "lo", None, u)),
                 Err(std::io::Error::other("connection cut")),
             ];
             // Paced so the headers and first chunks are on the wire before the cut, as when a
@@ -493,51 +557,134 @@ async fn handle(
         }
         "mock-stream-gated" => {
             let m = model.clone();
-            let first = chunk(&m, "first", None);
-            let rest = Bytes::from(
-                [
-                    chunk(&m, " second", None),
-                    chunk(&m, "", Some("stop")),
-                    Bytes::from_static(b"data: [DONE]\n\n"),
-                ]
-                .concat(),
-            );
-            let s = futures_util::stream::unfold(0u8, move |state| {
-                let inner = inner.clone();
-                let first = first.clone();
-                let rest = rest.clone();
-                async move {
-                    match state {
-                        0 => Some((Ok::<_, std::io::Error>(first), 1)),
-                        1 => {
-                            inner.gate.notified().await;
-                            Some((Ok(rest), 2))
-                        }
-                        _ => None,
-                    }
-                }
-            });
-            sse(s)
+            let u = asks_usage(&parsed);
+            let first = chunk(&m, "first", None, u);
+            let mut rest = vec![chunk(&m, " second", None, u), chunk(&m, "", Some("stop"), u)];
+            if u {
+                rest.push(usage_chunk(&m, "chat.completion.chunk", CHAT_USAGE));
+            }
+            rest.push(Bytes::from_static(b"data: [DONE]\n\n"));
+            gated(inner, first, Bytes::from(rest.concat()))
         }
         _ if stream => {
             let m = model.clone();
-            let parts = vec![
-                Ok::<_, Infallible>(chunk(&m, "hello", None)),
-                Ok(chunk(&m, " from", None)),
-                Ok(chunk(&m, " mock", None)),
-                Ok(chunk(&m, "", Some("stop"))),
-                Ok(Bytes::from_static(b"data: [DONE]\n\n")),
+            let u = asks_usage(&parsed);
+            let mut parts = vec![
+                chunk(&m, "hello", None, u),
+                chunk(&m, " from", None, u),
+                chunk(&m, " mock", None, u),
+                chunk(&m, "", Some("stop"), u),
             ];
+            if u {
+                parts.push(usage_chunk(&m, "chat.completion.chunk", CHAT_USAGE));
+            }
+            parts.push(Bytes::from_static(b"data: [DONE]\n\n"));
             sse(futures_util::stream::iter(
-                parts.into_iter().map(|r| r.map_err(|e| match e {})),
+                parts.into_iter().map(Ok::<_, std::io::Error>),
             ))
         }
         _ => axum::Json(completion(&model)).into_response(),
     }
 }
 
+/// A stream that sends `first`, then waits for [`MockProvider::release`] before `rest`.
+fn gated(inner: Arc<Inner>, first: Bytes, rest: Bytes) -> Response {
+    let s = futures_util::stream::unfold(0u8, move |state| {
+        let inner = inner.clone();
+        let first = first.clone();
+        let rest = rest.clone();
+        async move {
+            match state {
+                0 => Some((Ok::<_, std::io::Error>(first), 1)),
+                1 => {
+                    inner.gate.notified().await;
+                    Some((Ok(rest), 2))
+                }
+                _ => None,
+            }
+        }
+    });
+    sse(s)
+}
+
+/// Legacy completions: JSON, or SSE chunks with usage only when asked for.
+fn completions(body: &Value) -> Response {
+    let model = body["model"].clone();
+    let u = COMPLETIONS_USAGE;
+    if !body["stream"].as_bool().unwrap_or(false) {
+        return axum::Json(json!({
+            "id": "cmpl-mock", "object": "text_completion", "created": 1_700_000_000,
+            "model": model,
+            "choices": [{"text": "hello from mock", "index": 0, "logprobs": null, "finish_reason": "stop"}],
+            "usage": openai_usage(u)
+        }))
+        .into_response();
+    }
+    let asks = asks_usage(body);
+    let mut parts: Vec<Bytes> = [("hello", None), (" from mock", Some("stop"))]
+        .into_iter()
+        .map(|(text, finish)| {
+            let mut v = json!({"id": "cmpl-mock", "object": "text_completion", "created": 1_700_000_000,
+                "model": model, "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]});
+            if asks {
+                v["usage"] = Value::Null;
+            }
+            Bytes::from(format!("data: {v}\n\n"))
+        })
+        .collect();
+    if asks {
+        let m = model.as_str().unwrap_or("mock");
+        parts.push(usage_chunk(m, "text_completion", u));
+    }
+    parts.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    sse(futures_util::stream::iter(
+        parts.into_iter().map(Ok::<_, std::io::Error>),
+    ))
+}
+
+/// The Responses API: a response object, or its event stream ending in `response.completed`.
+fn responses(body: &Value) -> Response {
+    let u = RESPONSES_USAGE;
+    let usage = json!({"input_tokens": u.prompt, "output_tokens": u.completion,
+        "total_tokens": u.prompt + u.completion,
+        "input_tokens_details": {"cached_tokens": u.cached},
+        "output_tokens_details": {"reasoning_tokens": 0}});
+    let response = |status: &str, usage: Value| {
+        json!({"id": "resp_mock", "object": "response", "status": status, "model": body["model"],
+            "output": [{"type": "message", "id": "msg_mock", "role": "assistant",
+                "content": [{"type": "output_text", "text": "hello from mock", "annotations": []}]}],
+            "usage": usage})
+    };
+    if !body["stream"].as_bool().unwrap_or(false) {
+        return axum::Json(response("completed", usage)).into_response();
+    }
+    let ev = |data: Value| {
+        Bytes::from(format!(
+            "event: {}\ndata: {data}\n\n",
+            data["type"].as_str().unwrap_or("")
+        ))
+    };
+    let frames = vec![
+        ev(json!({"type": "response.created", "sequence_number": 0,
+            "response": response("in_progress", Value::Null)})),
+        ev(
+            json!({"type": "response.output_text.delta", "sequence_number": 1,
+            "item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": "hello"}),
+        ),
+        ev(
+            json!({"type": "response.output_text.delta", "sequence_number": 2,
+            "item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": " from mock"}),
+        ),
+        ev(json!({"type": "response.completed", "sequence_number": 3,
+            "response": response("completed", usage)})),
+    ];
+    sse(futures_util::stream::iter(
+        frames.into_iter().map(Ok::<_, std::io::Error>),
+    ))
+}
+
 /// Anthropic's Messages API: JSON, or SSE in Anthropic's event framing; errors in its shape.
-fn anthropic_messages(body: &Value, headers: &HeaderMap) -> Response {
+fn anthropic_messages(inner: Arc<Inner>, body: &Value, headers: &HeaderMap) -> Response {
     let anthropic_error = |status: StatusCode, ty: &str, message: &str| {
         (
             status,
@@ -568,12 +715,18 @@ fn anthropic_messages(body: &Value, headers: &HeaderMap) -> Response {
             "Overloaded",
         );
     }
+    let u = ANTHROPIC_USAGE;
+    // 1 of the prompt tokens was written to the cache, `cached` read from it, the rest plain.
+    let input = |output: u64| {
+        json!({"input_tokens": u.prompt - u.cached - 1, "cache_read_input_tokens": u.cached,
+            "cache_creation_input_tokens": 1, "output_tokens": output})
+    };
     if !body["stream"].as_bool().unwrap_or(false) {
         return axum::Json(json!({
             "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": "hello from mock"}],
             "stop_reason": "end_turn", "stop_sequence": null,
-            "usage": {"input_tokens": 5, "output_tokens": 3}
+            "usage": input(u.completion)
         }))
         .into_response();
     }
@@ -583,7 +736,7 @@ fn anthropic_messages(body: &Value, headers: &HeaderMap) -> Response {
             "message_start",
             json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message",
             "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null,
-            "usage": {"input_tokens": 5, "output_tokens": 1}}}),
+            "usage": input(1)}}),
         ),
         ev(
             "content_block_start",
@@ -604,10 +757,16 @@ fn anthropic_messages(body: &Value, headers: &HeaderMap) -> Response {
         ),
         ev(
             "message_delta",
-            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 3}}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": u.completion}}),
         ),
         ev("message_stop", json!({"type": "message_stop"})),
     ];
+    if model == "claude-stream-gated" {
+        // message_start, content_block_start, ping and the first delta; the rest on release.
+        let first = Bytes::from(frames[..4].concat());
+        let rest = Bytes::from(frames[4..].concat());
+        return gated(inner, first, rest);
+    }
     sse(futures_util::stream::iter(
         frames.into_iter().map(Ok::<_, std::io::Error>),
     ))
@@ -623,7 +782,9 @@ fn gemini(stream: bool, headers: &HeaderMap) -> Response {
         )
             .into_response();
     }
-    let usage = json!({"promptTokenCount": 4, "candidatesTokenCount": 3, "totalTokenCount": 7});
+    let u = GEMINI_USAGE;
+    let usage = json!({"promptTokenCount": u.prompt, "candidatesTokenCount": u.completion,
+        "totalTokenCount": u.prompt + u.completion, "cachedContentTokenCount": u.cached});
     if !stream {
         return axum::Json(json!({
             "candidates": [{"content": {"role": "model", "parts": [{"text": "hello from mock"}]},

@@ -1,4 +1,5 @@
-//! Providers, provider keys, client keys, routes, routing records and the fleet view.
+//! Providers, provider keys, client keys, routes, routing records (with usage and cost) and the
+//! fleet view.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -927,6 +928,17 @@ pub(super) struct RoutingRecordView {
     stream: bool,
     /// Attempts and skipped candidates (`null` if the stored JSON is unreadable).
     detail: Value,
+    /// Usage as the provider reported it; `prompt_tokens` includes `cached_tokens`. For a
+    /// `partial` record (the client went away mid-answer) it covers what was delivered, the
+    /// completion estimated from the text when the provider had not reported it yet.
+    prompt_tokens: i64,
+    completion_tokens: i64,
+    cached_tokens: i64,
+    partial: bool,
+    /// Nano-US-dollars; `null` when no price was known for a request that used tokens.
+    cost_nanos: Option<i64>,
+    /// Empty for records from before it was reported.
+    client_key_id: String,
 }
 
 impl From<routing_records::Model> for RoutingRecordView {
@@ -942,6 +954,12 @@ impl From<routing_records::Model> for RoutingRecordView {
             status: r.status,
             latency_ms: r.latency_ms,
             stream: r.stream,
+            prompt_tokens: r.prompt_tokens,
+            completion_tokens: r.completion_tokens,
+            cached_tokens: r.cached_tokens,
+            partial: r.partial,
+            cost_nanos: r.cost_nanos,
+            client_key_id: r.client_key_id,
         }
     }
 }

@@ -10,6 +10,7 @@ mod catalog;
 mod error;
 mod keys;
 mod limits;
+mod prices;
 pub mod serve;
 mod session;
 mod users;
@@ -24,7 +25,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Request, St
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get, patch, post};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use http::{HeaderValue, Method, header};
 use serde::Serialize;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -236,6 +237,12 @@ fn endpoints() -> Vec<(Endpoint, MethodRouter<AppState>)> {
             ep("GET", "/api/v1/routing-records", User),
             get(catalog::list_routing_records),
         ),
+        (ep("GET", "/api/v1/prices", User), get(prices::list)),
+        (ep("PUT", "/api/v1/prices/{model}", Admin), put(prices::set)),
+        (
+            ep("DELETE", "/api/v1/prices/{model}", Admin),
+            delete(prices::remove),
+        ),
         (ep("GET", "/api/v1/fleet", Admin), get(catalog::fleet)),
         (ep("GET", "/api/v1/users", Admin), get(users::list)),
         (ep("POST", "/api/v1/users", Admin), post(users::create)),
@@ -308,7 +315,13 @@ pub fn router(state: AppState) -> Router {
 fn cors(policy: &Policy) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(policy.dashboard_origins.clone()))
-        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,

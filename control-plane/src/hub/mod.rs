@@ -26,8 +26,9 @@ use crate::vault::HashSecret;
 
 pub use report::{Attempt, FailureClass, KeyOutcome, Outcome, Report, RoutingRecord};
 pub use snapshot::{
-    Budget, BudgetPeriod, ClientKey, Delta, KeyHealth, KeyStateChange, Limits, Provider,
-    ProviderKey, Route, RouteTarget, RoutingStrategy, Snapshot, UserLimits, next_rollover,
+    Budget, BudgetPeriod, ClientKey, Delta, KeyHealth, KeyStateChange, Limits, ModelPrice,
+    Provider, ProviderKey, Route, RouteTarget, RoutingStrategy, Snapshot, UserLimits,
+    next_rollover,
 };
 
 #[derive(Debug, Clone, Serialize)]
@@ -220,6 +221,7 @@ impl SnapshotHub {
             .map(|u| (u.id.clone(), u.shared_pool_access))
             .collect();
         let routes = self.store.routes().await?;
+        let prices = crate::prices::effective(self.store.model_prices().await?);
         let now = Utc::now();
         let users = active
             .into_iter()
@@ -241,6 +243,13 @@ impl SnapshotHub {
             provider_keys: Vec::new(),
             client_keys: Vec::new(),
             routes: Vec::new(),
+            prices: prices
+                .into_iter()
+                .map(|e| ModelPrice {
+                    model: e.model,
+                    price: e.price,
+                })
+                .collect(),
             client_key_hash_secret: self.hash_secret.clone(),
             users,
         };
@@ -505,10 +514,30 @@ impl SnapshotHub {
             self.apply_outcome(o, &report.proxy_id).await?;
         }
         let now = Utc::now();
+        let current = self.tx.borrow().clone();
+        let prices = current.as_ref().map_or(&[][..], |s| &s.prices[..]);
+        let priced = crate::prices::Priced::new(prices);
+        let kind_of = |provider_id: &str| {
+            current
+                .as_ref()
+                .and_then(|s| s.providers.iter().find(|p| p.id == provider_id))
+                .map(|p| p.kind.as_str())
+        };
         let records = report
             .records
             .iter()
             .map(|r| NewRoutingRecord {
+                cost_nanos: stored_cost(r, |public, attempt| {
+                    let (kind, upstream) = attempt.map_or((None, ""), |a| {
+                        (kind_of(&a.provider_id), a.upstream_model.as_str())
+                    });
+                    priced.covers(public, kind, upstream)
+                }),
+                prompt_tokens: r.prompt_tokens,
+                completion_tokens: r.completion_tokens,
+                cached_tokens: r.cached_tokens,
+                partial: r.partial,
+                client_key_id: r.client_key_id.clone(),
                 request_id: r.request_id.clone(),
                 proxy_id: report.proxy_id.clone(),
                 started_at: r.started_at.unwrap_or(now),
@@ -523,5 +552,53 @@ impl SnapshotHub {
             .collect();
         self.store.insert_routing_records(records).await?;
         Ok(())
+    }
+}
+
+/// The cost to store for a record: what the proxy computed, or `None` (unknown) for a request
+/// that used tokens and cost nothing because no price was known. The contract has no "unknown"
+/// for a cost, and 0 alone cannot tell a free model from an unpriced one; the hub holds the
+/// table the proxies price with, so `priced(public model, serving attempt)` tells them apart.
+fn stored_cost(r: &RoutingRecord, priced: impl Fn(&str, Option<&Attempt>) -> bool) -> Option<u64> {
+    if r.cost_nanos > 0 || !r.used_tokens() || priced(&r.public_model, r.served_by()) {
+        Some(r.cost_nanos)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(prompt: u64, cost: u64) -> RoutingRecord {
+        RoutingRecord {
+            request_id: "r".into(),
+            started_at: None,
+            user_id: "u".into(),
+            client_key_prefix: "lh-x".into(),
+            public_model: "m".into(),
+            attempts: vec![],
+            status: 200,
+            latency_ms: 1,
+            stream: false,
+            skipped: vec![],
+            prompt_tokens: prompt,
+            completion_tokens: 0,
+            cached_tokens: 0,
+            partial: false,
+            cost_nanos: cost,
+            client_key_id: "c".into(),
+        }
+    }
+
+    #[test]
+    fn an_unpriced_request_that_used_tokens_has_an_unknown_cost() {
+        let never = |_: &str, _: Option<&Attempt>| false;
+        let always = |_: &str, _: Option<&Attempt>| true;
+        assert_eq!(stored_cost(&record(10, 42), never), Some(42));
+        assert_eq!(stored_cost(&record(0, 0), never), Some(0), "nothing used");
+        assert_eq!(stored_cost(&record(10, 0), never), None, "unpriced");
+        assert_eq!(stored_cost(&record(10, 0), always), Some(0), "free");
     }
 }

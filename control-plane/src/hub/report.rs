@@ -73,6 +73,16 @@ pub struct RoutingRecord {
     pub stream: bool,
     /// Why a candidate was skipped, one line each.
     pub skipped: Vec<String>,
+    /// Usage as the provider reported it (`prompt_tokens` includes `cached_tokens`), or for a
+    /// partial record as far as it was delivered.
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    /// The client went away before the answer ended.
+    pub partial: bool,
+    /// Nano-US-dollars, at the price the proxy knew (0 when it knew none).
+    pub cost_nanos: u64,
+    pub client_key_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +97,15 @@ pub struct Attempt {
 }
 
 impl RoutingRecord {
+    /// The attempt that answered (the last one), whose upstream model priced the request.
+    pub fn served_by(&self) -> Option<&Attempt> {
+        self.attempts.last()
+    }
+
+    pub fn used_tokens(&self) -> bool {
+        self.prompt_tokens > 0 || self.completion_tokens > 0
+    }
+
     /// The stored `detail` column: attempts and skipped candidates.
     pub fn detail(&self) -> serde_json::Value {
         serde_json::json!({

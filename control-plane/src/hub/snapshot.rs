@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use crate::keyring::Plaintext;
+pub use crate::prices::ModelPrice;
 use crate::store::KeyState;
 use crate::vault::HashSecret;
 
@@ -24,6 +25,8 @@ pub struct Snapshot {
     pub provider_keys: Vec<ProviderKey>,
     pub client_keys: Vec<ClientKey>,
     pub routes: Vec<Route>,
+    /// The effective price table (built-in prices overridden and extended by the admin's).
+    pub prices: Vec<ModelPrice>,
     /// Proxies hash presented client keys with it.
     pub client_key_hash_secret: Arc<HashSecret>,
     /// Limits and budgets of active users that have any, by user id.
@@ -39,6 +42,7 @@ impl std::fmt::Debug for Snapshot {
             .field("client_keys", &self.client_keys.len())
             .field("routes", &self.routes)
             .field("users", &self.users.len())
+            .field("prices", &self.prices.len())
             .finish_non_exhaustive()
     }
 }
@@ -342,6 +346,13 @@ impl Snapshot {
                 f.u64(u64::from(t.priority));
             }
         }
+        f.u64(self.prices.len() as u64);
+        for p in &self.prices {
+            f.str(&p.model);
+            f.u64(p.price.input_nanos_per_token);
+            f.u64(p.price.output_nanos_per_token);
+            f.u64(p.price.cached_input_nanos_per_token);
+        }
         f.bytes(self.client_key_hash_secret.bytes());
         f.0.finalize().into()
     }
@@ -390,6 +401,14 @@ mod tests {
                 aliases: vec!["a".into(), "b".into()],
                 targets: vec![],
             }],
+            prices: vec![ModelPrice {
+                model: "gpt-4o".into(),
+                price: crate::prices::Price {
+                    input_nanos_per_token: 2500,
+                    output_nanos_per_token: 10_000,
+                    cached_input_nanos_per_token: 1250,
+                },
+            }],
             client_key_hash_secret: Arc::new(HashSecret::from_bytes(b"secret")),
             users: vec![],
         }
@@ -410,6 +429,13 @@ mod tests {
         let mut d = snapshot();
         d.client_key_hash_secret = Arc::new(HashSecret::from_bytes(b"other"));
         assert_ne!(a.content_digest(), d.content_digest());
+        let mut e = snapshot();
+        e.prices[0].price.cached_input_nanos_per_token = 1249;
+        assert_ne!(
+            a.content_digest(),
+            e.content_digest(),
+            "a price change is published"
+        );
     }
 
     #[test]

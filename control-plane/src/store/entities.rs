@@ -285,6 +285,37 @@ pub mod routing_records {
         /// JSON: attempts and skipped candidates.
         pub detail: String,
         pub received_at: DateTimeUtc,
+        /// Usage as the provider reported it (prompt includes cached), or for a partial record
+        /// as far as it was delivered.
+        pub prompt_tokens: i64,
+        pub completion_tokens: i64,
+        pub cached_tokens: i64,
+        /// The client went away before the answer ended.
+        pub partial: bool,
+        /// Nano-US-dollars; `None` when no price was known for a request that used tokens.
+        pub cost_nanos: Option<i64>,
+        /// Empty for records stored before it was reported.
+        pub client_key_id: String,
+    }
+    no_relations!();
+}
+
+pub mod model_prices {
+    use sea_orm::entity::prelude::*;
+
+    /// An admin's price for a model: an override of a built-in list price, or a model the list
+    /// lacks. Nano-US-dollars per token.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "model_prices")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub model: String,
+        pub input_nanos_per_token: i64,
+        pub output_nanos_per_token: i64,
+        pub cached_input_nanos_per_token: i64,
+        pub updated_at: DateTimeUtc,
+        /// The admin's user id.
+        pub updated_by: String,
     }
     no_relations!();
 }

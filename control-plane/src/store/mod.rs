@@ -2,16 +2,17 @@
 //!
 //! `Store` is one connection pool; its queries live in one file per resource, each an
 //! `impl Store` block: `users`, `sessions`, `providers`, `provider_keys`, `client_keys`,
-//! `routes`, `routing_records`, `health` (key cooldowns and history), `settings`, `vault_rows`
-//! (master-key rotation) and `audit`; `limits` holds the limit and budget columns client keys and
-//! users share. Every mutation an admin makes commits its audit row in the
-//! same transaction through [`Store::commit_audited`].
+//! `routes`, `routing_records`, `prices` (the admin's model prices), `health` (key cooldowns
+//! and history), `settings`, `vault_rows` (master-key rotation) and `audit`; `limits` holds the
+//! limit and budget columns client keys and users share. Every mutation an admin makes commits
+//! its audit row in the same transaction through [`Store::commit_audited`].
 
 pub mod audit;
 pub mod client_keys;
 pub mod entities;
 pub mod health;
 pub mod limits;
+pub mod prices;
 pub mod provider_keys;
 pub mod providers;
 pub mod routes;
@@ -24,6 +25,7 @@ pub mod vault_rows;
 pub use audit::{Actor, AuditEvent, AuditFilter, AuditKey, VerifyReport};
 pub use client_keys::{ClientKeyChange, NewClientKey, Rotation};
 pub use limits::{Budget, BudgetSetting, Limits, LimitsChange};
+pub use prices::NewModelPrice;
 pub use provider_keys::{KeyChange, KeyState, NewProviderKey};
 pub use providers::{NewProvider, ProviderChange, ProviderDeleted};
 pub use routes::{NewRouteTarget, RouteChange, RouteWithTargets};

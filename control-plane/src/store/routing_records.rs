@@ -1,5 +1,6 @@
-//! Routing records: what each proxied request did (attempts, skipped candidates), as reported by
-//! the proxies. Delivery is at-least-once, so a request id is stored once.
+//! Routing records: what each proxied request did (attempts, skipped candidates) and used
+//! (tokens, cost), as reported by the proxies. Delivery is at-least-once, so a request id is
+//! stored once.
 
 use chrono::{DateTime, Utc};
 use sea_orm::ActiveValue::Set;
@@ -21,6 +22,17 @@ pub struct NewRoutingRecord {
     pub stream: bool,
     /// Attempts and skipped candidates.
     pub detail: serde_json::Value,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub partial: bool,
+    /// `None`: no price was known for the model.
+    pub cost_nanos: Option<u64>,
+    pub client_key_id: String,
+}
+
+fn big(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 impl Store {
@@ -44,6 +56,12 @@ impl Store {
                 stream: Set(r.stream),
                 detail: Set(r.detail.to_string()),
                 received_at: Set(now),
+                prompt_tokens: Set(big(r.prompt_tokens)),
+                completion_tokens: Set(big(r.completion_tokens)),
+                cached_tokens: Set(big(r.cached_tokens)),
+                partial: Set(r.partial),
+                cost_nanos: Set(r.cost_nanos.map(big)),
+                client_key_id: Set(clip(&r.client_key_id, 36)),
             };
             routing_records::Entity::insert(row)
                 .on_conflict_do_nothing()

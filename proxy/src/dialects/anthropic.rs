@@ -12,6 +12,7 @@
 use serde_json::{Map, Value, json};
 
 use super::field;
+use crate::usage::{Observed, Shape, reading};
 
 /// Anthropic requires `max_tokens`; OpenAI clients often omit it.
 const DEFAULT_MAX_TOKENS: u64 = 4096;
@@ -209,10 +210,9 @@ pub fn finish_reason(stop: Option<&str>) -> Value {
     }
 }
 
-fn usage(u: &Value) -> Value {
-    let input = u["input_tokens"].as_u64().unwrap_or(0);
-    let output = u["output_tokens"].as_u64().unwrap_or(0);
-    json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output})
+/// A message's usage in OpenAI's terms (the cache reads and writes count as prompt tokens).
+fn usage(message: &Value) -> Value {
+    super::openai_usage(&reading(Shape::Anthropic, message).unwrap_or_default())
 }
 
 /// Translates a Messages response into a `chat.completion` named after the public model.
@@ -240,7 +240,7 @@ pub fn response(anthropic: &Value, public_model: &str, created: u64) -> Value {
         "model": public_model,
         "choices": [{"index": 0, "message": message,
             "finish_reason": finish_reason(anthropic["stop_reason"].as_str())}],
-        "usage": usage(&anthropic["usage"]),
+        "usage": usage(anthropic),
     })
 }
 
@@ -263,8 +263,7 @@ pub struct StreamTranslator {
     buf: Vec<u8>,
     /// Anthropic block index → OpenAI tool-call index.
     tool_index: std::collections::HashMap<u64, u64>,
-    input_tokens: u64,
-    output_tokens: u64,
+    observed: Observed,
     finish: Value,
     done: bool,
 }
@@ -278,8 +277,7 @@ impl StreamTranslator {
             include_usage,
             buf: Vec::new(),
             tool_index: Default::default(),
-            input_tokens: 0,
-            output_tokens: 0,
+            observed: Observed::default(),
             finish: Value::Null,
             done: false,
         }
@@ -316,12 +314,14 @@ impl StreamTranslator {
     }
 
     fn event(&mut self, v: &Value) -> String {
+        if let Some(r) = reading(Shape::Anthropic, v) {
+            self.observed.reading.merge(r);
+        }
         match v["type"].as_str() {
             Some("message_start") => {
                 if let Some(id) = v["message"]["id"].as_str() {
                     self.id = format!("chatcmpl-{id}");
                 }
-                self.input_tokens = v["message"]["usage"]["input_tokens"].as_u64().unwrap_or(0);
                 self.chunk(json!({"role": "assistant", "content": ""}), Value::Null)
             }
             Some("content_block_start") if v["content_block"]["type"] == "tool_use" => {
@@ -336,9 +336,11 @@ impl StreamTranslator {
             }
             Some("content_block_delta") => match v["delta"]["type"].as_str() {
                 Some("text_delta") => {
+                    self.observed.text_bytes += super::text_len(&v["delta"]["text"]);
                     self.chunk(json!({"content": v["delta"]["text"]}), Value::Null)
                 }
                 Some("input_json_delta") => {
+                    self.observed.text_bytes += super::text_len(&v["delta"]["partial_json"]);
                     let idx = self
                         .tool_index
                         .get(&v["index"].as_u64().unwrap_or(0))
@@ -352,9 +354,6 @@ impl StreamTranslator {
                 _ => String::new(),
             },
             Some("message_delta") => {
-                self.output_tokens = v["usage"]["output_tokens"]
-                    .as_u64()
-                    .unwrap_or(self.output_tokens);
                 self.finish = finish_reason(v["delta"]["stop_reason"].as_str());
                 self.chunk(json!({}), self.finish.clone())
             }
@@ -364,7 +363,7 @@ impl StreamTranslator {
                 if self.include_usage {
                     let u = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
                         "model": self.model, "choices": [],
-                        "usage": usage(&json!({"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}))});
+                        "usage": super::openai_usage(&self.observed.reading)});
                     out.push_str(&format!("data: {u}\n\n"));
                 }
                 out.push_str("data: [DONE]\n\n");
@@ -417,6 +416,10 @@ impl super::StreamTranslate for StreamTranslator {
 
     fn end(&mut self) -> Option<String> {
         self.finished().then(String::new)
+    }
+
+    fn observed(&self) -> Observed {
+        self.observed
     }
 }
 
@@ -493,7 +496,8 @@ mod tests {
         let a = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
             "content": [{"type": "text", "text": "Let me check."},
                         {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Oslo"}}],
-            "stop_reason": "tool_use", "usage": {"input_tokens": 10, "output_tokens": 4}});
+            "stop_reason": "tool_use", "usage": {"input_tokens": 10, "output_tokens": 4,
+                "cache_read_input_tokens": 90, "cache_creation_input_tokens": 0}});
         let o = response(&a, "gpt-public", 7);
         assert_eq!(o["model"], "gpt-public");
         assert_eq!(o["choices"][0]["message"]["content"], "Let me check.");
@@ -504,7 +508,9 @@ mod tests {
         assert_eq!(o["choices"][0]["finish_reason"], "tool_calls");
         assert_eq!(
             o["usage"],
-            json!({"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14})
+            json!({"prompt_tokens": 100, "completion_tokens": 4, "total_tokens": 104,
+                "prompt_tokens_details": {"cached_tokens": 90}}),
+            "cache reads are prompt tokens in OpenAI's terms"
         );
         for (stop, want) in [
             ("end_turn", "stop"),
@@ -567,6 +573,16 @@ mod tests {
             );
             assert_eq!(events.last().unwrap()["usage"]["total_tokens"], 12);
             assert!(out.ends_with("data: [DONE]\n\n"));
+            let seen = super::super::StreamTranslate::observed(&t);
+            assert_eq!(
+                (
+                    seen.reading.prompt,
+                    seen.reading.completion,
+                    seen.text_bytes
+                ),
+                (Some(5), Some(7), 12),
+                "split {split}: input from message_start, output from message_delta"
+            );
         }
     }
 }

@@ -10,6 +10,7 @@
 use serde_json::{Map, Value, json};
 
 use super::field;
+use crate::usage::{Observed, Shape, reading};
 
 const KNOWN: &[&str] = &[
     "model",
@@ -177,8 +178,7 @@ pub fn response(o: &Value, public_model: &str) -> Value {
         "type": "message", "role": "assistant", "model": public_model, "content": content,
         "stop_reason": stop_reason(o["choices"][0]["finish_reason"].as_str()),
         "stop_sequence": null,
-        "usage": {"input_tokens": o["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
-                  "output_tokens": o["usage"]["completion_tokens"].as_u64().unwrap_or(0)},
+        "usage": super::anthropic_usage(&reading(Shape::OpenAi, o).unwrap_or_default()),
     })
 }
 
@@ -206,8 +206,7 @@ pub struct StreamTranslator {
     open: Option<(u64, bool)>,
     next_index: u64,
     finish: Value,
-    input_tokens: u64,
-    output_tokens: u64,
+    observed: Observed,
     done: bool,
 }
 
@@ -224,8 +223,7 @@ impl StreamTranslator {
             open: None,
             next_index: 0,
             finish: Value::Null,
-            input_tokens: 0,
-            output_tokens: 0,
+            observed: Observed::default(),
             done: false,
         }
     }
@@ -276,11 +274,8 @@ impl StreamTranslator {
                 "stop_sequence": null, "usage": {"input_tokens": 0, "output_tokens": 0}}}),
             ));
         }
-        if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
-            self.input_tokens = u["prompt_tokens"].as_u64().unwrap_or(self.input_tokens);
-            self.output_tokens = u["completion_tokens"]
-                .as_u64()
-                .unwrap_or(self.output_tokens);
+        if let Some(r) = reading(Shape::OpenAi, v) {
+            self.observed.reading.merge(r);
         }
         let Some(choice) = v["choices"].get(0) else {
             return out;
@@ -299,6 +294,7 @@ impl StreamTranslator {
                 ));
             }
             let i = self.open.map_or(0, |o| o.0);
+            self.observed.text_bytes += text.len() as u64;
             out.push_str(&ev(
                 "content_block_delta",
                 json!({"type": "content_block_delta", "index": i,
@@ -319,6 +315,7 @@ impl StreamTranslator {
                 .filter(|a| !a.is_empty())
             {
                 let i = self.open.map_or(0, |o| o.0);
+                self.observed.text_bytes += args.len() as u64;
                 out.push_str(&ev(
                     "content_block_delta",
                     json!({"type": "content_block_delta", "index": i,
@@ -339,7 +336,7 @@ impl StreamTranslator {
             "message_delta",
             json!({"type": "message_delta",
             "delta": {"stop_reason": self.finish, "stop_sequence": null},
-            "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}}),
+            "usage": super::anthropic_usage(&self.observed.reading)}),
         ));
         out.push_str(&ev("message_stop", json!({"type": "message_stop"})));
         out
@@ -379,6 +376,10 @@ impl super::StreamTranslate for StreamTranslator {
 
     fn end(&mut self) -> Option<String> {
         self.finished().then(String::new)
+    }
+
+    fn observed(&self) -> Observed {
+        self.observed
     }
 }
 
@@ -435,13 +436,18 @@ mod tests {
         let o = json!({"id": "abc", "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
             "role": "assistant", "content": "checking", "tool_calls": [{"id": "c1", "type": "function",
             "function": {"name": "f", "arguments": "{\"a\":2}"}}]}}],
-            "usage": {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10}});
+            "usage": {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10,
+                "prompt_tokens_details": {"cached_tokens": 3}}});
         let a = response(&o, "claude-public");
         assert_eq!(a["model"], "claude-public");
         assert_eq!(a["content"][0], json!({"type": "text", "text": "checking"}));
         assert_eq!(a["content"][1]["input"], json!({"a": 2}));
         assert_eq!(a["stop_reason"], "tool_use");
-        assert_eq!(a["usage"], json!({"input_tokens": 4, "output_tokens": 6}));
+        assert_eq!(
+            a["usage"],
+            json!({"input_tokens": 1, "cache_read_input_tokens": 3, "output_tokens": 6}),
+            "Anthropic's input excludes the cache reads"
+        );
         assert_eq!(
             error(&json!({"error": {"message": "too long"}}), 400)["error"]["type"],
             "invalid_request_error"
@@ -501,6 +507,16 @@ mod tests {
             let delta = datas.iter().find(|d| d["type"] == "message_delta").unwrap();
             assert_eq!(delta["delta"]["stop_reason"], "tool_use");
             assert_eq!(delta["usage"]["output_tokens"], 5);
+            let seen = super::super::StreamTranslate::observed(&t);
+            assert_eq!(
+                (
+                    seen.reading.prompt,
+                    seen.reading.completion,
+                    seen.text_bytes
+                ),
+                (Some(3), Some(5), 12),
+                "split {split}"
+            );
         }
     }
 }

@@ -10,6 +10,7 @@
 use serde_json::{Map, Value, json};
 
 use super::field;
+use crate::usage::{Observed, Reading, Shape, reading};
 
 const KNOWN: &[&str] = &[
     "model",
@@ -208,12 +209,6 @@ pub fn finish_reason(r: Option<&str>, has_calls: bool) -> Value {
     }
 }
 
-fn usage(u: &Value) -> Value {
-    let p = u["promptTokenCount"].as_u64().unwrap_or(0);
-    let c = u["candidatesTokenCount"].as_u64().unwrap_or(0);
-    json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": u["totalTokenCount"].as_u64().unwrap_or(p + c)})
-}
-
 /// Text and tool calls of the first candidate.
 fn candidate(g: &Value, call_offset: usize) -> (String, Vec<Value>) {
     let mut text = String::new();
@@ -258,7 +253,7 @@ pub fn response(g: &Value, public_model: &str, created: u64) -> Value {
         "object": "chat.completion", "created": created, "model": public_model,
         "choices": [{"index": 0, "message": message,
             "finish_reason": finish_reason(g["candidates"][0]["finishReason"].as_str(), has_calls)}],
-        "usage": usage(&g["usageMetadata"]),
+        "usage": super::openai_usage(&reading(Shape::Gemini, g).unwrap_or_default()),
     })
 }
 
@@ -276,7 +271,7 @@ pub struct StreamTranslator {
     buf: Vec<u8>,
     started: bool,
     calls: usize,
-    usage: Value,
+    observed: Observed,
     finished: bool,
 }
 
@@ -289,7 +284,7 @@ impl StreamTranslator {
             buf: Vec::new(),
             started: false,
             calls: 0,
-            usage: Value::Null,
+            observed: Observed::default(),
             finished: false,
         }
     }
@@ -327,14 +322,18 @@ impl StreamTranslator {
         }
         let (text, calls) = candidate(g, self.calls);
         self.calls += calls.len();
+        self.observed.text_bytes += text.len() as u64;
+        for c in &calls {
+            self.observed.text_bytes += super::text_len(&c["function"]["arguments"]);
+        }
         if !text.is_empty() {
             out.push_str(&self.chunk(json!({"content": text}), Value::Null));
         }
         if !calls.is_empty() {
             out.push_str(&self.chunk(json!({"tool_calls": calls}), Value::Null));
         }
-        if g.get("usageMetadata").is_some() {
-            self.usage = usage(&g["usageMetadata"]);
+        if let Some(r) = reading(Shape::Gemini, g) {
+            self.observed.reading.merge(r);
         }
         if let Some(r) = g["candidates"][0]["finishReason"].as_str() {
             self.finished = true;
@@ -350,9 +349,9 @@ impl StreamTranslator {
             return None;
         }
         let mut out = String::new();
-        if self.include_usage && !self.usage.is_null() {
+        if self.include_usage && self.observed.reading != Reading::default() {
             let u = json!({"id": "chatcmpl-gemini", "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model, "choices": [], "usage": self.usage});
+                "model": self.model, "choices": [], "usage": super::openai_usage(&self.observed.reading)});
             out.push_str(&format!("data: {u}\n\n"));
         }
         out.push_str("data: [DONE]\n\n");
@@ -393,6 +392,10 @@ impl super::StreamTranslate for StreamTranslator {
 
     fn end(&mut self) -> Option<String> {
         StreamTranslator::end(self)
+    }
+
+    fn observed(&self) -> Observed {
+        self.observed
     }
 }
 
@@ -485,9 +488,21 @@ mod tests {
             );
             assert_eq!(datas.last().unwrap()["usage"]["total_tokens"], 5);
             assert!(out.ends_with("data: [DONE]\n\n"));
+            let seen = super::super::StreamTranslate::observed(&t);
+            assert_eq!(
+                (
+                    seen.reading.prompt,
+                    seen.reading.completion,
+                    seen.text_bytes
+                ),
+                (Some(3), Some(2), 5),
+                "split {split}"
+            );
         }
         let mut cut = StreamTranslator::new("pub", 1, false);
         cut.feed(b"data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"x\"}]}}]}\n\n");
         assert!(cut.end().is_none(), "no finishReason: the stream was cut");
+        let seen = super::super::StreamTranslate::observed(&cut);
+        assert_eq!((seen.reading.completion, seen.text_bytes), (None, 1));
     }
 }

@@ -5,6 +5,8 @@
 use llmhub_providers::Translation;
 use serde_json::{Map, Value};
 
+use crate::usage::{Observed, Reading};
+
 pub mod anthropic;
 pub mod chat;
 pub mod gemini;
@@ -31,6 +33,26 @@ fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
     }
 }
 
+/// Bytes of a text field relayed to the client, for the estimate of a cut stream's usage.
+fn text_len(v: &Value) -> u64 {
+    v.as_str().map_or(0, |s| s.len() as u64)
+}
+
+/// Usage in OpenAI's shape (`prompt_tokens` includes the cached ones).
+fn openai_usage(r: &Reading) -> Value {
+    let (prompt, completion) = (r.prompt.unwrap_or(0), r.completion.unwrap_or(0));
+    serde_json::json!({"prompt_tokens": prompt, "completion_tokens": completion,
+        "total_tokens": prompt.saturating_add(completion),
+        "prompt_tokens_details": {"cached_tokens": r.cached.unwrap_or(0)}})
+}
+
+/// Usage in Anthropic's shape (`input_tokens` excludes the tokens read from the cache).
+fn anthropic_usage(r: &Reading) -> Value {
+    let cached = r.cached.unwrap_or(0);
+    serde_json::json!({"input_tokens": r.prompt.unwrap_or(0).saturating_sub(cached),
+        "cache_read_input_tokens": cached, "output_tokens": r.completion.unwrap_or(0)})
+}
+
 /// Rewrites a provider's SSE stream into the client's dialect, event by event.
 pub trait StreamTranslate: Send {
     /// Consumes upstream bytes; returns whatever complete client events they produce.
@@ -39,6 +61,9 @@ pub trait StreamTranslate: Send {
     /// Called when the upstream body ends: the closing events still owed to the client, or
     /// `None` when the provider's stream stopped before it finished.
     fn end(&mut self) -> Option<String>;
+
+    /// The provider's usage reports so far and the answer text sent on, for the record.
+    fn observed(&self) -> Observed;
 }
 
 /// One direction of translation: the request on the way out, the answer (whole, streamed, or

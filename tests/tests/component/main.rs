@@ -2,13 +2,14 @@
 //! control plane, in milliseconds, with time moved by hand instead of slept. Pins retries across
 //! keys, 429 → cooldown with Retry-After, client errors never retried, translation per provider
 //! kind, the half-open trial, the provider breaker, snapshot ordering, and errors in the client's
-//! dialect on every route.
+//! dialect on every route; usage and cost on every path (`usage`).
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
 mod limits;
 mod rig;
+mod usage;
 
 use std::time::Duration;
 

@@ -32,6 +32,8 @@ pub struct Rig {
     pub http: reqwest::Client,
     /// The base URL every scripted provider gets (default: the mock's, on 127.0.0.1).
     pub provider_base_url: String,
+    /// The price table every scripted snapshot carries.
+    pub prices: Vec<pb::ModelPrice>,
     version: u64,
     _server: tokio::task::JoinHandle<()>,
 }
@@ -82,6 +84,7 @@ impl Rig {
         ));
         Rig {
             provider_base_url: mock.base_url(),
+            prices: Vec::new(),
             mock,
             clock,
             sink,
@@ -159,6 +162,7 @@ impl Rig {
                     route
                 })
                 .collect(),
+            prices: self.prices.clone(),
             ..Default::default()
         }
     }

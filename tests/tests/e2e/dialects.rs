@@ -498,7 +498,14 @@ async fn openai_requests_are_translated_for_anthropic() -> anyhow::Result<()> {
     assert_eq!(v["model"], "claude");
     assert_eq!(v["choices"][0]["message"]["content"], "hello from mock");
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
-    assert_eq!(v["usage"]["total_tokens"], 8);
+    // Anthropic's input, cache reads and cache writes are all prompt tokens in OpenAI's terms.
+    let u = llmhub_e2e::mock::ANTHROPIC_USAGE;
+    assert_eq!(v["usage"]["prompt_tokens"], u.prompt);
+    assert_eq!(
+        v["usage"]["prompt_tokens_details"]["cached_tokens"],
+        u.cached
+    );
+    assert_eq!(v["usage"]["total_tokens"], u.prompt + u.completion);
     let seen = env.mock.requests().pop().unwrap();
     assert_eq!(seen.path, "/v1/messages");
     assert_eq!(seen.headers["x-api-key"], "sk-ant-api03-0123456789abcdef");

@@ -35,4 +35,5 @@ mod routing;
 mod sdk;
 mod skeleton;
 mod up;
+mod usage;
 mod vault;
