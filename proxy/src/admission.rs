@@ -187,11 +187,11 @@ impl Estimate {
     fn cost(self, admitted: &Admitted<'_>, plan: &Plan<'_>) -> u64 {
         let (mut input, mut output) = (0u64, 0u64);
         for c in &plan.candidates {
-            if let Some(p) = admitted.prices.lookup(
-                &admitted.model,
-                c.provider.kind,
-                &c.target.upstream_model,
-            ) {
+            if let Some(p) =
+                admitted
+                    .prices
+                    .lookup(&admitted.model, c.provider.kind, &c.target.upstream_model)
+            {
                 input = input.max(p.input);
                 output = output.max(p.output);
             }

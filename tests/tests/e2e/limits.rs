@@ -264,3 +264,71 @@ async fn redis_outage_enforces_shares_then_shared_counting_resumes() -> anyhow::
     assert_eq!(count(&results, 200), 7);
     Ok(())
 }
+
+/// 50 concurrent requests through three proxies against a budget that covers 10 of them: each
+/// request reserves its estimated cost (an upper bound: the output is capped and the model has
+/// a price), so at most 10 are admitted and what they really cost stays within the budget; the
+/// rest get `budget_exceeded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_cannot_overrun_a_budget() -> anyhow::Result<()> {
+    let rig = Rig::start(3, &redis_url()).await?;
+    let (s, v) = rig
+        .cp
+        .api(
+            "PUT",
+            "/api/v1/prices/m",
+            Some(json!({"input_nanos_per_token": 1000, "output_nanos_per_token": 4000})),
+        )
+        .await?;
+    anyhow::ensure!(s == 200, "price: {s} {v}");
+    let body =
+        || json!({"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]});
+    // What one such request really costs, from its stored record.
+    let probe = rig.client_key(json!({})).await?;
+    let r = rig.burst(&probe, 1, |_| body()).await;
+    assert_eq!(r[0].0, 200);
+    let id = r[0].1["x-request-id"].to_str()?.to_owned();
+    let cost = loop {
+        let (_, v) = rig
+            .cp
+            .api("GET", "/api/v1/routing-records?limit=50", None)
+            .await?;
+        if let Some(rec) = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["request_id"] == id.as_str())
+        {
+            break rec["cost_nanos"].as_u64().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(cost > 0);
+
+    let budget_nanos = 10 * cost;
+    let usd = budget_nanos as f64 / 1e9;
+    let key = rig
+        .client_key(json!({"budget": {"usd": usd, "period": "daily"}}))
+        .await?;
+    let results = rig.burst(&key, 50, |_| body()).await;
+    let admitted = count(&results, 200);
+    assert!(
+        (1..=10).contains(&admitted),
+        "{admitted} admitted against a budget of 10"
+    );
+    let refused = results.iter().find(|r| r.0 == 429).unwrap();
+    assert_eq!(refused.2["error"]["code"], "budget_exceeded");
+    assert_eq!(refused.1["x-ratelimit-scope"], "client_key");
+    assert!(refused.1.contains_key("retry-after"), "until the day ends");
+    // Later requests, as reservations settle to real costs, still never pass the budget.
+    let mut total = admitted;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        total += count(&rig.burst(&key, 10, |_| body()).await, 200);
+    }
+    assert!(
+        total <= 10,
+        "{total} requests of cost {cost} within {budget_nanos}"
+    );
+    Ok(())
+}
