@@ -390,6 +390,22 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_redis_url_is_refused_without_echoing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        for url in ["http://user:hunter2@redis:6379", "redis://user:hunter2@[::1"] {
+            let mut raw = base(dir.path());
+            raw.redis_url = Some(url.into());
+            let e = raw.validate().err().unwrap().to_string();
+            assert!(e.contains("redis_url") && !e.contains("hunter2"), "{e}");
+        }
+        let mut raw = base(dir.path());
+        raw.redis_url = Some("redis://:hunter2@127.0.0.1:6379/2".into());
+        let c = raw.validate().unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert_eq!(c.redis.unwrap().timeout, Duration::from_millis(50));
+    }
+
+    #[test]
     fn egress_allow_defaults_to_nothing_and_reads_a_comma_list() {
         let dir = tempfile::tempdir().unwrap();
         let c = base(dir.path()).validate().unwrap();
