@@ -236,6 +236,7 @@ fn key_outcome(o: &pb::KeyOutcome) -> KeyOutcome {
         retry_at: from_ts(o.retry_at.as_ref()),
         provider_stated: o.provider_stated,
         client_key_prefix: o.client_key_prefix.clone(),
+        needs_verification: o.needs_verification,
     }
 }
 

@@ -13,6 +13,7 @@ pub mod hub;
 pub mod keyring;
 pub mod limits;
 pub mod prices;
+pub mod probe;
 pub mod store;
 pub mod vault;
 
@@ -91,6 +92,10 @@ impl App {
             .no_proxy()
             .build()
             .context("building the outbound HTTP client")?;
+        hub.start_verifier(probe::Prober {
+            http: http.clone(),
+            egress: config.egress.clone(),
+        });
         let counters = Arc::new(match &config.redis_url {
             Some(url) => limits::Counters::redis(url, &config.redis_prefix)
                 .context("redis_url: cannot create a Redis client")?,

@@ -36,6 +36,7 @@ async fn an_outcome_for_a_deleted_key_is_acknowledged_not_retried_forever() {
             retry_at: None,
             provider_stated: false,
             client_key_prefix: "lh-abcd".into(),
+            needs_verification: false,
         };
         // An error here makes the proxy resend its report batch forever.
         hub.apply_outcome(&o, "proxy-1").await.unwrap();

@@ -66,6 +66,39 @@ pub struct Verdict {
     pub class: FailureClass,
     /// How long the provider says to wait, when it says.
     pub retry_after: Option<Duration>,
+    /// The answer does not say for certain that the key is at fault: a bare 403 (a model the
+    /// key may not use, a region, a policy) or 402. Before such a signal disables a key or
+    /// cools it for long, the control plane verifies the key with a probe; a key that still
+    /// works stays in service.
+    pub ambiguous: bool,
+}
+
+impl Verdict {
+    pub fn new(class: FailureClass, retry_after: Option<Duration>) -> Verdict {
+        Verdict {
+            class,
+            retry_after,
+            ambiguous: false,
+        }
+    }
+
+    /// The same verdict, marked as needing verification.
+    pub fn unsure(self) -> Verdict {
+        Verdict {
+            ambiguous: true,
+            ..self
+        }
+    }
+
+    /// Whether acting on it fleet-wide waits for a verification probe: a long penalty (disable,
+    /// quota cooldown) on an ambiguous signal.
+    pub fn needs_verification(&self) -> bool {
+        self.ambiguous
+            && matches!(
+                self.class,
+                FailureClass::InvalidKey | FailureClass::QuotaExhausted
+            )
+    }
 }
 
 /// Parses Go-style durations as OpenAI sends them: `6m0s`, `1s`, `20ms`, `1h2m3.5s`, `0.5s`.
@@ -250,7 +283,7 @@ impl<'a> Answer<'a> {
 /// The classification every kind shares (OpenAI's conventions); kinds handle their own
 /// special answers first and fall back to this.
 pub fn common(a: &Answer<'_>) -> Verdict {
-    let verdict = |class, retry_after| Verdict { class, retry_after };
+    let verdict = Verdict::new;
     // Some refusals are about this request, not the key: one user's request must not take a
     // shared key out of service for everyone. The type, code and message say which.
     if request_specific(a) {
@@ -267,8 +300,21 @@ pub fn common(a: &Answer<'_>) -> Verdict {
                 verdict(FailureClass::RateLimited, a.wait)
             }
         }
-        401 | 403 => verdict(FailureClass::InvalidKey, None),
-        402 => verdict(FailureClass::QuotaExhausted, None),
+        401 => verdict(FailureClass::InvalidKey, None),
+        // A 403 names no culprit unless its code does: the key may be fine and only this model,
+        // region or content refused.
+        403 if matches!(
+            a.err_code,
+            "invalid_api_key" | "account_deactivated" | "invalid_organization"
+        ) =>
+        {
+            verdict(FailureClass::InvalidKey, None)
+        }
+        403 => verdict(FailureClass::InvalidKey, None).unsure(),
+        402 if a.err_code == "insufficient_quota" || a.err_type == "insufficient_quota" => {
+            verdict(FailureClass::QuotaExhausted, None)
+        }
+        402 => verdict(FailureClass::QuotaExhausted, None).unsure(),
         408 | 500..=599 => verdict(FailureClass::Overloaded, a.wait),
         _ => verdict(FailureClass::ClientError, None),
     }
@@ -616,6 +662,83 @@ mod tests {
                 "{kind:?} {status} {body}"
             );
         }
+    }
+
+    /// Which penalties wait for the control plane's probe: a refusal that names no culprit.
+    #[test]
+    fn ambiguous_refusals_need_verification_and_certain_ones_do_not() {
+        use Kind::*;
+        let none = HeaderMap::new();
+        let cases: [(Kind, u16, &str, bool); 9] = [
+            (
+                OpenAi,
+                403,
+                r#"{"error":{"message":"You are not allowed to sample from this model","type":"invalid_request_error","code":null}}"#,
+                true,
+            ),
+            (
+                OpenAi,
+                403,
+                r#"{"error":{"message":"Your account is deactivated","type":"invalid_request_error","code":"account_deactivated"}}"#,
+                false,
+            ),
+            (
+                OpenAi,
+                401,
+                r#"{"error":{"message":"Incorrect API key provided","type":"invalid_request_error","code":"invalid_api_key"}}"#,
+                false,
+            ),
+            (
+                OpenAiCompatible,
+                402,
+                r#"{"error":{"message":"Insufficient credits. Add more using https://example.com/credits","code":402}}"#,
+                true,
+            ),
+            (
+                OpenAi,
+                429,
+                r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#,
+                false,
+            ),
+            (
+                Anthropic,
+                403,
+                r#"{"type":"error","error":{"type":"permission_error","message":"Your API key does not have permission to use the specified resource."}}"#,
+                true,
+            ),
+            (
+                Anthropic,
+                400,
+                r#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API."}}"#,
+                false,
+            ),
+            (
+                Gemini,
+                403,
+                r#"{"error":{"code":403,"message":"Permission denied on resource project x.","status":"PERMISSION_DENIED"}}"#,
+                true,
+            ),
+            (
+                Gemini,
+                400,
+                r#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT"}}"#,
+                false,
+            ),
+        ];
+        for (kind, status, body, unsure) in cases {
+            let v = kind.classify(status, &none, body.as_bytes(), now());
+            assert_eq!(
+                v.needs_verification(),
+                unsure,
+                "{kind:?} {status} {body}: {v:?}"
+            );
+        }
+        // Only long penalties wait: an unsure rate limit is just a rate limit.
+        assert!(
+            !Verdict::new(FailureClass::RateLimited, None)
+                .unsure()
+                .needs_verification()
+        );
     }
 
     #[test]

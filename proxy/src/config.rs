@@ -392,7 +392,10 @@ mod tests {
     #[test]
     fn a_bad_redis_url_is_refused_without_echoing_it() {
         let dir = tempfile::tempdir().unwrap();
-        for url in ["http://user:hunter2@redis:6379", "redis://user:hunter2@[::1"] {
+        for url in [
+            "http://user:hunter2@redis:6379",
+            "redis://user:hunter2@[::1",
+        ] {
             let mut raw = base(dir.path());
             raw.redis_url = Some(url.into());
             let e = raw.validate().err().unwrap().to_string();

@@ -21,6 +21,9 @@ use crate::clock::{from_millis, millis};
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// First backoff for such a rate limit.
 const BASE_BACKOFF: Duration = Duration::from_secs(2);
+/// How long a key rests after an ambiguous refusal (a bare 403 or 402) while the control plane
+/// verifies it.
+pub const VERIFY_COOLDOWN: Duration = Duration::from_secs(60);
 /// Quota exhaustion without a stated reset.
 const QUOTA_COOLDOWN: Duration = Duration::from_secs(3600);
 /// Consecutive provider failures that open its circuit, and for how long at first.
@@ -404,6 +407,17 @@ impl Health {
         verdict: &Verdict,
         now: SystemTime,
     ) -> Option<SystemTime> {
+        if verdict.needs_verification() {
+            // An ambiguous signal: rest the whole key briefly while the control plane verifies
+            // it; it disables or long-cools the key fleet-wide only if the probe confirms.
+            let until = now + VERIFY_COOLDOWN;
+            self.cooldowns.rcu(|cur| {
+                let mut next = (**cur).clone();
+                merge(&mut next, key_id, "", until, verdict.class.as_str(), 1);
+                next
+            });
+            return Some(until);
+        }
         match verdict.class {
             FailureClass::RateLimited | FailureClass::QuotaExhausted => {
                 let scope_model = if verdict.class == FailureClass::RateLimited {
@@ -538,10 +552,7 @@ mod tests {
     use super::*;
 
     fn rl(secs: Option<u64>) -> Verdict {
-        Verdict {
-            class: FailureClass::RateLimited,
-            retry_after: secs.map(Duration::from_secs),
-        }
+        Verdict::new(FailureClass::RateLimited, secs.map(Duration::from_secs))
     }
 
     #[test]
@@ -580,19 +591,13 @@ mod tests {
     fn quota_cools_whole_key_and_invalid_disables() {
         let h = Health::default();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let q = Verdict {
-            class: FailureClass::QuotaExhausted,
-            retry_after: None,
-        };
+        let q = Verdict::new(FailureClass::QuotaExhausted, None);
         h.record_failure("k", "m", &q, now);
         assert!(matches!(
             h.gate("k", "any-model", now + Duration::from_secs(3000)),
             Gate::Skip { .. }
         ));
-        let bad = Verdict {
-            class: FailureClass::InvalidKey,
-            retry_after: None,
-        };
+        let bad = Verdict::new(FailureClass::InvalidKey, None);
         h.record_failure("j", "m", &bad, now);
         match h.gate("j", "m", now + Duration::from_secs(86_400)) {
             Gate::Skip { reason, until } => {
@@ -603,12 +608,36 @@ mod tests {
             }
             _ => panic!("invalid key still usable"),
         }
-        let client = Verdict {
-            class: FailureClass::ClientError,
-            retry_after: None,
-        };
+        let client = Verdict::new(FailureClass::ClientError, None);
         assert!(h.record_failure("c", "m", &client, now).is_none());
         assert!(matches!(h.gate("c", "m", now), Gate::Open));
+    }
+
+    #[test]
+    fn an_ambiguous_refusal_rests_the_key_briefly_instead_of_disabling_it() {
+        let h = Health::default();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let unsure = Verdict::new(FailureClass::InvalidKey, None).unsure();
+        assert_eq!(
+            h.record_failure("k", "m", &unsure, now),
+            Some(now + VERIFY_COOLDOWN)
+        );
+        assert!(matches!(
+            h.gate("k", "other", now),
+            Gate::Skip { until: Some(_), .. }
+        ));
+        assert!(
+            !matches!(
+                h.gate("k", "m", now + VERIFY_COOLDOWN + Duration::from_secs(1)),
+                Gate::Skip { .. }
+            ),
+            "not disabled: usable again once the rest ends"
+        );
+        let unsure_quota = Verdict::new(FailureClass::QuotaExhausted, None).unsure();
+        assert_eq!(
+            h.record_failure("q", "m", &unsure_quota, now),
+            Some(now + VERIFY_COOLDOWN)
+        );
     }
 
     #[test]

@@ -241,10 +241,10 @@ mod tests {
         let health = Health::default();
         health.apply_snapshot(&s, SystemTime::now());
         let now = SystemTime::now();
-        let v = Verdict {
-            class: FailureClass::RateLimited,
-            retry_after: Some(std::time::Duration::from_secs(30)),
-        };
+        let v = Verdict::new(
+            FailureClass::RateLimited,
+            Some(std::time::Duration::from_secs(30)),
+        );
         health.record_failure("k1", "up-x", &v, now);
         let plan = super::plan(&s, &s.routes["gpt-x"], client, &health, now);
         assert_eq!(plan.candidates.len(), 1);

@@ -443,6 +443,7 @@ fn refused(
         );
         // Which client's request it was: shown to admins with the penalty.
         o.client_key_prefix = client_prefix.to_owned();
+        o.needs_verification = verdict.needs_verification();
         app.reporter.outcome(o);
     }
     tracing::warn!(
@@ -452,7 +453,7 @@ fn refused(
         status = status.as_u16(),
         "provider refused the key"
     );
-    if verdict.class == FailureClass::InvalidKey {
+    if verdict.class == FailureClass::InvalidKey && !verdict.needs_verification() {
         Failure {
             error: ProxyError::UpstreamAuth,
             recovers_at: None,

@@ -11,6 +11,7 @@
 //! | `mock-401`          | 401 whose message quotes the bearer key, as some providers do    |
 //! | `mock-400`          | 400 with an OpenAI invalid-request body                          |
 //! | `mock-400-quotes-key` | 400 whose message quotes the key with JSON escapes (`\u002d`)  |
+//! | `mock-403`          | 403 naming no culprit (an ambiguous refusal: the key may be fine) |
 //! | `mock-403-flagged`, `mock-402-max-tokens`, `mock-429-too-large` | refusals of one request (moderation, credit for this many tokens, larger than the whole TPM budget) |
 //! | `mock-stream-cut`   | SSE: two chunks, then the connection is cut without `[DONE]`     |
 //! | `mock-stream-gated` | SSE: one chunk, then waits for [`MockProvider::release`]         |
@@ -31,6 +32,7 @@
 //! | `rlonce`     | the first request 429 with `retry-after-ms: 1000`, then normal         |
 //! | `quota`      | 429 `insufficient_quota` (no reset time)                               |
 //! | `revoked`    | 401 `invalid_api_key`                                                  |
+//! | `probe401`   | 401 `invalid_api_key` on `GET …/models` only (a key the probe finds invalid) |
 //! | `drained`    | 200, with `x-ratelimit-remaining-requests: 0` and a 2 s reset          |
 //! | `quota60`    | a real per-key quota: 60 requests per 60 s window (configurable), with |
 //! |              | OpenAI's `x-ratelimit-*-requests` headers, 429 + `Retry-After` beyond  |
@@ -287,7 +289,7 @@ async fn handle(
                 "insufficient_quota",
             );
         }
-        if key.contains("revoked") {
+        if key.contains("revoked") || key.contains("probe401") {
             return error(
                 StatusCode::UNAUTHORIZED,
                 "Incorrect API key provided.",
@@ -509,6 +511,13 @@ async fn handle(
         )
             .into_response(),
         // Refusals about one request, not the key (they must not penalize a shared key).
+        // A refusal that names no culprit: the key may be fine.
+        "mock-403" => error(
+            StatusCode::FORBIDDEN,
+            "You are not allowed to sample from this model",
+            "invalid_request_error",
+            "",
+        ),
         "mock-403-flagged" => (
             StatusCode::FORBIDDEN,
             [("content-type", "application/json")],

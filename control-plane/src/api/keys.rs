@@ -3,7 +3,6 @@
 //! mask (at most the last four characters) and keyed fingerprint.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -16,10 +15,11 @@ use serde_json::json;
 use super::{AdminUser, ApiError, ApiJson, AppState, AuthUser, List, present, valid_name};
 use crate::auth::Role;
 use crate::keyring::provider_key_aad;
+use crate::probe::{Probe, Prober};
 use crate::store::entities::{key_cooldowns, key_events, provider_keys, providers};
 use crate::store::{AuditEvent, KeyChange, KeyState, NewProviderKey, parse_list};
 use crate::vault::mask;
-use llmhub_providers::{Endpoint, FailureClass, Kind};
+use llmhub_providers::{FailureClass, Kind};
 
 /// Most keys accepted by one import.
 const MAX_IMPORT: usize = 1000;
@@ -577,59 +577,34 @@ pub(super) async fn test(
 ) -> Result<Json<KeyTestView>, ApiError> {
     let key = owned_key(&s, &user, &provider_id, &key_id).await?;
     let provider = s.store.provider(&provider_id).await?;
-    let aad = provider_key_aad(&key.id, key.owner_user_id.as_deref(), &key.provider_id);
-    let plain = s.vault.keyring().open(&key.sealed, &aad).map_err(|e| {
-        tracing::error!(key_id = %key.id, error = %e, "cannot open provider key for a test");
-        ApiError::Conflict("this key cannot be decrypted; replace it".into())
-    })?;
-    let secret = plain
-        .expose_str()
-        .ok_or_else(|| ApiError::Conflict("this key is not valid text; replace it".into()))?;
-    // The shared rules for where each provider takes its key and what its answers mean: the key
-    // test and the proxy cannot disagree.
-    // The key goes only where the egress policy permits: an IP literal or metadata name is
-    // checked here, any other name by the client's resolver at connect time.
-    let host = url::Url::parse(&provider.base_url)
-        .ok()
-        .and_then(|u| u.host_str().map(str::to_owned));
-    if host.is_none_or(|h| !s.policy.egress.permits_url_host(&h)) {
-        return Err(egress_refused());
-    }
-    let kind = Kind::from_slug(&provider.kind).unwrap_or(Kind::OpenAiCompatible);
-    let endpoint = Endpoint {
-        base_url: &provider.base_url,
-        api_version: provider.api_version.as_deref().unwrap_or_default(),
+    // The same probe the hub verifies keys with; where each provider takes its key and what its
+    // answers mean are the proxy's rules too, so the key test and the proxy cannot disagree.
+    let prober = Prober {
+        http: s.http.clone(),
+        egress: s.policy.egress.clone(),
     };
-    let probe = llmhub_providers::models_request(kind, &endpoint, secret).ok_or_else(|| {
-        ApiError::Conflict("this key cannot be sent as a header; replace it".into())
-    })?;
-    let mut req = s.http.get(probe.url).timeout(Duration::from_secs(10));
-    for (name, value) in probe.headers {
-        req = req.header(name, value);
-    }
-    let started = Instant::now();
-    let sent = req.send().await;
-    if let Err(e) = &sent
-        && crate::egress::denied_in(e).is_some()
-    {
-        return Err(egress_refused());
-    }
-    let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let (result, class, status) = match sent {
-        Ok(r) if r.status().is_success() => ("ok", None, Some(r.status().as_u16())),
-        Ok(r) => {
-            let st = r.status().as_u16();
-            let headers = r.headers().clone();
-            // Read a bounded prefix only: the body is classified, never relayed or logged.
-            let body = read_prefix(r, 64 * 1024).await;
-            let class = kind
-                .classify(st, &headers, &body, std::time::SystemTime::now())
-                .class
-                .as_str();
-            (class, Some(class), Some(st))
-        }
-        Err(_) => ("unreachable", Some(FailureClass::Overloaded.as_str()), None),
-    };
+    let (result, class, status, latency_ms) =
+        match prober.probe_stored(&s.vault, &provider, &key).await {
+            Probe::Works { status, latency_ms } => ("ok", None, Some(status), latency_ms),
+            Probe::Refused {
+                status,
+                class,
+                latency_ms,
+            } => (
+                class.as_str(),
+                Some(class.as_str()),
+                Some(status),
+                latency_ms,
+            ),
+            Probe::Unreachable { latency_ms } => (
+                "unreachable",
+                Some(FailureClass::Overloaded.as_str()),
+                None,
+                latency_ms,
+            ),
+            Probe::EgressDenied => return Err(egress_refused()),
+            Probe::Unusable(why) => return Err(ApiError::Conflict(why.into())),
+        };
     let row = s
         .store
         .record_key_test(
@@ -653,18 +628,6 @@ fn egress_refused() -> ApiError {
         "the provider's address is not allowed by the egress policy (egress_allow); the key was not sent"
             .into(),
     )
-}
-
-/// At most `limit` bytes of a response body.
-async fn read_prefix(mut r: reqwest::Response, limit: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Ok(Some(chunk)) = r.chunk().await {
-        out.extend_from_slice(&chunk[..chunk.len().min(limit - out.len())]);
-        if out.len() >= limit {
-            break;
-        }
-    }
-    out
 }
 
 #[derive(Deserialize)]

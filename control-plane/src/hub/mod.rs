@@ -9,6 +9,7 @@
 
 pub mod report;
 pub mod snapshot;
+pub mod verify;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,6 +77,8 @@ pub struct SnapshotHub {
     next_conn: AtomicU64,
     watch_calls: AtomicU64,
     report_calls: AtomicU64,
+    /// Where ambiguous refusals go to be verified (set by `start_verifier`).
+    verify_tx: std::sync::OnceLock<tokio::sync::mpsc::Sender<verify::Verification>>,
 }
 
 /// One Watch stream's place in the ordered event stream: the snapshot current when it
@@ -132,6 +135,7 @@ impl SnapshotHub {
             next_conn: AtomicU64::new(0),
             watch_calls: AtomicU64::new(0),
             report_calls: AtomicU64::new(0),
+            verify_tx: std::sync::OnceLock::new(),
         })
     }
 
@@ -468,6 +472,22 @@ impl SnapshotHub {
             client_key: Some(o.client_key_prefix.as_str()),
         };
         match o.class {
+            // An ambiguous refusal: the key rests briefly everywhere while the hub verifies it.
+            Some(Outcome::Failed(
+                class @ (FailureClass::InvalidKey | FailureClass::QuotaExhausted),
+            )) if o.needs_verification => {
+                let until = until.unwrap_or(now + chrono::Duration::seconds(60));
+                let c = self
+                    .store
+                    .apply_cooldown(&o.key_id, "", until, class.as_str(), origin, None)
+                    .await?;
+                self.publish_key_state(&o.key_id, KeyHealth::cooling(&c.model, c.until, &c.class));
+                self.request_verification(verify::Verification {
+                    key_id: o.key_id.clone(),
+                    class,
+                    client_key: o.client_key_prefix.clone(),
+                });
+            }
             Some(Outcome::Failed(
                 class @ (FailureClass::RateLimited | FailureClass::QuotaExhausted),
             )) => {

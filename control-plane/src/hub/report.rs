@@ -57,6 +57,8 @@ pub struct KeyOutcome {
     pub provider_stated: bool,
     /// The client key whose request led to the outcome (empty when unknown).
     pub client_key_prefix: String,
+    /// An ambiguous refusal: verify the key before disabling it or cooling it for long.
+    pub needs_verification: bool,
 }
 
 /// One proxied request. Delivered at least once; `request_id` makes storing it idempotent.

@@ -57,10 +57,7 @@ impl Spec for Anthropic {
         if matches!(a.status, 400 | 402 | 403)
             && (a.message.contains("credit balance") || a.err_type == "billing_error")
         {
-            return Verdict {
-                class: FailureClass::QuotaExhausted,
-                retry_after: None,
-            };
+            return Verdict::new(FailureClass::QuotaExhausted, None);
         }
         classify::common(a)
     }

@@ -65,7 +65,7 @@ impl Spec for Gemini {
     }
 
     fn classify(&self, a: &Answer<'_>) -> Verdict {
-        let verdict = |class, retry_after| Verdict { class, retry_after };
+        let verdict = Verdict::new;
         match a.status {
             429 => {
                 let (delay, per_day) = details(a.json);
@@ -78,12 +78,16 @@ impl Spec for Gemini {
             }
             400 | 403
                 if a.message.contains("api key not valid")
-                    || a.json["error"]["status"] == "PERMISSION_DENIED"
                     || a.json["error"]["details"]
                         .to_string()
                         .contains("API_KEY_INVALID") =>
             {
                 verdict(FailureClass::InvalidKey, None)
+            }
+            // Permission denied names no culprit: the key may lack access to this model or
+            // project feature and still serve others.
+            403 if a.json["error"]["status"] == "PERMISSION_DENIED" => {
+                verdict(FailureClass::InvalidKey, None).unsure()
             }
             _ => classify::common(a),
         }

@@ -383,3 +383,86 @@ async fn exhausted_keys_are_skipped_before_they_fail() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A bare 403 does not say the key is at fault: the key only rests while the control plane
+/// verifies it with a models probe. A key that still works is back in service at once, without
+/// an admin; one the probe finds invalid is disabled, with the client key that led to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_403_is_verified_before_a_key_is_disabled() -> anyhow::Result<()> {
+    async fn history_has(f: &Fleet, secret: &str, what: &str) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, hist) =
+                f.cp.api(
+                    "GET",
+                    &format!("{}/history", f.key_path(secret).await),
+                    None,
+                )
+                .await?;
+            if hist["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["source"] == "verification" && e["event"] == what)
+            {
+                return Ok(hist);
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "no {what} by verification: {hist}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // A working key refused for one model stays in service.
+    let good = key("good");
+    let f = Fleet::start(Backend::Sqlite, &[&good]).await?;
+    f.cp.add_route("m403", &f.pid, "mock-403").await?;
+    let p = f.cp.ready_proxy("proxy-a").await?;
+    p.wait_for_version(f.cp.snapshot_version().await?).await?;
+    let r = f.chat(&p, "m403").await;
+    assert_ne!(r.status(), 200);
+    history_has(&f, &good, "cleared").await?;
+    let v = f.key_view(&good).await;
+    assert_eq!(v["state"], "active", "a working key is not disabled: {v}");
+    // Served again at once, not after the rest.
+    let mut ok = false;
+    for _ in 0..40 {
+        if f.chat(&p, "m").await.status() == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "the verified key never served again");
+
+    // A key the probe finds invalid is disabled, and the history says whose request led to it.
+    let bad = key("probe401");
+    let f = Fleet::start(Backend::Sqlite, &[&bad]).await?;
+    f.cp.add_route("m403", &f.pid, "mock-403").await?;
+    let p = f.cp.ready_proxy("proxy-a").await?;
+    p.wait_for_version(f.cp.snapshot_version().await?).await?;
+    f.chat(&p, "m403").await;
+    let hist = history_has(&f, &bad, "disabled").await?;
+    let disabled = hist["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "disabled")
+        .unwrap()
+        .clone();
+    assert!(
+        disabled["client_key"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("lh-")),
+        "{disabled}"
+    );
+    let v = f.key_view(&bad).await;
+    assert_eq!(
+        (v["state"].clone(), v["state_reason"].clone()),
+        (json!("disabled"), json!("invalid_key")),
+        "{v}"
+    );
+    Ok(())
+}
