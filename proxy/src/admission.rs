@@ -233,7 +233,7 @@ pub async fn reserve(
         tokens: admitted.estimate.total(),
         cost_nanos,
         checks,
-        keys: plan.candidates.iter().map(|c| key_limits(&c.key)).collect(),
+        keys: keys_until_unlimited(plan),
     };
     match app.limiter.admit(&demand, app.clock.now()).await {
         Decision::Admit(ticket) => {
@@ -249,6 +249,21 @@ pub async fn reserve(
         }
         Decision::Refuse(r) => Err(ProxyError::RateLimited(r)),
     }
+}
+
+/// The planned keys' limits up to the first key without any: that one always has room, so
+/// the keys after it can never be the one reserved.
+fn keys_until_unlimited(plan: &Plan<'_>) -> Vec<KeyLimits> {
+    let mut out = Vec::new();
+    for c in &plan.candidates {
+        let k = key_limits(&c.key);
+        let unlimited = k.rpm == 0 && k.tpm == 0;
+        out.push(k);
+        if unlimited {
+            break;
+        }
+    }
+    out
 }
 
 /// Reserves a fallback candidate's key limits (after an earlier candidate failed). False: the
