@@ -11,7 +11,6 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
@@ -156,44 +155,50 @@ if nkeys > 0 and chosen < 0 then return {2, soonest_k, soonest_c, soonest} end
 for _, c in ipairs(checks) do reserve(c) end
 return {0, chosen}";
 
-/// Corrects token and budget reservations to real usage and releases concurrency leases.
-/// KEYS: per counter — tokens: the set, the sum; budget: the counter; concurrency: the set.
-/// ARGV: request id, reserved tokens, actual tokens, then (dim, actual − reserved) per counter.
+/// Corrects token and budget reservations to real usage and releases concurrency leases, for
+/// a batch of ended requests at once.
+/// KEYS: per request, per counter — tokens: the set, the sum; budget: the counter; concurrency:
+/// the set. ARGV: number of requests, then per request its id, reserved tokens, actual tokens,
+/// number of counters and (dim, actual − reserved) per counter.
 const SETTLE: &str = r"
-local id, rt, at = ARGV[1], ARGV[2], ARGV[3]
-local ki = 1
+local ki, ai = 1, 2
 local function add(key, delta)
   if delta ~= 0 and redis.call('EXISTS', key) == 1 and redis.call('INCRBY', key, delta) < 0 then
     redis.call('SET', key, 0, 'KEEPTTL')
   end
 end
-for i = 4, #ARGV, 2 do
-  local dim, delta = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
-  if dim == 2 then
-    local z, s = KEYS[ki], KEYS[ki + 1]
-    ki = ki + 2
-    local old = id .. ':' .. rt
-    local score = redis.call('ZSCORE', z, old)
-    if score and delta ~= 0 then
-      redis.call('ZREM', z, old)
-      redis.call('ZADD', z, score, id .. ':' .. at)
-      add(s, delta)
+for r = 1, tonumber(ARGV[1]) do
+  local id, rt, at, n = ARGV[ai], ARGV[ai + 1], ARGV[ai + 2], tonumber(ARGV[ai + 3])
+  ai = ai + 4
+  for c = 1, n do
+    local dim, delta = tonumber(ARGV[ai]), tonumber(ARGV[ai + 1])
+    ai = ai + 2
+    if dim == 2 then
+      local z, s = KEYS[ki], KEYS[ki + 1]
+      ki = ki + 2
+      local old = id .. ':' .. rt
+      local score = redis.call('ZSCORE', z, old)
+      if score and delta ~= 0 then
+        redis.call('ZREM', z, old)
+        redis.call('ZADD', z, score, id .. ':' .. at)
+        add(s, delta)
+      end
+    elseif dim == 4 then
+      add(KEYS[ki], delta)
+      ki = ki + 1
+    else
+      redis.call('ZREM', KEYS[ki], id)
+      ki = ki + 1
     end
-  elseif dim == 4 then
-    add(KEYS[ki], delta)
-    ki = ki + 1
-  else
-    redis.call('ZREM', KEYS[ki], id)
-    ki = ki + 1
   end
 end
 return 1";
 
+/// Most settlements sent in one script call.
+const SETTLE_BATCH: usize = 64;
+
 /// The wait the script reports when waiting will not help.
 const NEVER_MS: u64 = 1 << 50;
-
-/// Settlements in flight at once (the connection pipelines them).
-const SETTLE_CONCURRENCY: usize = 64;
 
 #[derive(Clone)]
 pub struct Shared {
@@ -305,33 +310,42 @@ impl Shared {
         }
     }
 
-    async fn settle_one(&self, s: &Settlement) -> Result<(), redis::RedisError> {
+    /// One script call for a batch of ended requests.
+    async fn settle_batch(&self, batch: &[Settlement]) -> Result<(), redis::RedisError> {
         let mut inv = self.settle.prepare_invoke();
-        inv.arg(&s.request_id)
-            .arg(s.reserved.tokens)
-            .arg(s.actual.tokens);
-        for c in &s.counters {
-            self.keys_of(&mut inv, c);
-            inv.arg(dim_code(c.dim)).arg(s.delta(c));
+        inv.arg(batch.len());
+        for s in batch {
+            inv.arg(&s.request_id)
+                .arg(s.reserved.tokens)
+                .arg(s.actual.tokens)
+                .arg(s.counters.len());
+            for c in &s.counters {
+                self.keys_of(&mut inv, c);
+                inv.arg(dim_code(c.dim)).arg(s.delta(c));
+            }
         }
         let mut conn = self.conn.clone();
         let _: i64 = inv.invoke_async(&mut conn).await?;
         Ok(())
     }
 
-    /// Applies settlements as they come, several at once. A failed one is logged and left: its
-    /// token estimate stays in the window until it slides out, its lease until it expires.
-    pub async fn settle_loop(self, rx: mpsc::Receiver<Settlement>) {
-        tokio_stream::wrappers::ReceiverStream::new(rx)
-            .for_each_concurrent(SETTLE_CONCURRENCY, |s| {
-                let this = &self;
-                async move {
-                    if let Err(e) = this.settle_one(&s).await {
-                        tracing::debug!(error = %e, "limit settlement not applied");
-                    }
+    /// Applies settlements as they come, batching those that queue up while a call is in
+    /// flight (under load one call settles many requests). A failed batch is logged and left:
+    /// its token estimates stay in their windows until they slide out, its leases until they
+    /// expire.
+    pub async fn settle_loop(self, mut rx: mpsc::Receiver<Settlement>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < SETTLE_BATCH {
+                match rx.try_recv() {
+                    Ok(s) => batch.push(s),
+                    Err(_) => break,
                 }
-            })
-            .await;
+            }
+            if let Err(e) = self.settle_batch(&batch).await {
+                tracing::debug!(error = %e, requests = batch.len(), "limit settlements not applied");
+            }
+        }
     }
 }
 
