@@ -1674,7 +1674,9 @@ async fn day_usage(s: &Store, day: chrono::NaiveDate, group: UsageGroup) -> Vec<
 
 async fn routing_records_idempotent(db: &TestDb) {
     let s = &db.store;
-    let t0 = whole_seconds(Utc::now() - Duration::minutes(10));
+    // Proxies send nanoseconds; the ledger keeps microseconds (Postgres's precision) on both
+    // backends, and a record delivered again still matches the stored one.
+    let t0 = whole_seconds(Utc::now() - Duration::minutes(10)) + Duration::nanoseconds(123_456_789);
     let at = |secs: i64| t0 + Duration::seconds(secs);
     let record = |id: &str, user: &'static str, secs: i64, status: u32| {
         let mut r = Rec::new(id, at(secs));
@@ -1715,7 +1717,11 @@ async fn routing_records_idempotent(db: &TestDb) {
     let all = all_records(s, &RecordFilter::default()).await;
     assert_eq!(ids(&all), ["r3", "r2", "r1"], "newest first");
     assert_eq!((all[2].status, all[0].status), (200, 200));
-    assert_eq!(all[0].started_at, at(2), "the start time round-trips");
+    assert_eq!(
+        all[0].started_at,
+        at(2) - Duration::nanoseconds(789),
+        "the start time round-trips, in microseconds"
+    );
     assert_eq!(all[1].proxy_id, "proxy-1");
     let detail: serde_json::Value = serde_json::from_str(&all[0].detail).unwrap();
     assert_eq!(detail["attempts"][0]["class"], "ok");

@@ -106,6 +106,12 @@ impl From<&routing_records::Model> for RecordCursor {
     }
 }
 
+/// The start time as stored: whole microseconds, Postgres's precision, on both backends, so the
+/// keys the insert returns match the ones sent and a cursor means the same everywhere.
+fn to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}
+
 fn big(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -169,11 +175,12 @@ impl Store {
         let mut rows: BTreeMap<(String, DateTime<Utc>), routing_records::Model> = BTreeMap::new();
         for r in records {
             let request_id = clip(&r.request_id, 64);
-            rows.entry((request_id.clone(), r.started_at))
+            let started_at = to_micros(r.started_at);
+            rows.entry((request_id.clone(), started_at))
                 .or_insert(routing_records::Model {
                     request_id,
                     proxy_id: clip(&r.proxy_id, 64),
-                    started_at: r.started_at,
+                    started_at,
                     user_id: clip(&r.user_id, 36),
                     client_key_prefix: clip(&r.client_key_prefix, 16),
                     public_model: clip(&r.public_model, 128),
