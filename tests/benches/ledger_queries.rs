@@ -8,6 +8,7 @@
 //!   cargo bench -p llmhub-e2e --bench ledger_queries
 //!
 //! `RECORDS` (default 1,000,000) and `RUNS` (default 50 per query) change the size;
+//! `EXPLAIN=1` also prints the Postgres plans (`EXPLAIN ANALYZE`) of the main queries' SQL;
 //! `LLMHUB_BIN_DIR` picks other binaries. The seeded data: 30 days, 50 users, 200 client keys
 //! (four per user), 10 public models on 3 providers (each key uses three of them), about 5 %
 //! errors, one model without a price.
@@ -134,6 +135,37 @@ async fn seed(url: &str, n: u64) -> anyhow::Result<Duration> {
     Ok(t0.elapsed())
 }
 
+/// The SQL the control plane runs for the main queries (as its store builds it), explained.
+async fn explain(url: &str) -> anyhow::Result<()> {
+    let db = sea_orm::Database::connect(url).await?;
+    let page = "SELECT * FROM routing_records";
+    let order = "ORDER BY started_at DESC, request_id DESC LIMIT 51";
+    for sql in [
+        format!("{page} {order}"),
+        format!(
+            "{page} WHERE user_id = 'user-07' AND (started_at, request_id) < \
+             (now() - interval '1 day', 'seed-5') {order}"
+        ),
+        format!("{page} WHERE public_model = 'gpt-4o' AND status >= 400 AND status < 1000 {order}"),
+        "SELECT client_key_id, CAST(LEAST(SUM(cost_nanos), 9223372036854775807) AS BIGINT) \
+         FROM usage_daily WHERE day >= current_date - 30 AND day <= current_date \
+         GROUP BY client_key_id ORDER BY client_key_id"
+            .to_owned(),
+    ] {
+        let rows = db
+            .query_all_raw(Statement::from_string(
+                db.get_database_backend(),
+                format!("EXPLAIN (ANALYZE, BUFFERS) {sql}"),
+            ))
+            .await?;
+        println!("\n{sql}");
+        for r in rows {
+            println!("  {}", r.try_get::<String>("", "QUERY PLAN")?);
+        }
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let records = env_num("RECORDS", 1_000_000);
@@ -152,6 +184,10 @@ async fn main() -> anyhow::Result<()> {
         "seeded {records} records and their rollups in {:.1} s",
         took.as_secs_f64()
     );
+
+    if std::env::var_os("EXPLAIN").is_some() {
+        explain(&cp.db.url).await?;
+    }
 
     let now = Utc::now();
     let t = |d: i64| (now - Days::days(d)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);

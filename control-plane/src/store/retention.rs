@@ -135,14 +135,20 @@ impl Store {
         );
         wanted.sort();
         wanted.dedup();
+        // Each step on its own: one that fails (a lock not granted in time) is logged and
+        // retried by the next run, and does not hold back the others.
         for day in wanted.into_iter().filter(|d| !existing.contains(d)) {
-            if self.create_partition(day).await? {
-                done.created.push(day);
+            match self.create_partition(day).await {
+                Ok(true) => done.created.push(day),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(%day, error = %e, "creating a record partition failed"),
             }
         }
         for day in existing.into_iter().filter(|d| *d < cutoff) {
-            if self.drop_partition(day).await? {
-                done.dropped.push(day);
+            match self.drop_partition(day).await {
+                Ok(true) => done.dropped.push(day),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(%day, error = %e, "dropping a record partition failed"),
             }
         }
         done.deleted = self
@@ -156,11 +162,13 @@ impl Store {
     }
 
     /// Opens a partition-changing transaction: one replica at a time, and never waiting long
-    /// for a lock behind a slow query (records being stored would queue behind the wait); a run
-    /// that gives up is retried by the next one.
+    /// for a lock behind a slow query. Dropping a partition locks the whole table, and records
+    /// being stored queue behind a lock that is waited for; a run that gives up is retried by
+    /// the next one. (`DETACH … CONCURRENTLY` would avoid the lock, but Postgres refuses it on a
+    /// table with a default partition.)
     async fn partition_txn(&self) -> Result<sea_orm::DatabaseTransaction> {
         let txn = self.db.begin().await?;
-        txn.execute_unprepared("SET LOCAL lock_timeout = '5s'")
+        txn.execute_unprepared("SET LOCAL lock_timeout = '1s'")
             .await?;
         txn.execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
