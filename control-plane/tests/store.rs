@@ -2777,7 +2777,13 @@ async fn ledger_migration_moves_existing_records(url: &str) {
     use sea_orm::sea_query::{Alias, Query};
     let conn = sea_orm::Database::connect(url).await.unwrap();
     Migrator::up(&conn, Some(8)).await.unwrap();
-    let t0 = whole_seconds(Utc::now() - Duration::days(2));
+    // Stored before the upgrade with nanoseconds (SQLite keeps the driver's text); the ledger
+    // now keeps microseconds, and a replay after the upgrade must still match.
+    let t0 = whole_seconds(Utc::now() - Duration::days(2)) + Duration::nanoseconds(123_456_789);
+    // Each fraction the SQLite driver writes differently once cut to microseconds: 6 digits
+    // (t0), 3 (whole milliseconds) and none.
+    let t1 = whole_seconds(t0 + Duration::days(1)) + Duration::nanoseconds(5_000_789);
+    let t2 = whole_seconds(t0 + Duration::days(1)) + Duration::nanoseconds(1_000_000_789);
     let cols = [
         "request_id",
         "proxy_id",
@@ -2810,18 +2816,12 @@ async fn ledger_migration_moves_existing_records(url: &str) {
         ("old-1", t0, 200, Some(500i64), detail.as_str()),
         (
             "old-2",
-            t0 + Duration::days(1),
+            t1,
             502,
             None,
             r#"{"attempts": [], "skipped": ["x"]}"#,
         ),
-        (
-            "old-3",
-            t0 + Duration::days(1),
-            200,
-            Some(700),
-            detail.as_str(),
-        ),
+        ("old-3", t2, 200, Some(700), detail.as_str()),
     ] {
         let values: Vec<sea_orm::sea_query::SimpleExpr> = vec![
             id.into(),
@@ -2868,7 +2868,9 @@ async fn ledger_migration_moves_existing_records(url: &str) {
     );
     assert_eq!(rows[2].cost_nanos, Some(500));
     assert_eq!(rows[1].cost_nanos, None);
-    assert_eq!(rows[0].started_at, t0 + Duration::days(1));
+    assert_eq!(rows[0].started_at, t2 - Duration::nanoseconds(789));
+    assert_eq!(rows[1].started_at, t1 - Duration::nanoseconds(789));
+    assert_eq!(rows[2].started_at, t0 - Duration::nanoseconds(789));
     let by_provider = s
         .usage(
             &UsageFilter {
@@ -2902,9 +2904,12 @@ async fn ledger_migration_moves_existing_records(url: &str) {
             [t0.date_naive(), t0.date_naive() + Duration::days(1)]
         );
     }
-    // Stored again after the upgrade (a proxy replaying them): still once.
-    let again = Rec::new("old-1", t0).build();
-    assert_eq!(s.insert_routing_records(vec![again]).await.unwrap(), 0);
+    // Delivered again after the upgrade (a proxy replaying them): still stored once.
+    let again = [("old-1", t0), ("old-2", t1), ("old-3", t2)]
+        .map(|(id, at)| Rec::new(id, at).build())
+        .into_iter()
+        .collect();
+    assert_eq!(s.insert_routing_records(again).await.unwrap(), 0);
 }
 
 #[tokio::test]

@@ -97,6 +97,25 @@ fn served(backend: DbBackend, f: &str) -> String {
     }
 }
 
+/// `started_at` as the control plane now stores it: in whole microseconds. Postgres already
+/// holds microseconds. SQLite holds the text the driver wrote (RFC 3339 with 0, 3, 6 or 9
+/// fraction digits, as few as are exact); a 9-digit one is cut to the text the driver writes for
+/// the time cut to microseconds, so a record delivered again after the upgrade still matches.
+fn stored_start(backend: DbBackend) -> &'static str {
+    match backend {
+        DbBackend::Postgres => "started_at",
+        _ => {
+            "CASE WHEN length(started_at) = 35 AND substr(started_at, 20, 1) = '.' THEN \
+               CASE WHEN substr(started_at, 21, 6) = '000000' \
+                      THEN substr(started_at, 1, 19) || substr(started_at, 30) \
+                    WHEN substr(started_at, 24, 3) = '000' \
+                      THEN substr(started_at, 1, 23) || substr(started_at, 30) \
+                    ELSE substr(started_at, 1, 26) || substr(started_at, 30) END \
+             ELSE started_at END"
+        }
+    }
+}
+
 /// The day (UTC) of `started_at`.
 fn day_of(backend: DbBackend) -> &'static str {
     match backend {
@@ -168,10 +187,11 @@ impl MigrationTrait for Migration {
             run(format!("CREATE INDEX {name} ON routing_records {cols}")).await?;
         }
         run(format!(
-            "INSERT INTO routing_records ({COLUMNS}) SELECT request_id, proxy_id, started_at, \
+            "INSERT INTO routing_records ({COLUMNS}) SELECT request_id, proxy_id, {}, \
              user_id, client_key_prefix, public_model, status, latency_ms, stream, detail, \
              received_at, prompt_tokens, completion_tokens, cached_tokens, partial, cost_nanos, \
              client_key_id, {}, {}, {} FROM routing_records_old",
+            stored_start(backend),
             served(backend, "provider_id"),
             served(backend, "key_fingerprint"),
             served(backend, "upstream_model"),
