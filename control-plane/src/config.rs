@@ -54,6 +54,7 @@ const ENV_KEYS: &[&str] = &[
     "registration_rate_limit",
     "trust_forwarded_for",
     "egress_allow",
+    "record_retention_days",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +152,10 @@ pub struct RawConfig {
     /// Default: none — loopback, private, link-local (cloud metadata) and other internal
     /// addresses are refused, and so are provider base URLs naming them.
     pub egress_allow: Option<StringList>,
+    /// Days routing records are kept (whole UTC days before today's), 1 to 3650; default 30.
+    /// On Postgres a day's partition is dropped whole once it is older. The daily usage rollups
+    /// are kept regardless.
+    pub record_retention_days: Option<u32>,
 }
 
 /// A list given either as an array or as one comma-separated string (handy in environment
@@ -231,6 +236,8 @@ pub struct Config {
     pub trust_forwarded_for: bool,
     /// Where key tests may connect (and which provider base URLs are accepted).
     pub egress: llmhub_providers::EgressPolicy,
+    /// Days routing records are kept before today's (`record_retention_days`).
+    pub record_retention_days: u32,
 }
 
 /// PEM contents, read at start so a missing file is a config error, not a runtime surprise.
@@ -418,6 +425,13 @@ impl RawConfig {
         let egress =
             llmhub_providers::EgressPolicy::parse(&self.egress_allow.unwrap_or_default().0)
                 .map_err(|e| ConfigError::field("egress_allow", e.to_string()))?;
+        let record_retention_days = self.record_retention_days.unwrap_or(30);
+        if !(1..=3650).contains(&record_retention_days) {
+            return Err(ConfigError::field(
+                "record_retention_days",
+                "must be between 1 and 3650",
+            ));
+        }
         let mut dashboard_origins = Vec::new();
         for o in self.dashboard_origins.unwrap_or_default().0 {
             dashboard_origins.push(validate_origin(&o)?);
@@ -491,6 +505,7 @@ impl RawConfig {
             login_policy,
             trust_forwarded_for: self.trust_forwarded_for.unwrap_or(false),
             egress,
+            record_retention_days,
             database_url,
             admin_listen,
             grpc_listen,
@@ -703,6 +718,7 @@ mod tests {
         let c = base(dir.path()).validate().unwrap();
         assert_eq!(c.admin_listen.port(), 8080);
         assert_eq!(c.access_token_ttl, Duration::from_secs(900));
+        assert_eq!(c.record_retention_days, 30);
     }
 
     #[test]
@@ -747,6 +763,14 @@ mod tests {
             (
                 Box::new(|c| c.log_format = Some("xml".into())),
                 "log_format",
+            ),
+            (
+                Box::new(|c| c.record_retention_days = Some(0)),
+                "record_retention_days",
+            ),
+            (
+                Box::new(|c| c.record_retention_days = Some(3651)),
+                "record_retention_days",
             ),
         ];
         for (mutate, field) in cases {

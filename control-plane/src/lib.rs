@@ -241,6 +241,21 @@ impl App {
                 }
             }
         });
+        // The ledger's retention: daily partitions ahead (Postgres), and expired records
+        // dropped, at start and then hourly. Idempotent, and serialised across replicas.
+        let (store, retention_days) = (self.state.store.clone(), config.record_retention_days);
+        let ledger_stop = wait(stop_rx.clone());
+        let ledger = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LEDGER_MAINTENANCE);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tokio::pin!(ledger_stop);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => maintain_ledger(&store, retention_days).await,
+                    () = &mut ledger_stop => break,
+                }
+            }
+        });
         let tls = match &config.admin_tls {
             Some((cert, key)) => Some(api::serve::tls_acceptor(cert, key)?),
             None => None,
@@ -264,6 +279,7 @@ impl App {
         };
         let _ = stop_tx.send(true);
         refresh.abort();
+        ledger.abort();
         if outcome.is_ok() {
             let drain = std::time::Duration::from_secs(15);
             match tokio::time::timeout(drain, async { (grpc_task.await, admin_task.await) }).await {
@@ -275,6 +291,30 @@ impl App {
             }
         }
         outcome
+    }
+}
+
+/// How often the ledger's partitions and retention are maintained. A day's partitions exist
+/// [`store::retention::DAYS_AHEAD`] days ahead, so an hour late is never too late.
+const LEDGER_MAINTENANCE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+async fn maintain_ledger(store: &Store, retention_days: u32) {
+    match store
+        .maintain_records(chrono::Utc::now(), retention_days)
+        .await
+    {
+        Ok(m) if m == store::Maintenance::default() => {}
+        Ok(m) => tracing::info!(
+            event = "ledger_maintained",
+            partitions_created = ?m.created,
+            partitions_dropped = ?m.dropped,
+            rows_deleted = m.deleted,
+            retention_days,
+            "routing records maintained"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "routing record maintenance failed; retried in an hour")
+        }
     }
 }
 

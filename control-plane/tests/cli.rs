@@ -99,6 +99,23 @@ fn weak_jwt_secret_and_missing_master_key_exit_64() {
             .env("LLMHUB_ADMIN_LISTEN", "not-an-address"),
         "admin_listen",
     );
+    // A retention of no days (the file's, or the environment's) would drop today's records.
+    for (file, env) in [("record_retention_days = 0\n", None), ("", Some("0"))] {
+        std::fs::write(
+            &p,
+            format!(
+                "{base}master_keys = {:?}\njwt_secret = \"0123456789abcdef0123456789abcdef\"\n{file}",
+                entry.trim()
+            ),
+        )
+        .unwrap();
+        let mut c = control();
+        c.arg("serve").arg("--config").arg(&p);
+        if let Some(v) = env {
+            c.env("LLMHUB_RECORD_RETENTION_DAYS", v);
+        }
+        expect_config_error(&mut c, "record_retention_days");
+    }
 }
 
 #[test]

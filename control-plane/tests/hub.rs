@@ -172,3 +172,188 @@ async fn snapshots_carry_limits_budgets_and_the_grace_of_a_rotation() {
     // Nothing else changed: the next rebuild publishes nothing.
     assert_eq!(hub.rebuild().await.unwrap(), v2);
 }
+
+/// Budgets carry what the ledger says was spent in their current period — the client key's
+/// own, the user's across all of the user's keys — so a proxy whose shared counter is gone
+/// starts from it. Stored records alone republish the snapshot at most once per spend refresh;
+/// any other change reads the spend afresh.
+#[tokio::test]
+async fn budgets_carry_the_ledgers_spend_in_their_period() {
+    use chrono::{Datelike, Duration, Utc};
+    use llmhub_control::hub::{Attempt, BudgetPeriod, Report, RoutingRecord};
+    use llmhub_control::store::{
+        Actor, AuditEvent, BudgetSetting, LimitsChange, NewClientKey, NewUser, UserStatus,
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("hub.db").display());
+    let store = Store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let keyring = Keyring::parse(keyring::generate_entry(1).as_str(), None).unwrap();
+    let vault = Arc::new(Vault::new(keyring, None));
+    let hash_secret = Arc::new(
+        HashSecret::load_or_create(&store, &vault.keyring())
+            .await
+            .unwrap(),
+    );
+    // One hub that reads the spend only when something else changes (within the test), one
+    // that reads it on every rebuild.
+    let slow = SnapshotHub::with_spend_refresh(
+        store.clone(),
+        vault.clone(),
+        hash_secret.clone(),
+        std::time::Duration::from_secs(3600),
+    );
+    let eager = SnapshotHub::with_spend_refresh(
+        store.clone(),
+        vault,
+        hash_secret,
+        std::time::Duration::ZERO,
+    );
+    let actor = Actor::default();
+    let ev = |a| AuditEvent::new(&actor, a, "test");
+    let alice = store
+        .create_user(
+            NewUser {
+                username: "alice".into(),
+                email: None,
+                password_hash: "$argon2id$x".into(),
+                role: "user",
+                status: UserStatus::Active,
+            },
+            ev("x"),
+        )
+        .await
+        .unwrap()
+        .id;
+    let budget = |period| {
+        Some(Some(BudgetSetting {
+            limit_nanos: 1_000_000,
+            period,
+            expires_at: None,
+        }))
+    };
+    for (id, b) in [
+        ("ck-daily", budget(BudgetPeriod::Daily)),
+        ("ck-other", None),
+    ] {
+        store
+            .insert_client_key(
+                NewClientKey {
+                    id: id.into(),
+                    user_id: alice.clone(),
+                    name: id.into(),
+                    key_hash: id.as_bytes().to_vec(),
+                    prefix: format!("lh-{id}"),
+                    allowed_models: vec![],
+                    use_shared_pool: true,
+                    expires_at: None,
+                    limits: LimitsChange {
+                        budget: b,
+                        ..Default::default()
+                    },
+                },
+                ev("x"),
+            )
+            .await
+            .unwrap();
+    }
+    store
+        .set_user_limits(
+            &alice,
+            LimitsChange {
+                budget: budget(BudgetPeriod::Monthly),
+                ..Default::default()
+            },
+            ev("x"),
+        )
+        .await
+        .unwrap();
+    let v0 = slow.rebuild().await.unwrap();
+    eager.rebuild().await.unwrap();
+
+    let now = Utc::now();
+    let record = |id: &str, key: &str, started_at, cost| RoutingRecord {
+        request_id: id.into(),
+        started_at: Some(started_at),
+        user_id: alice.clone(),
+        client_key_prefix: format!("lh-{key}"),
+        public_model: "m".into(),
+        attempts: vec![Attempt {
+            provider_id: "p".into(),
+            key_fingerprint: "fp".into(),
+            upstream_model: "m".into(),
+            status: 200,
+            latency_ms: 1,
+            class: None,
+        }],
+        status: 200,
+        latency_ms: 1,
+        stream: false,
+        skipped: vec![],
+        prompt_tokens: 10,
+        completion_tokens: 1,
+        cached_tokens: 0,
+        partial: false,
+        cost_nanos: cost,
+        client_key_id: key.into(),
+    };
+    let today = now.date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc();
+    // Long enough ago to be yesterday whenever the test runs, and within this month unless
+    // today is the 1st.
+    let yesterday = today - Duration::hours(12);
+    let report = Report {
+        proxy_id: "proxy-1".into(),
+        records: vec![
+            record("r1", "ck-daily", now, 300),
+            record("r2", "ck-daily", now, 200),
+            record("r3", "ck-other", now, 50),
+            record("r4", "ck-daily", yesterday, 7000),
+        ],
+        outcomes: vec![],
+    };
+    slow.store_report(&report).await.unwrap();
+    // Delivered twice: counted once.
+    slow.store_report(&report).await.unwrap();
+
+    let spent = |hub: &Arc<SnapshotHub>| {
+        let snap = hub.subscribe("t".into(), "t".into()).first.unwrap();
+        let key = snap
+            .client_keys
+            .iter()
+            .find(|c| c.id == "ck-daily")
+            .unwrap()
+            .budget
+            .unwrap()
+            .spent_nanos;
+        (key, snap.users[0].budget.unwrap().spent_nanos)
+    };
+    let month = if now.date_naive().day0() == 0 {
+        550
+    } else {
+        7550
+    };
+    // Within its spend refresh and with nothing else changed, a hub publishes nothing.
+    assert_eq!(slow.rebuild().await.unwrap(), v0);
+    assert_eq!(spent(&slow), (0, 0));
+    // Past it (here: at once), the spend alone republishes: the key's today, the user's over
+    // all the user's keys this month.
+    let v1 = eager.rebuild().await.unwrap();
+    assert_eq!(spent(&eager), (500, month));
+    // Unchanged spend: nothing to publish.
+    assert_eq!(eager.rebuild().await.unwrap(), v1);
+    // Any other change reads the spend afresh.
+    store
+        .set_user_limits(
+            &alice,
+            LimitsChange {
+                rpm: Some(Some(100)),
+                ..Default::default()
+            },
+            ev("x"),
+        )
+        .await
+        .unwrap();
+    assert!(slow.rebuild().await.unwrap() > v0);
+    assert_eq!(spent(&slow), (500, month));
+}

@@ -8,13 +8,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 use chrono::{DateTime, Duration, Utc};
+use llmhub_control::store::entities::routing_records;
 use llmhub_control::store::sessions::RefreshOutcome;
 use llmhub_control::store::vault_rows::SealedRow;
 use llmhub_control::store::{
     Actor, AuditEvent, AuditFilter, AuditKey, BudgetSetting, ClientKeyChange, KeyChange, KeyState,
     Limits, LimitsChange, NewClientKey, NewModelPrice, NewProvider, NewProviderKey, NewRouteTarget,
-    NewRoutingRecord, NewUser, ProviderChange, Rotation, RouteChange, Store, StoreError,
-    UserChange, UserStatus,
+    NewRoutingRecord, NewUser, ProviderChange, RecordCursor, RecordFilter, Rotation, RouteChange,
+    SpendOwner, StatusFilter, Store, StoreError, UsageFilter, UsageGroup, UsageRow, UserChange,
+    UserStatus,
 };
 use llmhub_providers::BudgetPeriod;
 use sea_orm::{ConnectionTrait, DbBackend};
@@ -83,6 +85,19 @@ async fn sqlite() -> TestDb {
 }
 
 async fn postgres(case: &str) -> Option<TestDb> {
+    let (url, pg) = pg_database(case).await?;
+    let store = open(url.clone()).await;
+    assert_eq!(store.backend(), DbBackend::Postgres);
+    Some(TestDb {
+        store,
+        url,
+        _dir: None,
+        _pg: Some(pg),
+    })
+}
+
+/// A new, empty Postgres database: its URL, and the guard that drops it.
+async fn pg_database(case: &str) -> Option<(String, PgDatabase)> {
     let Ok(admin_url) = std::env::var("LLMHUB_TEST_PG_URL") else {
         eprintln!("{case}_postgres: skipped, LLMHUB_TEST_PG_URL is not set");
         return None;
@@ -103,15 +118,7 @@ async fn postgres(case: &str) -> Option<TestDb> {
     let (head, _) = admin_url
         .rsplit_once('/')
         .expect("LLMHUB_TEST_PG_URL names a database");
-    let url = format!("{head}/{name}");
-    let store = open(url.clone()).await;
-    assert_eq!(store.backend(), DbBackend::Postgres);
-    Some(TestDb {
-        store,
-        url,
-        _dir: None,
-        _pg: Some(pg),
-    })
+    Some((format!("{head}/{name}"), pg))
 }
 
 macro_rules! suite {
@@ -142,6 +149,9 @@ suite! {
     client_keys_edit_and_rotate => client_keys_edit_and_rotate_sqlite, client_keys_edit_and_rotate_postgres;
     user_limits => user_limits_sqlite, user_limits_postgres;
     routing_records_idempotent => routing_records_idempotent_sqlite, routing_records_idempotent_postgres;
+    routing_records_filters_and_pages => routing_records_filters_and_pages_sqlite, routing_records_filters_and_pages_postgres;
+    usage_grouping => usage_grouping_sqlite, usage_grouping_postgres;
+    records_retention => records_retention_sqlite, records_retention_postgres;
     model_prices_crud => model_prices_crud_sqlite, model_prices_crud_postgres;
     key_health => key_health_sqlite, key_health_postgres;
     settings_and_vault_rows => settings_and_vault_rows_sqlite, settings_and_vault_rows_postgres;
@@ -1573,50 +1583,151 @@ async fn user_limits(db: &TestDb) {
     assert!(s.verify_audit().await.unwrap().ok);
 }
 
+/// A record for the ledger tests: `n` tokens in, `n / 10` out, cost `n` nano-dollars unless
+/// `cost` says otherwise.
+struct Rec {
+    id: String,
+    at: DateTime<Utc>,
+    user: &'static str,
+    key: &'static str,
+    model: &'static str,
+    provider: &'static str,
+    fingerprint: &'static str,
+    status: u32,
+    tokens: u64,
+    cost: Option<u64>,
+}
+
+impl Rec {
+    fn new(id: impl Into<String>, at: DateTime<Utc>) -> Rec {
+        Rec {
+            id: id.into(),
+            at,
+            user: "u1",
+            key: "ck-1",
+            model: "gpt-x",
+            provider: "p1",
+            fingerprint: "fp-1",
+            status: 200,
+            tokens: 100,
+            cost: Some(1000),
+        }
+    }
+
+    fn build(&self) -> NewRoutingRecord {
+        NewRoutingRecord {
+            request_id: self.id.clone(),
+            proxy_id: "proxy-1".into(),
+            started_at: self.at,
+            user_id: self.user.into(),
+            client_key_prefix: "lh-abc".into(),
+            public_model: self.model.into(),
+            status: self.status,
+            latency_ms: 12,
+            stream: false,
+            detail: serde_json::json!({
+                "attempts": [{"provider_id": self.provider, "key_fingerprint": self.fingerprint, "class": "ok"}],
+                "skipped": ["p0: cooling"],
+            }),
+            prompt_tokens: self.tokens,
+            completion_tokens: self.tokens / 10,
+            cached_tokens: self.tokens / 2,
+            partial: false,
+            cost_nanos: self.cost,
+            client_key_id: self.key.into(),
+            provider_id: self.provider.into(),
+            key_fingerprint: self.fingerprint.into(),
+            upstream_model: format!("{}-upstream", self.model),
+        }
+    }
+}
+
+/// Whole seconds: Postgres keeps microseconds, so times compared after a round trip must not
+/// carry more.
+fn whole_seconds(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.timestamp(), 0).unwrap()
+}
+
+async fn all_records(s: &Store, filter: &RecordFilter) -> Vec<routing_records::Model> {
+    s.routing_records(filter, None, 10_000).await.unwrap()
+}
+
+fn ids(rows: &[routing_records::Model]) -> Vec<&str> {
+    rows.iter().map(|r| r.request_id.as_str()).collect()
+}
+
+async fn day_usage(s: &Store, day: chrono::NaiveDate, group: UsageGroup) -> Vec<UsageRow> {
+    s.usage(
+        &UsageFilter {
+            first_day: day,
+            last_day: day,
+            user_id: None,
+            client_key_id: None,
+            model: None,
+            provider_id: None,
+        },
+        group,
+    )
+    .await
+    .unwrap()
+}
+
 async fn routing_records_idempotent(db: &TestDb) {
     let s = &db.store;
-    let t0 = Utc::now() - Duration::minutes(10);
-    let record = |id: &str, user: &str, secs: i64, status: u32| NewRoutingRecord {
-        request_id: id.into(),
-        proxy_id: "proxy-1".into(),
-        started_at: t0 + Duration::seconds(secs),
-        user_id: user.into(),
-        client_key_prefix: "lh-abc".into(),
-        public_model: "gpt-x".into(),
-        status,
-        latency_ms: 12,
-        stream: secs % 2 == 0,
-        detail: serde_json::json!({"attempts": [{"class": "ok"}], "skipped": []}),
-        prompt_tokens: 1200,
-        completion_tokens: 80,
-        cached_tokens: 1024,
-        partial: secs == 1,
-        cost_nanos: (secs != 2).then_some(3_000_000_000),
-        client_key_id: "ck-1".into(),
+    // Proxies send nanoseconds; the ledger keeps microseconds (Postgres's precision) on both
+    // backends, and a record delivered again still matches the stored one.
+    let t0 = whole_seconds(Utc::now() - Duration::minutes(10)) + Duration::nanoseconds(123_456_789);
+    let at = |secs: i64| t0 + Duration::seconds(secs);
+    let record = |id: &str, user: &'static str, secs: i64, status: u32| {
+        let mut r = Rec::new(id, at(secs));
+        r.user = user;
+        r.status = status;
+        r.tokens = 1200;
+        r.cost = (secs != 2).then_some(3_000_000_000);
+        let mut r = r.build();
+        r.cached_tokens = 1024;
+        r.completion_tokens = 80;
+        r.partial = secs == 1;
+        r
     };
-    s.insert_routing_records(vec![]).await.unwrap();
-    s.insert_routing_records(vec![record("r1", "u1", 0, 200), record("r2", "u2", 1, 429)])
+    assert_eq!(s.insert_routing_records(vec![]).await.unwrap(), 0);
+    let first = s
+        .insert_routing_records(vec![record("r1", "u1", 0, 200), record("r2", "u2", 1, 429)])
         .await
         .unwrap();
-    // Delivered again (at least once) together with a new one: each request id is stored once,
-    // and the first delivery wins.
-    s.insert_routing_records(vec![record("r1", "u1", 0, 500), record("r3", "u1", 2, 200)])
+    assert_eq!(first, 2);
+    // Delivered again (at least once) together with a new one, and the new one twice in the same
+    // batch: each request is stored once, and the first delivery wins.
+    let again = s
+        .insert_routing_records(vec![
+            record("r1", "u1", 0, 500),
+            record("r3", "u1", 2, 200),
+            record("r3", "u1", 2, 201),
+        ])
         .await
         .unwrap();
-    s.insert_routing_records(vec![record("r3", "u1", 2, 503)])
-        .await
-        .unwrap();
+    assert_eq!(again, 1);
+    assert_eq!(
+        s.insert_routing_records(vec![record("r3", "u1", 2, 503)])
+            .await
+            .unwrap(),
+        0
+    );
 
-    let all = s.routing_records(None, 100).await.unwrap();
-    let ids: Vec<&str> = all.iter().map(|r| r.request_id.as_str()).collect();
-    assert_eq!(ids, ["r3", "r2", "r1"], "newest first");
-    assert_eq!(all[2].status, 200);
-    assert_eq!(all[0].status, 200);
+    let all = all_records(s, &RecordFilter::default()).await;
+    assert_eq!(ids(&all), ["r3", "r2", "r1"], "newest first");
+    assert_eq!((all[2].status, all[0].status), (200, 200));
+    assert_eq!(
+        all[0].started_at,
+        at(2) - Duration::nanoseconds(789),
+        "the start time round-trips, in microseconds"
+    );
     assert_eq!(all[1].proxy_id, "proxy-1");
     let detail: serde_json::Value = serde_json::from_str(&all[0].detail).unwrap();
     assert_eq!(detail["attempts"][0]["class"], "ok");
-    // Usage, cost (unknown for r3) and the client key round-trip.
-    let usage = |r: &llmhub_control::store::entities::routing_records::Model| {
+    assert_eq!(detail["skipped"][0], "p0: cooling");
+    // Usage, cost (unknown for r3), the client key and the serving attempt round-trip.
+    let usage = |r: &routing_records::Model| {
         (
             r.prompt_tokens,
             r.completion_tokens,
@@ -1631,44 +1742,539 @@ async fn routing_records_idempotent(db: &TestDb) {
         (1200, 80, 1024, true, Some(3_000_000_000), "ck-1".into())
     );
     assert_eq!(usage(&all[0]), (1200, 80, 1024, false, None, "ck-1".into()));
-    // Counts beyond the column's range are stored as its largest value, not wrapped.
-    let mut huge = record("r-huge", "u9", -1, 200);
-    huge.prompt_tokens = u64::MAX;
-    huge.cost_nanos = Some(u64::MAX);
-    s.insert_routing_records(vec![huge]).await.unwrap();
-    let stored = s.routing_records(Some("u9"), 1).await.unwrap();
+    assert_eq!(
+        (
+            all[0].provider_id.as_str(),
+            all[0].key_fingerprint.as_str(),
+            all[0].upstream_model.as_str()
+        ),
+        ("p1", "fp-1", "gpt-x-upstream")
+    );
+
+    // The rollups counted each request once, whatever was delivered twice.
+    let day = t0.date_naive();
+    let mut by_user = day_usage(s, day, UsageGroup::User).await;
+    // A record stored near midnight may fall on the next day: sum over both.
+    by_user.extend(day_usage(s, day.succ_opt().unwrap(), UsageGroup::User).await);
+    let sum = |user: &str, f: fn(&UsageRow) -> i64| -> i64 {
+        by_user.iter().filter(|r| r.key == user).map(f).sum()
+    };
+    assert_eq!(sum("u1", |r| r.requests), 2);
+    assert_eq!(
+        sum("u1", |r| r.errors),
+        0,
+        "r1's first delivery (200) counts"
+    );
+    assert_eq!(sum("u1", |r| r.prompt_tokens), 2400);
+    assert_eq!(sum("u1", |r| r.completion_tokens), 160);
+    assert_eq!(sum("u1", |r| r.cached_tokens), 2048);
+    assert_eq!(
+        sum("u1", |r| r.cost_nanos),
+        3_000_000_000,
+        "r3's is unknown"
+    );
+    assert_eq!(sum("u1", |r| r.unknown_cost), 1);
+    assert_eq!((sum("u2", |r| r.requests), sum("u2", |r| r.errors)), (1, 1));
+
+    // Counts beyond the column's range are stored as its largest value, not wrapped, and the
+    // rollup saturates instead of failing the batch (which the proxy would resend forever).
+    for id in ["r-huge", "r-huge-2"] {
+        let mut huge = record(id, "u9", -1, 200);
+        huge.prompt_tokens = u64::MAX;
+        huge.cost_nanos = Some(u64::MAX);
+        s.insert_routing_records(vec![huge]).await.unwrap();
+    }
+    let only_u9 = RecordFilter {
+        user_id: Some("u9".into()),
+        ..RecordFilter::default()
+    };
+    let stored = all_records(s, &only_u9).await;
     assert_eq!(
         (stored[0].prompt_tokens, stored[0].cost_nanos),
         (i64::MAX, Some(i64::MAX))
     );
-
-    // Pagination by limit, and one user's records only.
-    let ids: Vec<String> = s
-        .routing_records(None, 2)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.request_id)
-        .collect();
-    assert_eq!(ids, ["r3", "r2"]);
-    let ids: Vec<String> = s
-        .routing_records(Some("u1"), 100)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.request_id)
-        .collect();
-    assert_eq!(ids, ["r3", "r1"]);
-    assert!(s.routing_records(Some("u3"), 100).await.unwrap().is_empty());
+    let mut u9 = day_usage(s, day, UsageGroup::User).await;
+    u9.extend(day_usage(s, day.succ_opt().unwrap(), UsageGroup::User).await);
+    let u9: Vec<_> = u9.into_iter().filter(|r| r.key == "u9").collect();
+    assert_eq!(
+        (u9[0].requests, u9[0].prompt_tokens, u9[0].cost_nanos),
+        (2, i64::MAX, i64::MAX)
+    );
 
     // Text longer than its column is cut to fit.
-    let mut long = record(&"x".repeat(100), &"u".repeat(50), 3, 200);
+    let mut long = record(&"x".repeat(100), "u1", 3, 200);
+    long.user_id = "u".repeat(50);
     long.public_model = "m".repeat(300);
+    long.key_fingerprint = "f".repeat(100);
     s.insert_routing_records(vec![long]).await.unwrap();
-    let newest = &s.routing_records(None, 1).await.unwrap()[0];
+    let newest = &s
+        .routing_records(&RecordFilter::default(), None, 1)
+        .await
+        .unwrap()[0];
     assert_eq!(newest.request_id.len(), 64);
     assert_eq!(newest.user_id.len(), 36);
     assert_eq!(newest.public_model.len(), 128);
+    assert_eq!(newest.key_fingerprint.len(), 64);
+}
+
+/// Every filter narrows the records, and paging with the cursor walks them in one stable order
+/// (start time, then request id, newest first) with no gap and no repeat, also across records
+/// that started at the same instant and records stored between two pages.
+async fn routing_records_filters_and_pages(db: &TestDb) {
+    let s = &db.store;
+    let t0 = whole_seconds(Utc::now() - Duration::hours(3));
+    let mut batch = Vec::new();
+    for i in 0..60u32 {
+        // Three records share each start time.
+        let mut r = Rec::new(format!("r{i:02}"), t0 + Duration::seconds(i64::from(i / 3)));
+        r.user = if i % 4 == 0 { "u2" } else { "u1" };
+        r.key = if i % 2 == 0 { "ck-even" } else { "ck-odd" };
+        r.model = ["m-a", "m-b", "m-c"][(i % 3) as usize];
+        r.provider = if i % 5 == 0 { "p-five" } else { "p1" };
+        r.fingerprint = if i % 6 == 0 { "fp-six" } else { "fp-1" };
+        r.status = match i % 10 {
+            3 => 429,
+            7 => 502,
+            9 => 499,
+            _ => 200,
+        };
+        batch.push(r.build());
+    }
+    s.insert_routing_records(batch).await.unwrap();
+    let all = all_records(s, &RecordFilter::default()).await;
+    assert_eq!(all.len(), 60);
+    for w in all.windows(2) {
+        assert!(
+            (w[0].started_at, &w[0].request_id) > (w[1].started_at, &w[1].request_id),
+            "strictly newest first"
+        );
+    }
+
+    let count = |f: RecordFilter| async move { all_records(s, &f).await };
+    let f = RecordFilter::default;
+    let check = |rows: &[routing_records::Model],
+                 pred: &dyn Fn(&routing_records::Model) -> bool| {
+        let want = all.iter().filter(|r| pred(r)).count();
+        assert!(want > 0 && want < 60, "a filter that narrows");
+        assert_eq!(rows.len(), want);
+        assert!(rows.iter().all(pred));
+    };
+    check(
+        &count(RecordFilter {
+            user_id: Some("u2".into()),
+            ..f()
+        })
+        .await,
+        &|r| r.user_id == "u2",
+    );
+    check(
+        &count(RecordFilter {
+            client_key_id: Some("ck-odd".into()),
+            ..f()
+        })
+        .await,
+        &|r| r.client_key_id == "ck-odd",
+    );
+    check(
+        &count(RecordFilter {
+            model: Some("m-b".into()),
+            ..f()
+        })
+        .await,
+        &|r| r.public_model == "m-b",
+    );
+    check(
+        &count(RecordFilter {
+            provider_id: Some("p-five".into()),
+            ..f()
+        })
+        .await,
+        &|r| r.provider_id == "p-five",
+    );
+    check(
+        &count(RecordFilter {
+            key_fingerprint: Some("fp-six".into()),
+            ..f()
+        })
+        .await,
+        &|r| r.key_fingerprint == "fp-six",
+    );
+    type Pred = fn(&routing_records::Model) -> bool;
+    let statuses: [(&str, Pred); 5] = [
+        ("429", |r| r.status == 429),
+        ("4xx", |r| (400..500).contains(&r.status)),
+        ("5xx", |r| (500..600).contains(&r.status)),
+        ("2xx", |r| (200..300).contains(&r.status)),
+        ("error", |r| r.status >= 400),
+    ];
+    for (status, pred) in statuses {
+        let status = StatusFilter::parse(status);
+        check(&count(RecordFilter { status, ..f() }).await, &pred);
+    }
+    // Combined: a model's errors.
+    check(
+        &count(RecordFilter {
+            model: Some("m-a".into()),
+            status: StatusFilter::parse("error"),
+            ..f()
+        })
+        .await,
+        &|r| r.public_model == "m-a" && r.status >= 400,
+    );
+    // A time range: from included, to excluded.
+    let (from, to) = (t0 + Duration::seconds(5), t0 + Duration::seconds(10));
+    check(
+        &count(RecordFilter {
+            from: Some(from),
+            to: Some(to),
+            ..f()
+        })
+        .await,
+        &|r| r.started_at >= from && r.started_at < to,
+    );
+    assert!(
+        count(RecordFilter {
+            user_id: Some("nobody".into()),
+            ..f()
+        })
+        .await
+        .is_empty()
+    );
+
+    // Pages of 7 (not a divisor of 3): every page continues exactly after the previous one,
+    // with a record stored between two pages (newer than the first page) not disturbing them.
+    let mut seen: Vec<String> = Vec::new();
+    let mut after: Option<RecordCursor> = None;
+    let mut pages = 0;
+    loop {
+        let page = s.routing_records(&f(), after.as_ref(), 7).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        pages += 1;
+        if pages == 2 {
+            let newer = Rec::new("r-late", t0 + Duration::hours(1)).build();
+            s.insert_routing_records(vec![newer]).await.unwrap();
+        }
+        seen.extend(page.iter().map(|r| r.request_id.clone()));
+        after = page.last().map(RecordCursor::from);
+    }
+    assert_eq!(pages, 9);
+    let want: Vec<String> = all.iter().map(|r| r.request_id.clone()).collect();
+    assert_eq!(seen, want, "no gap, no repeat, same order");
+
+    // Paging a filtered view the same way.
+    let errors = RecordFilter {
+        status: StatusFilter::parse("error"),
+        ..f()
+    };
+    let mut seen = Vec::new();
+    let mut after: Option<RecordCursor> = None;
+    loop {
+        let page = s.routing_records(&errors, after.as_ref(), 4).await.unwrap();
+        seen.extend(page.iter().map(|r| r.request_id.clone()));
+        match page.last() {
+            Some(r) if page.len() == 4 => after = Some(RecordCursor::from(r)),
+            _ => break,
+        }
+    }
+    let want: Vec<String> = all_records(s, &errors)
+        .await
+        .into_iter()
+        .map(|r| r.request_id)
+        .collect();
+    assert_eq!(seen, want);
+}
+
+/// Usage sums per day, model, client key, user and provider from the rollups, narrowed by the
+/// same filters; a budget's spend in its period comes from whole days of rollups plus, for a
+/// period that starts within a day, that day's records after the start.
+async fn usage_grouping(db: &TestDb) {
+    let s = &db.store;
+    let today = Utc::now().date_naive();
+    let midnight = |d: chrono::NaiveDate| d.and_hms_opt(0, 0, 0).unwrap().and_utc();
+    let d1 = today - Duration::days(2);
+    let d2 = today - Duration::days(1);
+    let mut batch = Vec::new();
+    let mut n = 0;
+    let mut add = |day, hour: i64, f: &dyn Fn(&mut Rec)| {
+        n += 1;
+        let mut r = Rec::new(format!("u-{n}"), midnight(day) + Duration::hours(hour));
+        f(&mut r);
+        batch.push(r.build());
+    };
+    add(d1, 1, &|_| {});
+    add(d1, 2, &|r| r.model = "m-b");
+    add(d1, 3, &|r| {
+        r.status = 500;
+        r.cost = None;
+    });
+    add(d2, 1, &|r| {
+        r.user = "u2";
+        r.key = "ck-2";
+        r.provider = "p2";
+        r.tokens = 1000;
+        r.cost = Some(7000);
+    });
+    add(d2, 12, &|r| r.model = "m-b");
+    add(d2, 13, &|r| r.model = "m-b");
+    s.insert_routing_records(batch).await.unwrap();
+
+    let filter = |first, last| UsageFilter {
+        first_day: first,
+        last_day: last,
+        user_id: None,
+        client_key_id: None,
+        model: None,
+        provider_id: None,
+    };
+    let sums = |rows: &[UsageRow]| -> Vec<(String, i64, i64, i64, i64, i64, i64)> {
+        rows.iter()
+            .map(|r| {
+                (
+                    r.key.clone(),
+                    r.requests,
+                    r.errors,
+                    r.prompt_tokens,
+                    r.completion_tokens,
+                    r.cost_nanos,
+                    r.unknown_cost,
+                )
+            })
+            .collect()
+    };
+    let by = |g| async move { s.usage(&filter(d1, d2), g).await.unwrap() };
+    assert_eq!(
+        sums(&by(UsageGroup::Day).await),
+        [
+            (d1.to_string(), 3, 1, 300, 30, 2000, 1),
+            (d2.to_string(), 3, 0, 1200, 120, 9000, 0),
+        ]
+    );
+    assert_eq!(
+        sums(&by(UsageGroup::Model).await),
+        [
+            ("gpt-x".into(), 3, 1, 1200, 120, 8000, 1),
+            ("m-b".into(), 3, 0, 300, 30, 3000, 0),
+        ]
+    );
+    assert_eq!(
+        sums(&by(UsageGroup::ClientKey).await),
+        [
+            ("ck-1".into(), 5, 1, 500, 50, 4000, 1),
+            ("ck-2".into(), 1, 0, 1000, 100, 7000, 0),
+        ]
+    );
+    assert_eq!(
+        sums(&by(UsageGroup::User).await)
+            .iter()
+            .map(|r| (r.0.clone(), r.1))
+            .collect::<Vec<_>>(),
+        [("u1".into(), 5), ("u2".into(), 1)]
+    );
+    assert_eq!(
+        sums(&by(UsageGroup::Provider).await)
+            .iter()
+            .map(|r| (r.0.clone(), r.1, r.5))
+            .collect::<Vec<_>>(),
+        [("p1".into(), 5, 4000), ("p2".into(), 1, 7000)]
+    );
+    let cached: i64 = by(UsageGroup::Day)
+        .await
+        .iter()
+        .map(|r| r.cached_tokens)
+        .sum();
+    assert_eq!(cached, 750);
+    // Filters, and the day range.
+    let narrowed = s
+        .usage(
+            &UsageFilter {
+                user_id: Some("u1".into()),
+                model: Some("m-b".into()),
+                ..filter(d1, d2)
+            },
+            UsageGroup::Day,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        sums(&narrowed),
+        [
+            (d1.to_string(), 1, 0, 100, 10, 1000, 0),
+            (d2.to_string(), 2, 0, 200, 20, 2000, 0)
+        ]
+    );
+    let one_day = s
+        .usage(
+            &UsageFilter {
+                provider_id: Some("p2".into()),
+                client_key_id: Some("ck-2".into()),
+                ..filter(d2, d2)
+            },
+            UsageGroup::Model,
+        )
+        .await
+        .unwrap();
+    assert_eq!(sums(&one_day), [("gpt-x".into(), 1, 0, 1000, 100, 7000, 0)]);
+    assert!(
+        s.usage(&filter(d1, d1), UsageGroup::User)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.key == "u1")
+    );
+    assert!(
+        s.usage(&filter(today, today), UsageGroup::Day)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Spend since a period start: whole days from the rollups...
+    let ids = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let spent = s
+        .spend_since(
+            SpendOwner::ClientKey,
+            &ids(&["ck-1", "ck-2", "ck-none"]),
+            midnight(d1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(spent.get("ck-1"), Some(&4000));
+    assert_eq!(spent.get("ck-2"), Some(&7000));
+    assert_eq!(spent.get("ck-none"), None);
+    let spent = s
+        .spend_since(SpendOwner::User, &ids(&["u1", "u2"]), midnight(d2))
+        .await
+        .unwrap();
+    assert_eq!(
+        (spent.get("u1"), spent.get("u2")),
+        (Some(&2000), Some(&7000))
+    );
+    // ...and from within a day (a lifetime budget set at 02:30 on d1): that day's records after
+    // it (d1's 03:00 record has an unknown cost, which counts as nothing) plus d2's rollups.
+    let spent = s
+        .spend_since(
+            SpendOwner::User,
+            &ids(&["u1"]),
+            midnight(d1) + Duration::minutes(150),
+        )
+        .await
+        .unwrap();
+    assert_eq!(spent.get("u1"), Some(&2000));
+    let spent = s
+        .spend_since(
+            SpendOwner::User,
+            &ids(&["u1"]),
+            midnight(d1) + Duration::minutes(90),
+        )
+        .await
+        .unwrap();
+    assert_eq!(spent.get("u1"), Some(&3000));
+    let spent = s
+        .spend_since(
+            SpendOwner::User,
+            &ids(&["u1"]),
+            midnight(d2) + Duration::hours(12),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        spent.get("u1"),
+        Some(&2000),
+        "from 12:00 on d2, both records at 12 and 13"
+    );
+}
+
+/// Records past the retention go: on Postgres by dropping their day's partition (the table is
+/// gone, not just its rows), with partitions created ahead and rows that waited in the default
+/// partition moved into one of their own day; on SQLite by batched deletes. The rollups stay.
+async fn records_retention(db: &TestDb) {
+    let s = &db.store;
+    let now = whole_seconds(Utc::now());
+    let today = now.date_naive();
+    let postgres = s.backend() == DbBackend::Postgres;
+    let old = now - Duration::days(40);
+    // As if the control plane ran 40 days ago: that day's partition exists then.
+    let m = s.maintain_records(old, 30).await.unwrap();
+    if postgres {
+        assert_eq!(
+            m.created,
+            (0..=2)
+                .map(|d| old.date_naive() + Duration::days(d))
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            s.record_partitions()
+                .await
+                .unwrap()
+                .contains(&old.date_naive())
+        );
+    } else {
+        assert!(m.created.is_empty() && s.record_partitions().await.unwrap().is_empty());
+    }
+    // More expired rows than one delete batch, one recent row, and one far ahead (a proxy's
+    // clock gone wrong: it waits in the default partition).
+    let mut batch: Vec<NewRoutingRecord> = (0..5_200)
+        .map(|i| Rec::new(format!("old-{i}"), old + Duration::milliseconds(i)).build())
+        .collect();
+    batch.push(Rec::new("recent", now - Duration::days(3)).build());
+    batch.push(Rec::new("ahead", now + Duration::days(10)).build());
+    s.insert_routing_records(batch).await.unwrap();
+
+    let m = s.maintain_records(now, 30).await.unwrap();
+    let left = all_records(s, &RecordFilter::default()).await;
+    assert_eq!(ids(&left), ["ahead", "recent"], "expired records are gone");
+    if postgres {
+        assert_eq!(
+            m.dropped,
+            [
+                old.date_naive(),
+                old.date_naive() + Duration::days(1),
+                old.date_naive() + Duration::days(2)
+            ]
+        );
+        assert_eq!(m.deleted, 0, "dropped whole, not deleted row by row");
+        let days = s.record_partitions().await.unwrap();
+        assert!(
+            !days.contains(&old.date_naive()),
+            "the partition itself is gone"
+        );
+        let recent = (now - Duration::days(3)).date_naive();
+        assert!(
+            m.created.contains(&recent),
+            "moved out of the default partition"
+        );
+        assert!(days.contains(&recent) && days.contains(&today));
+        assert!(days.contains(&(today + Duration::days(2))));
+        let ahead = (now + Duration::days(10)).date_naive();
+        assert!(!days.contains(&ahead), "not yet: only days up to two ahead");
+        // Another run changes nothing.
+        assert_eq!(
+            s.maintain_records(now, 30).await.unwrap(),
+            Default::default()
+        );
+        // Ten days later the far-ahead row's day is near: its partition takes it in.
+        let later = now + Duration::days(9);
+        let m = s.maintain_records(later, 30).await.unwrap();
+        assert!(m.created.contains(&ahead));
+        assert!(s.record_partitions().await.unwrap().contains(&ahead));
+        assert_eq!(
+            ids(&all_records(s, &RecordFilter::default()).await),
+            ["ahead", "recent"]
+        );
+    } else {
+        assert_eq!(m.deleted, 5_200);
+        assert!(m.dropped.is_empty());
+    }
+    // A stray expired row in the default partition (Postgres) or the table (SQLite) is deleted.
+    s.insert_routing_records(vec![Rec::new("stray", now - Duration::days(100)).build()])
+        .await
+        .unwrap();
+    assert_eq!(s.maintain_records(now, 30).await.unwrap().deleted, 1);
+    // The rollups outlive the records.
+    let usage = day_usage(s, old.date_naive(), UsageGroup::Day).await;
+    assert_eq!(usage[0].requests, 5_200);
 }
 
 async fn model_prices_crud(db: &TestDb) {
@@ -2159,4 +2765,163 @@ async fn sqlite_files_are_owner_only() {
     std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
     open(format!("sqlite://{}?mode=rwc", old.display())).await;
     assert_eq!(mode(&old), 0o600);
+}
+
+// ---- upgrading ----
+
+/// Records stored before the ledger migration (000009) are moved into the new table with their
+/// serving attempt read from `detail`, summed into the rollups, and (Postgres) placed in
+/// partitions of their days.
+async fn ledger_migration_moves_existing_records(url: &str) {
+    use llmhub_migrations::{Migrator, MigratorTrait};
+    use sea_orm::sea_query::{Alias, Query};
+    let conn = sea_orm::Database::connect(url).await.unwrap();
+    Migrator::up(&conn, Some(8)).await.unwrap();
+    // Stored before the upgrade with nanoseconds (SQLite keeps the driver's text); the ledger
+    // now keeps microseconds, and a replay after the upgrade must still match.
+    let t0 = whole_seconds(Utc::now() - Duration::days(2)) + Duration::nanoseconds(123_456_789);
+    // Each fraction the SQLite driver writes differently once cut to microseconds: 6 digits
+    // (t0), 3 (whole milliseconds) and none.
+    let t1 = whole_seconds(t0 + Duration::days(1)) + Duration::nanoseconds(5_000_789);
+    let t2 = whole_seconds(t0 + Duration::days(1)) + Duration::nanoseconds(1_000_000_789);
+    let cols = [
+        "request_id",
+        "proxy_id",
+        "started_at",
+        "user_id",
+        "client_key_prefix",
+        "public_model",
+        "status",
+        "latency_ms",
+        "stream",
+        "detail",
+        "received_at",
+        "prompt_tokens",
+        "completion_tokens",
+        "cached_tokens",
+        "partial",
+        "cost_nanos",
+        "client_key_id",
+    ];
+    let mut insert = Query::insert();
+    insert
+        .into_table(Alias::new("routing_records"))
+        .columns(cols.map(Alias::new));
+    let detail = serde_json::json!({"attempts": [
+        {"provider_id": "p-first", "key_fingerprint": "fp-first", "upstream_model": "up-first", "status": 429},
+        {"provider_id": "p-served", "key_fingerprint": "fp-served", "upstream_model": "up-served", "status": 200},
+    ], "skipped": []})
+    .to_string();
+    for (id, at, status, cost, detail) in [
+        ("old-1", t0, 200, Some(500i64), detail.as_str()),
+        (
+            "old-2",
+            t1,
+            502,
+            None,
+            r#"{"attempts": [], "skipped": ["x"]}"#,
+        ),
+        ("old-3", t2, 200, Some(700), detail.as_str()),
+    ] {
+        let values: Vec<sea_orm::sea_query::SimpleExpr> = vec![
+            id.into(),
+            "proxy-1".into(),
+            at.into(),
+            "u1".into(),
+            "lh-abc".into(),
+            "gpt-x".into(),
+            status.into(),
+            5.into(),
+            false.into(),
+            detail.into(),
+            at.into(),
+            10i64.into(),
+            2i64.into(),
+            1i64.into(),
+            false.into(),
+            cost.into(),
+            "ck-1".into(),
+        ];
+        insert.values_panic(values);
+    }
+    conn.execute(&insert).await.unwrap();
+    Migrator::up(&conn, None).await.unwrap();
+    conn.close().await.unwrap();
+
+    let s = Store::connect(url).await.unwrap();
+    let rows = all_records(&s, &RecordFilter::default()).await;
+    assert_eq!(ids(&rows), ["old-3", "old-2", "old-1"]);
+    let served = |r: &routing_records::Model| {
+        (
+            r.provider_id.clone(),
+            r.key_fingerprint.clone(),
+            r.upstream_model.clone(),
+        )
+    };
+    assert_eq!(
+        served(&rows[2]),
+        ("p-served".into(), "fp-served".into(), "up-served".into())
+    );
+    assert_eq!(
+        served(&rows[1]),
+        (String::new(), String::new(), String::new())
+    );
+    assert_eq!(rows[2].cost_nanos, Some(500));
+    assert_eq!(rows[1].cost_nanos, None);
+    assert_eq!(rows[0].started_at, t2 - Duration::nanoseconds(789));
+    assert_eq!(rows[1].started_at, t1 - Duration::nanoseconds(789));
+    assert_eq!(rows[2].started_at, t0 - Duration::nanoseconds(789));
+    let by_provider = s
+        .usage(
+            &UsageFilter {
+                first_day: t0.date_naive(),
+                last_day: t0.date_naive() + Duration::days(1),
+                user_id: None,
+                client_key_id: None,
+                model: None,
+                provider_id: None,
+            },
+            UsageGroup::Day,
+        )
+        .await
+        .unwrap();
+    let sums: Vec<_> = by_provider
+        .iter()
+        .map(|r| {
+            (
+                r.requests,
+                r.errors,
+                r.prompt_tokens,
+                r.cost_nanos,
+                r.unknown_cost,
+            )
+        })
+        .collect();
+    assert_eq!(sums, [(1, 0, 10, 500, 0), (2, 1, 20, 700, 1)]);
+    if s.backend() == DbBackend::Postgres {
+        assert_eq!(
+            s.record_partitions().await.unwrap(),
+            [t0.date_naive(), t0.date_naive() + Duration::days(1)]
+        );
+    }
+    // Delivered again after the upgrade (a proxy replaying them): still stored once.
+    let again = [("old-1", t0), ("old-2", t1), ("old-3", t2)]
+        .map(|(id, at)| Rec::new(id, at).build())
+        .into_iter()
+        .collect();
+    assert_eq!(s.insert_routing_records(again).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn ledger_migration_moves_existing_records_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("up.db").display());
+    ledger_migration_moves_existing_records(&url).await;
+}
+
+#[tokio::test]
+async fn ledger_migration_moves_existing_records_postgres() {
+    if let Some((url, _pg)) = pg_database("ledger_migration_moves_existing_records").await {
+        ledger_migration_moves_existing_records(&url).await;
+    }
 }

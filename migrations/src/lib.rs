@@ -14,6 +14,7 @@ mod m20261129_000005_provider_settings;
 mod m20261129_000006_penalty_client_key;
 mod m20261129_000007_usage;
 mod m20261129_000008_limits_budgets;
+mod m20261129_000009_ledger;
 
 pub struct Migrator;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000006_penalty_client_key::Migration),
             Box::new(m20261129_000007_usage::Migration),
             Box::new(m20261129_000008_limits_budgets::Migration),
+            Box::new(m20261129_000009_ledger::Migration),
         ]
     }
 }

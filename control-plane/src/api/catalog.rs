@@ -1,12 +1,10 @@
-//! Providers, provider keys, client keys, routes, routing records (with usage and cost) and the
-//! fleet view.
+//! Providers, provider keys, client keys, routes and the fleet view.
 
 use axum::Json;
 use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
 use llmhub_providers::{Kind, presets};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::limits::{BudgetInput, LimitFields, LimitsView};
 use super::{
@@ -14,7 +12,7 @@ use super::{
 };
 use crate::auth::Role;
 use crate::hub::{ConnectedProxy, RoutingStrategy, RpcCounters};
-use crate::store::entities::{client_keys, providers, routing_records};
+use crate::store::entities::{client_keys, providers};
 use crate::store::{
     AuditEvent, ClientKeyChange, NewClientKey, NewProvider, NewRouteTarget, ProviderChange,
     Rotation, RouteChange, RouteWithTargets, StoreError, parse_list,
@@ -908,70 +906,6 @@ pub(super) async fn delete_route(
         .await?;
     s.hub.rebuild().await?;
     Ok(http::StatusCode::NO_CONTENT)
-}
-
-#[derive(Deserialize)]
-pub(super) struct RecordQuery {
-    limit: Option<u64>,
-}
-
-#[derive(Serialize)]
-pub(super) struct RoutingRecordView {
-    request_id: String,
-    proxy_id: String,
-    started_at: DateTime<Utc>,
-    user_id: String,
-    client_key_prefix: String,
-    public_model: String,
-    status: i32,
-    latency_ms: i32,
-    stream: bool,
-    /// Attempts and skipped candidates (`null` if the stored JSON is unreadable).
-    detail: Value,
-    /// Usage as the provider reported it; `prompt_tokens` includes `cached_tokens`. For a
-    /// `partial` record (the client went away mid-answer) it covers what was delivered, the
-    /// completion estimated from the text when the provider had not reported it yet.
-    prompt_tokens: i64,
-    completion_tokens: i64,
-    cached_tokens: i64,
-    partial: bool,
-    /// Nano-US-dollars; `null` when no price was known for a request that used tokens.
-    cost_nanos: Option<i64>,
-    /// Empty for records from before it was reported.
-    client_key_id: String,
-}
-
-impl From<routing_records::Model> for RoutingRecordView {
-    fn from(r: routing_records::Model) -> Self {
-        RoutingRecordView {
-            detail: serde_json::from_str::<Value>(&r.detail).unwrap_or(Value::Null),
-            request_id: r.request_id,
-            proxy_id: r.proxy_id,
-            started_at: r.started_at,
-            user_id: r.user_id,
-            client_key_prefix: r.client_key_prefix,
-            public_model: r.public_model,
-            status: r.status,
-            latency_ms: r.latency_ms,
-            stream: r.stream,
-            prompt_tokens: r.prompt_tokens,
-            completion_tokens: r.completion_tokens,
-            cached_tokens: r.cached_tokens,
-            partial: r.partial,
-            cost_nanos: r.cost_nanos,
-            client_key_id: r.client_key_id,
-        }
-    }
-}
-
-pub(super) async fn list_routing_records(
-    State(s): State<AppState>,
-    user: AuthUser,
-    ApiQuery(q): ApiQuery<RecordQuery>,
-) -> Result<Json<List<RoutingRecordView>>, ApiError> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let only = (user.role != Role::Admin).then_some(user.id.as_str());
-    Ok(Json(List::of(s.store.routing_records(only, limit).await?)))
 }
 
 #[derive(Serialize)]

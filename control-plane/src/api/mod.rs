@@ -11,6 +11,7 @@ mod error;
 mod keys;
 mod limits;
 mod prices;
+mod records;
 pub mod serve;
 mod session;
 mod users;
@@ -234,9 +235,14 @@ fn endpoints() -> Vec<(Endpoint, MethodRouter<AppState>)> {
             delete(catalog::delete_route),
         ),
         (
-            ep("GET", "/api/v1/routing-records", User),
-            get(catalog::list_routing_records),
+            ep("GET", "/api/v1/records", User),
+            get(records::list_records),
         ),
+        (
+            ep("GET", "/api/v1/routing-records", User),
+            get(records::list_routing_records),
+        ),
+        (ep("GET", "/api/v1/usage", User), get(records::usage)),
         (ep("GET", "/api/v1/prices", User), get(prices::list)),
         (ep("PUT", "/api/v1/prices/{model}", Admin), put(prices::set)),
         (

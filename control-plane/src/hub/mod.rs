@@ -11,9 +11,10 @@ pub mod report;
 pub mod snapshot;
 pub mod verify;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -22,7 +23,9 @@ use tokio::sync::{broadcast, watch};
 use crate::keyring::provider_key_aad;
 use crate::store::entities::key_cooldowns;
 use crate::store::health::Origin;
-use crate::store::{AuditEvent, KeyState, NewRoutingRecord, Store, StoreError, parse_list};
+use crate::store::{
+    AuditEvent, KeyState, NewRoutingRecord, SpendOwner, Store, StoreError, parse_list,
+};
 use crate::vault::HashSecret;
 
 pub use report::{Attempt, FailureClass, KeyOutcome, Outcome, Report, RoutingRecord};
@@ -70,15 +73,33 @@ pub struct SnapshotHub {
     version: AtomicU64,
     /// Serialises rebuilds and key-health changes: each reads or writes the store and publishes
     /// while holding it, so what proxies receive is in the same order as what the store holds.
-    /// Also holds the digest of the last published content (an unchanged rebuild publishes
-    /// nothing).
-    rebuild: tokio::sync::Mutex<Option<[u8; 32]>>,
+    /// Also holds what was last published (an unchanged rebuild publishes nothing).
+    rebuild: tokio::sync::Mutex<Published>,
+    /// How long budgets' spent figures are reused before a rebuild reads them again (see
+    /// [`SPEND_REFRESH`]).
+    spend_refresh: Duration,
     proxies: Mutex<HashMap<u64, ConnectedProxy>>,
     next_conn: AtomicU64,
     watch_calls: AtomicU64,
     report_calls: AtomicU64,
     /// Where ambiguous refusals go to be verified (set by `start_verifier`).
     verify_tx: std::sync::OnceLock<tokio::sync::mpsc::Sender<verify::Verification>>,
+}
+
+/// How often at most a rebuild reads budgets' spend from the ledger when nothing else changed,
+/// and so how often at most the spend figures alone republish the snapshot (each publication
+/// sends the whole snapshot to every proxy). A change of anything else reads them afresh.
+pub const SPEND_REFRESH: Duration = Duration::from_secs(30);
+
+/// What the last rebuild published.
+#[derive(Default)]
+struct Published {
+    /// Digest of the published content, spent figures included.
+    content: Option<[u8; 32]>,
+    /// The same without the spent figures ([`Snapshot::config_digest`]).
+    config: Option<[u8; 32]>,
+    /// When the spent figures were last read from the ledger.
+    spend_read: Option<Instant>,
 }
 
 /// One Watch stream's place in the ordered event stream: the snapshot current when it
@@ -118,6 +139,17 @@ impl SnapshotHub {
         vault: Arc<crate::vault::Vault>,
         hash_secret: Arc<HashSecret>,
     ) -> Arc<Self> {
+        Self::with_spend_refresh(store, vault, hash_secret, SPEND_REFRESH)
+    }
+
+    /// A hub that reads budgets' spend again after `spend_refresh` instead of
+    /// [`SPEND_REFRESH`].
+    pub fn with_spend_refresh(
+        store: Store,
+        vault: Arc<crate::vault::Vault>,
+        hash_secret: Arc<HashSecret>,
+        spend_refresh: Duration,
+    ) -> Arc<Self> {
         let (tx, _) = watch::channel(None);
         let (events, _) = broadcast::channel(1024);
         // Seeded from the clock so a restarted control plane keeps versions increasing.
@@ -130,7 +162,8 @@ impl SnapshotHub {
             events,
             publish: Mutex::new(()),
             version: AtomicU64::new(seed),
-            rebuild: tokio::sync::Mutex::new(None),
+            rebuild: tokio::sync::Mutex::new(Published::default()),
+            spend_refresh,
             proxies: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
             watch_calls: AtomicU64::new(0),
@@ -207,8 +240,14 @@ impl SnapshotHub {
 
     /// Rebuilds the snapshot from the store and publishes it when its content changed.
     /// Returns the version proxies should converge on.
+    ///
+    /// Budgets carry what the ledger says was spent in their current period, so a proxy whose
+    /// shared counter is gone (a new Redis, or none) starts from it. Those figures change with
+    /// every stored record; they are read again when anything else changed, or when the last
+    /// read is older than the hub's spend refresh (by default [`SPEND_REFRESH`]), and only then
+    /// may they alone republish the snapshot.
     pub async fn rebuild(&self) -> Result<u64, StoreError> {
-        let mut last_digest = self.rebuild.lock().await;
+        let mut last = self.rebuild.lock().await;
         let providers = self.store.providers().await?;
         let keys = self.store.provider_keys().await?;
         let client_keys = self.store.client_keys().await?;
@@ -364,8 +403,18 @@ impl SnapshotHub {
             })
             .collect();
 
+        let config = snap.config_digest();
+        let spend_fresh = last
+            .spend_read
+            .is_some_and(|t| t.elapsed() < self.spend_refresh);
+        if last.config == Some(config) && spend_fresh {
+            return Ok(self.current_version());
+        }
+        self.fill_spend(&mut snap).await?;
+        last.spend_read = Some(Instant::now());
+        last.config = Some(config);
         let digest = snap.content_digest();
-        if *last_digest == Some(digest) {
+        if last.content == Some(digest) {
             return Ok(self.current_version());
         }
         let seed = u64::try_from(now.timestamp_millis()).unwrap_or(0);
@@ -383,9 +432,63 @@ impl SnapshotHub {
             self.tx.send_replace(Some(published.clone()));
             let _ = self.events.send(HubEvent::Snapshot(published));
         }
-        *last_digest = Some(digest);
+        last.content = Some(digest);
         tracing::info!(version, "snapshot published");
         Ok(version)
+    }
+
+    /// Sets every budget's spent figure: what the ledger holds for its owner since the start of
+    /// its current period. One query per distinct period start (all daily budgets share one,
+    /// and so do the weekly and the monthly ones; a lifetime budget starts when it was set).
+    async fn fill_spend(&self, snap: &mut Snapshot) -> Result<(), StoreError> {
+        let keys: Vec<(&str, DateTime<Utc>)> = snap
+            .client_keys
+            .iter()
+            .filter_map(|c| Some((c.id.as_str(), c.budget?.period_start)))
+            .collect();
+        let users: Vec<(&str, DateTime<Utc>)> = snap
+            .users
+            .iter()
+            .filter_map(|u| Some((u.user_id.as_str(), u.budget?.period_start)))
+            .collect();
+        let key_spend = self.spend(SpendOwner::ClientKey, &keys).await?;
+        let user_spend = self.spend(SpendOwner::User, &users).await?;
+        for c in &mut snap.client_keys {
+            if let Some(b) = &mut c.budget {
+                b.spent_nanos = key_spend
+                    .get(&(c.id.clone(), b.period_start))
+                    .copied()
+                    .unwrap_or(0);
+            }
+        }
+        for u in &mut snap.users {
+            if let Some(b) = &mut u.budget {
+                b.spent_nanos = user_spend
+                    .get(&(u.user_id.clone(), b.period_start))
+                    .copied()
+                    .unwrap_or(0);
+            }
+        }
+        Ok(())
+    }
+
+    /// The spend of each (owner, period start), read grouped by period start.
+    async fn spend(
+        &self,
+        owner: SpendOwner,
+        budgets: &[(&str, DateTime<Utc>)],
+    ) -> Result<HashMap<(String, DateTime<Utc>), u64>, StoreError> {
+        let mut by_start: BTreeMap<DateTime<Utc>, Vec<String>> = BTreeMap::new();
+        for (id, start) in budgets {
+            by_start.entry(*start).or_default().push((*id).to_owned());
+        }
+        let mut out = HashMap::new();
+        for (start, ids) in by_start {
+            for (id, spent) in self.store.spend_since(owner, &ids, start).await? {
+                out.insert((id, start), spent);
+            }
+        }
+        Ok(out)
     }
 
     /// Pushes one key's health change to every connected proxy. Callers hold the rebuild lock.
@@ -558,6 +661,18 @@ impl SnapshotHub {
                 cached_tokens: r.cached_tokens,
                 partial: r.partial,
                 client_key_id: r.client_key_id.clone(),
+                provider_id: r
+                    .served_by()
+                    .map(|a| a.provider_id.clone())
+                    .unwrap_or_default(),
+                key_fingerprint: r
+                    .served_by()
+                    .map(|a| a.key_fingerprint.clone())
+                    .unwrap_or_default(),
+                upstream_model: r
+                    .served_by()
+                    .map(|a| a.upstream_model.clone())
+                    .unwrap_or_default(),
                 request_id: r.request_id.clone(),
                 proxy_id: report.proxy_id.clone(),
                 started_at: r.started_at.unwrap_or(now),

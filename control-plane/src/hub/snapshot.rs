@@ -126,7 +126,7 @@ impl Budget {
             period: b.period,
             period_start: b.period.start_at(now, b.anchor),
             expires_at: b.expires_at,
-            // Zero until the usage ledger (routing records with cost) sums the period's spend.
+            // Filled from the ledger by the hub (`SnapshotHub::rebuild`).
             spent_nanos: 0,
         }
     }
@@ -218,8 +218,8 @@ pub struct KeyStateChange {
 }
 
 /// Feeds values into a SHA-256 with lengths in front, so distinct contents never concatenate to
-/// the same bytes.
-struct Feed(Sha256);
+/// the same bytes. `spend`: whether budgets' spent figures count.
+struct Feed(Sha256, bool);
 
 impl Feed {
     fn bytes(&mut self, b: &[u8]) {
@@ -266,7 +266,9 @@ impl Feed {
             self.str(b.period.as_str());
             self.time(Some(b.period_start));
             self.time(b.expires_at);
-            self.u64(b.spent_nanos);
+            if self.1 {
+                self.u64(b.spent_nanos);
+            }
         }
     }
     fn health(&mut self, h: &KeyHealth) {
@@ -281,7 +283,17 @@ impl Snapshot {
     /// Digest of everything proxies receive except the version and time, so an unchanged rebuild
     /// can publish nothing. Covers the secrets: a replaced key or hash secret is a change.
     pub fn content_digest(&self) -> [u8; 32] {
-        let mut f = Feed(Sha256::new());
+        self.digest(true)
+    }
+
+    /// [`Snapshot::content_digest`] without budgets' spent figures: whether anything but the
+    /// ledger's spend changed.
+    pub fn config_digest(&self) -> [u8; 32] {
+        self.digest(false)
+    }
+
+    fn digest(&self, spend: bool) -> [u8; 32] {
+        let mut f = Feed(Sha256::new(), spend);
         f.u64(self.providers.len() as u64);
         for p in &self.providers {
             f.str(&p.id);
@@ -470,6 +482,17 @@ mod tests {
             change(&mut b);
             assert_ne!(a.content_digest(), b.content_digest(), "change #{i}");
         }
+        // The ledger's spend is content, but not configuration.
+        let mut spent = snapshot();
+        spent.client_keys[0].budget = Some(Budget {
+            spent_nanos: 3,
+            ..budget
+        });
+        let mut unspent = snapshot();
+        unspent.client_keys[0].budget = Some(budget);
+        assert_ne!(spent.content_digest(), unspent.content_digest());
+        assert_eq!(spent.config_digest(), unspent.config_digest());
+        assert_ne!(a.config_digest(), unspent.config_digest());
         // A rolled-over period is new content: the hub publishes it.
         let mut b = snapshot();
         b.client_keys[0].budget = Some(budget);

@@ -272,9 +272,13 @@ pub mod routing_records {
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "routing_records")]
     pub struct Model {
+        /// With `started_at`, the key: on Postgres the table is partitioned by `started_at`,
+        /// and a partitioned table's key must contain the partition key. A replayed record
+        /// carries its original start time, so the pair still identifies one request.
         #[sea_orm(primary_key, auto_increment = false)]
         pub request_id: String,
         pub proxy_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
         pub started_at: DateTimeUtc,
         pub user_id: String,
         pub client_key_prefix: String,
@@ -296,6 +300,45 @@ pub mod routing_records {
         pub cost_nanos: Option<i64>,
         /// Empty for records stored before it was reported.
         pub client_key_id: String,
+        /// The serving (last) attempt's provider, key fingerprint and upstream model; empty when
+        /// no attempt was made. Copies of `detail`'s, as columns the records API filters on.
+        pub provider_id: String,
+        pub key_fingerprint: String,
+        pub upstream_model: String,
+    }
+    no_relations!();
+}
+
+pub mod usage_daily {
+    use sea_orm::entity::prelude::*;
+
+    /// Per UTC day, user, client key, public model and provider: what the routing records stored
+    /// so far add up to. Maintained in the transaction that stores the records, for the records
+    /// actually inserted (a duplicate delivery adds nothing). Kept when records are dropped by
+    /// the retention, so charts and lifetime budgets outlive the records.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "usage_daily")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub day: Date,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub user_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub client_key_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub public_model: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub provider_id: String,
+        pub requests: i64,
+        /// Records with status 400 or above.
+        pub errors: i64,
+        pub prompt_tokens: i64,
+        pub completion_tokens: i64,
+        pub cached_tokens: i64,
+        /// Nano-US-dollars of the records whose cost is known.
+        pub cost_nanos: i64,
+        /// Records whose cost is unknown (no price).
+        pub unknown_cost: i64,
     }
     no_relations!();
 }

@@ -2,8 +2,10 @@
 //!
 //! `Store` is one connection pool; its queries live in one file per resource, each an
 //! `impl Store` block: `users`, `sessions`, `providers`, `provider_keys`, `client_keys`,
-//! `routes`, `routing_records`, `prices` (the admin's model prices), `health` (key cooldowns
-//! and history), `settings`, `vault_rows` (master-key rotation) and `audit`; `limits` holds the
+//! `routes`, `routing_records` (stored with their daily rollups, and queried), `usage` (the
+//! rollups read for charts and budgets), `retention` (daily partitions on Postgres, batched
+//! deletes on SQLite), `prices` (the admin's model prices), `health` (key cooldowns and
+//! history), `settings`, `vault_rows` (master-key rotation) and `audit`; `limits` holds the
 //! limit and budget columns client keys and users share. Every mutation an admin makes commits
 //! its audit row in the same transaction through [`Store::commit_audited`].
 
@@ -15,10 +17,12 @@ pub mod limits;
 pub mod prices;
 pub mod provider_keys;
 pub mod providers;
+pub mod retention;
 pub mod routes;
 pub mod routing_records;
 pub mod sessions;
 pub mod settings;
+pub mod usage;
 pub mod users;
 pub mod vault_rows;
 
@@ -28,8 +32,10 @@ pub use limits::{Budget, BudgetSetting, Limits, LimitsChange};
 pub use prices::NewModelPrice;
 pub use provider_keys::{KeyChange, KeyState, NewProviderKey};
 pub use providers::{NewProvider, ProviderChange, ProviderDeleted};
+pub use retention::Maintenance;
 pub use routes::{NewRouteTarget, RouteChange, RouteWithTargets};
-pub use routing_records::NewRoutingRecord;
+pub use routing_records::{NewRoutingRecord, RecordCursor, RecordFilter, StatusFilter};
+pub use usage::{SpendOwner, UsageFilter, UsageGroup, UsageRow};
 pub use users::{NewUser, UserChange, UserStatus};
 
 use llmhub_migrations::{Migrator, MigratorTrait};

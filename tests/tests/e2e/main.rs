@@ -31,6 +31,7 @@ mod dialects;
 mod ledger;
 mod limits;
 mod mtls;
+mod records;
 mod routing;
 mod sdk;
 mod skeleton;
