@@ -222,6 +222,14 @@ pub async fn reserve(
     ex: &mut Exchange,
 ) -> Result<usize, ProxyError> {
     let checks = client_checks(snap, admitted.client, app.clock.now());
+    // Most requests have no limit at all: decide that before building anything to count.
+    let first_free = plan
+        .candidates
+        .first()
+        .is_none_or(|c| c.key.rpm_limit == 0 && c.key.tpm_limit == 0);
+    if checks.is_empty() && first_free {
+        return Ok(0);
+    }
     // Pricing the estimate costs a lookup per candidate: only when a budget needs it.
     let cost_nanos = if checks.iter().any(|c| c.dim == Dim::Budget) {
         admitted.estimate.cost(admitted, plan)
